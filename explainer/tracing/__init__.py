@@ -1,0 +1,30 @@
+"""The tracing engine: record every denoising step of a real diffusers pipeline into a plain-data Trace."""
+
+from .attention import AttentionLayer, Word
+from .errors import StepIndexError, TraceBudgetError, TraceFileError, UnsupportedPipelineError
+from .previews import LatentRGB, clear_preview_cache, fit_latent_rgb_factors
+from .schedulers import SCHEDULERS
+from .trace import FORMAT_VERSION, Trace, load_trace
+from .validation import ATTENTION_MODES, RecordSpec
+
+# Last: binds the name `trace` to the function, shadowing the `trace` submodule attribute.
+from .recorder import trace  # noqa: E402
+
+__all__ = [
+    "ATTENTION_MODES",
+    "FORMAT_VERSION",
+    "SCHEDULERS",
+    "AttentionLayer",
+    "LatentRGB",
+    "RecordSpec",
+    "StepIndexError",
+    "Trace",
+    "TraceBudgetError",
+    "TraceFileError",
+    "UnsupportedPipelineError",
+    "Word",
+    "clear_preview_cache",
+    "fit_latent_rgb_factors",
+    "load_trace",
+    "trace",
+]

@@ -1,0 +1,32 @@
+"""sd-explainer: make Stable Diffusion visible. Trace every denoising step of a real diffusers pipeline."""
+
+from .models import load_pipeline, toy_model_path
+from .tracing import (
+    SCHEDULERS,
+    LatentRGB,
+    StepIndexError,
+    Trace,
+    TraceBudgetError,
+    TraceFileError,
+    UnsupportedPipelineError,
+    fit_latent_rgb_factors,
+    load_trace,
+    trace,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEDULERS",
+    "LatentRGB",
+    "StepIndexError",
+    "Trace",
+    "TraceBudgetError",
+    "TraceFileError",
+    "UnsupportedPipelineError",
+    "fit_latent_rgb_factors",
+    "load_pipeline",
+    "load_trace",
+    "toy_model_path",
+    "trace",
+]

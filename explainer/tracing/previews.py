@@ -1,0 +1,238 @@
+"""Latent → RGB previews: per-model linear factors (published or fitted) and a cached full VAE decode.
+
+Linear previews map each latent pixel (in the UNet's scaled latent space) through a ``[C, 3]``
+matrix plus a bias to RGB in [-1, 1], as ComfyUI's live previews do. The VAE preview decodes the
+latent with the pipeline's VAE; decodes are cached per VAE in a module-level weak map keyed by
+``(trace uid, step, kind, ...)``, so the Trace never holds the model and the cache dies with the VAE.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+if TYPE_CHECKING:
+    from .trace import Trace
+
+#: ComfyUI's published ``latent_rgb_factors`` for SD 1.x latents (``comfy/latent_formats.py``, class SD15),
+#: rows = latent channels, columns = R, G, B; applied to latents scaled by ``SD1_SCALING_FACTOR``.
+SD1_LATENT_RGB_FACTORS = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+SD1_SCALING_FACTOR = 0.18215
+#: The SD 1.x factors are kept only if they explain at least this share of the final image's variance.
+PRESET_MIN_R2 = 0.5
+_CACHE_SIZE = 64
+_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[tuple, Image.Image]] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class LatentRGB:
+    """A linear latent → RGB map.
+
+    Attributes:
+        factors: ``[C, 3]`` float32.
+        bias: ``[3]`` float32.
+        source: where the numbers come from (``"comfyui-sd1"``, ``"fit:final-image"``, ``"fit:vae-decodes"``).
+        r2: share of pixel variance the map explained on the images it was checked against (or NaN).
+    """
+
+    factors: np.ndarray  # [channel, 3]
+    bias: np.ndarray  # [3]
+    source: str
+    r2: float = float("nan")
+
+    def apply(self, latent: np.ndarray) -> np.ndarray:
+        """Map ``[C, h, w]`` latents to ``[h, w, 3]`` RGB in about [-1, 1]."""
+        lat = np.asarray(latent, dtype=np.float32)
+        return np.einsum("chw,ck->hwk", lat, self.factors) + self.bias
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factors": self.factors.tolist(), "bias": self.bias.tolist(), "source": self.source, "r2": self.r2}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatentRGB:
+        return cls(
+            factors=np.asarray(data["factors"], np.float32),
+            bias=np.asarray(data["bias"], np.float32),
+            source=str(data["source"]),
+            r2=float(data.get("r2", float("nan"))),
+        )
+
+
+def preset_latent_rgb(vae_config: Any) -> LatentRGB | None:
+    """Return ComfyUI's SD 1.x factors if the VAE has SD 1.x's latent format, else ``None``."""
+    channels = vae_config.get("latent_channels") if hasattr(vae_config, "get") else None
+    scaling = vae_config.get("scaling_factor") if hasattr(vae_config, "get") else None
+    shift = vae_config.get("shift_factor") if hasattr(vae_config, "get") else None
+    if channels == len(SD1_LATENT_RGB_FACTORS) and scaling is not None and abs(scaling - SD1_SCALING_FACTOR) < 1e-6:
+        if not shift:
+            return LatentRGB(np.asarray(SD1_LATENT_RGB_FACTORS, np.float32), np.zeros(3, np.float32), "comfyui-sd1")
+    return None
+
+
+def _r2(pred: np.ndarray, target: np.ndarray) -> float:
+    var = float(((target - target.mean(axis=0)) ** 2).sum())
+    return float("nan") if var <= 0 else 1.0 - float(((pred - target) ** 2).sum()) / var
+
+
+def fit_from_pairs(latents: torch.Tensor | np.ndarray, images: torch.Tensor | np.ndarray, source: str) -> LatentRGB:
+    """Least-squares fit of ``rgb = latent @ factors + bias`` from matching latents and decoded images.
+
+    Args:
+        latents: ``[N, C, h, w]`` scaled latents.
+        images: ``[N, 3, H, W]`` decodes in [-1, 1]; area-averaged down to ``h x w``.
+        source: label stored with the result.
+
+    Returns:
+        The fitted map, with its R² on these pairs.
+    """
+    lat = torch.as_tensor(np.asarray(latents, np.float32) if isinstance(latents, np.ndarray) else latents).float().cpu()
+    img = torch.as_tensor(np.asarray(images, np.float32) if isinstance(images, np.ndarray) else images).float().cpu()
+    small = F.adaptive_avg_pool2d(img, lat.shape[-2:])  # [N, 3, h, w]
+    x = lat.permute(0, 2, 3, 1).reshape(-1, lat.shape[1]).double().numpy()  # [N*h*w, C]
+    y = small.permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()  # [N*h*w, 3]
+    design = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return LatentRGB(
+        factors=coef[:-1].astype(np.float32),
+        bias=coef[-1].astype(np.float32),
+        source=source,
+        r2=_r2(design @ coef, y),
+    )
+
+
+def choose_latent_rgb(vae_config: Any, final_latent: torch.Tensor, final_image: Image.Image) -> LatentRGB | None:
+    """Pick the linear preview map for a finished trace, at no extra model cost.
+
+    The final latent and the pipeline's own decode of it form one real (latent, image) pair. SD 1.x
+    latents get ComfyUI's factors when they explain the pair well (R² >= ``PRESET_MIN_R2``); any
+    other VAE, or SD-format VAEs whose weights do not match them, get factors fitted on the pair.
+
+    Returns:
+        The map, or ``None`` when the image is flat (nothing to fit).
+    """
+    image = torch.from_numpy(np.asarray(final_image.convert("RGB"), np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    latent = final_latent.float().cpu()[None] if final_latent.dim() == 3 else final_latent.float().cpu()
+    if float(image.std()) < 1e-6:
+        return preset_latent_rgb(vae_config)
+    fitted = fit_from_pairs(latent, image, "fit:final-image")
+    preset = preset_latent_rgb(vae_config)
+    if preset is not None:
+        small = F.adaptive_avg_pool2d(image, latent.shape[-2:])[0].permute(1, 2, 0).reshape(-1, 3).numpy()
+        pred = preset.apply(latent[0].numpy()).reshape(-1, 3)
+        preset.r2 = _r2(pred, small)
+        if preset.r2 >= PRESET_MIN_R2:
+            return preset
+    return fitted
+
+
+@torch.no_grad()
+def decode_latents(vae: Any, latents: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Decode scaled latents ``[N, C, h, w]`` with the VAE as the pipeline does; returns ``[N, 3, H, W]`` in [-1, 1]."""
+    lat = torch.as_tensor(np.asarray(latents) if isinstance(latents, np.ndarray) else latents)
+    param = next(vae.parameters())
+    z = lat.to(device=param.device, dtype=param.dtype) / vae.config.scaling_factor
+    shift = vae.config.get("shift_factor", None)
+    if shift:
+        z = z + shift
+    return vae.decode(z, return_dict=False)[0].float().clamp(-1, 1).cpu()
+
+
+def _vae_of(pipe_or_vae: Any) -> Any:
+    vae = getattr(pipe_or_vae, "vae", pipe_or_vae)
+    if not (isinstance(vae, torch.nn.Module) and hasattr(vae, "decode") and hasattr(vae, "config")):
+        raise TypeError(
+            f"pipe must be a diffusers pipeline with a VAE, or an AutoencoderKL, not {type(pipe_or_vae).__name__}."
+        )
+    return vae
+
+
+def fit_latent_rgb_factors(
+    pipe_or_vae: Any,
+    latents: Trace | torch.Tensor | np.ndarray | None = None,
+    *,
+    num_samples: int = 4,
+    seed: int = 0,
+) -> LatentRGB:
+    """Fit latent → RGB factors by least squares against real VAE decodes.
+
+    Args:
+        pipe_or_vae: a pipeline (its ``vae`` is used) or an ``AutoencoderKL``.
+        latents: scaled latents ``[N, C, h, w]`` to decode; a Trace (its final latent and x0 at a few
+            steps); or ``None`` for ``num_samples`` random latents at the VAE's native size.
+        num_samples: random latents to draw when ``latents`` is ``None``.
+        seed: seed for those random latents.
+
+    Returns:
+        The fitted map; assign it to ``trace.latent_rgb`` to use it for linear previews.
+    """
+    vae = _vae_of(pipe_or_vae)
+    if latents is None:
+        blocks = len(vae.config.block_out_channels)
+        side = max(1, int(vae.config.sample_size) // (2 ** (blocks - 1)))
+        gen = torch.Generator().manual_seed(seed)
+        latents = torch.randn(num_samples, vae.config.latent_channels, side, side, generator=gen)
+        source = "fit:vae-decodes(random)"
+    elif hasattr(latents, "x0") and hasattr(latents, "latents"):
+        trace = latents
+        picks = sorted({int(i) for i in np.linspace(trace.num_steps // 2, trace.num_steps - 1, 3)}) if trace.num_steps else []
+        latents = np.concatenate([trace.latents[-1:], trace.x0[picks]]).astype(np.float32)
+        source = "fit:vae-decodes(trace)"
+    else:
+        source = "fit:vae-decodes"
+    lat = torch.as_tensor(latents if not isinstance(latents, np.ndarray) else np.asarray(latents, np.float32)).float()
+    if lat.dim() == 3:
+        lat = lat[None]
+    if lat.dim() != 4 or lat.shape[1] != vae.config.latent_channels:
+        raise ValueError(
+            f"latents must have shape [N, {vae.config.latent_channels}, h, w] for this VAE, got {tuple(lat.shape)}."
+        )
+    return fit_from_pairs(lat, decode_latents(vae, lat), source)
+
+
+def to_pil(rgb: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
+    """``[h, w, 3]`` RGB in [-1, 1] → PIL image, optionally resized to ``size = (width, height)``."""
+    arr = ((np.clip(rgb, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
+    image = Image.fromarray(arr, "RGB")
+    return image.resize(size, Image.BILINEAR) if size is not None and image.size != size else image
+
+
+def linear_preview(latent: np.ndarray, rgb: LatentRGB, size: tuple[int, int] | None = None) -> Image.Image:
+    """Linear preview of one ``[C, h, w]`` latent; ``size = (width, height)`` upsamples it."""
+    return to_pil(rgb.apply(latent), size)
+
+
+def vae_preview(pipe_or_vae: Any, latent: np.ndarray, key: tuple) -> Image.Image:
+    """Decode one ``[C, h, w]`` latent with the VAE, cached per VAE under ``key``."""
+    vae = _vae_of(pipe_or_vae)
+    cache = _CACHE.setdefault(vae, OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    image = decode_latents(vae, np.asarray(latent, np.float32)[None])[0].permute(1, 2, 0).numpy()
+    result = to_pil(image)
+    cache[key] = result
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return result
+
+
+def clear_preview_cache() -> None:
+    """Forget every cached VAE decode."""
+    _CACHE.clear()
+
+
+def preview_cache_size(pipe_or_vae: Any) -> int:
+    """Number of cached decodes for this pipeline's VAE."""
+    return len(_CACHE.get(_vae_of(pipe_or_vae), ()))

@@ -1,0 +1,672 @@
+"""Record every denoising step of a real diffusers ``StableDiffusionPipeline`` call.
+
+:func:`trace` runs the pipeline's own ``__call__`` once. While it runs, the recorder is attached
+through diffusers' and torch's public swap points, and detached in a ``finally``:
+
+1. ``pipe.encode_prompt`` is wrapped to see the prompt and negative embeddings the pipeline built.
+2. A UNet forward *pre*-hook reads which half of the batch is conditional by comparing the UNet's
+   ``encoder_hidden_states`` with those embeddings (diffusers builds ``cat([negative, prompt])``;
+   the order is read, not assumed). The forward hook keeps the raw model output of each half.
+3. Each ``attn2`` layer gets a processor that calls the layer's *original* processor for its output
+   (so the image is bit-identical) and, on the side, computes the softmax probabilities from the
+   very ``to_q``/``to_k`` outputs that computation produced (forward hooks on those projections).
+4. ``scheduler.step`` is wrapped (signature preserved) to keep the step's input latent and x0:
+   the scheduler's own x0 where it exposes one, else its parameterisation (``schedulers.py``).
+5. ``callback_on_step_end`` marks a step complete and keeps the latent after it.
+
+Everything stays on the pipeline's device until the run ends, then moves to the CPU once.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import Attention
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from tqdm.auto import tqdm
+
+from . import previews
+from .attention import AttentionLayer, PromptTokens, attention_probs, cross_attention_modules, level_size, tokenize_prompt
+from .errors import TraceBudgetError
+from .schedulers import (
+    SCHEDULERS,
+    current_sigma,
+    model_input_scale,
+    prediction_type,
+    resolve_scheduler,
+    scheduler_space,
+    scheduler_x0,
+    x0_coefficients,
+)
+from .trace import Trace, json_safe
+from .validation import (
+    RecordSpec,
+    check_guidance,
+    check_pipeline,
+    check_prompt,
+    check_seed,
+    check_size,
+    check_steps,
+    parse_record,
+)
+
+BRANCHES = ("uncond", "cond")
+
+
+# ----------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Plan:
+    """Sizes of one run, known before it starts (all read from the pipeline's configs)."""
+
+    num_steps: int  # loop iterations = len(scheduler.timesteps)
+    latent_shape: tuple[int, int, int]  # (C, h, w)
+    layers: list[AttentionLayer]
+    tokens: dict[str, int]  # recorded tokens per branch
+    cfg: bool
+    spec: RecordSpec
+    groups: dict[str, list[AttentionLayer]] = field(default_factory=dict)
+    initial_scale: float = 1.0  # input scale of the initial latent
+
+    def estimate_bytes(self) -> int:
+        """Bytes the finished trace will hold (arrays only; the image adds ``H * W * 3``)."""
+        c, h, w = self.latent_shape
+        item = 2 if self.spec.dtype == "float16" else 4
+        s = self.num_steps
+        tensors = (s + 1) * c * h * w * item + s * c * h * w * item * (2 + int(self.cfg)) + 6 * s * 8 + 8
+        attn = 0
+        mode = self.spec.attention
+        for branch, t in self.tokens.items():
+            if mode == "per_step":
+                attn += s * t * h * w * 2
+            elif mode in ("per_layer", "per_head"):
+                for la in self.layers:
+                    attn += s * t * la.height * la.width * 2 * (la.heads if mode == "per_head" else 1)
+        return int(tensors + attn)
+
+
+def _plan(
+    pipe: StableDiffusionPipeline,
+    scheduler: SchedulerMixin,
+    steps: int,
+    height: int,
+    width: int,
+    spec: RecordSpec,
+    cfg: bool,
+    tokens: dict[str, PromptTokens],
+) -> Plan:
+    probe = _copy_scheduler(scheduler)
+    probe.set_timesteps(steps, device="cpu")
+    num_steps = len(probe.timesteps)
+    space = scheduler_space(probe)
+    initial_scale = model_input_scale(space, float(probe.sigmas[0])) if space == "ve" else 1.0
+    h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
+    layers: list[AttentionLayer] = []
+    groups: dict[str, list[AttentionLayer]] = {}
+    for index, (name, module, level) in enumerate(cross_attention_modules(pipe.unet)):
+        lh, lw = level_size(h, w, level)
+        group = f"{lh}x{lw}" if spec.attention != "per_head" else f"{lh}x{lw}x{module.heads}h"
+        layer = AttentionLayer(index, name, lh, lw, module.heads, group, len(groups.get(group, [])))
+        groups.setdefault(group, []).append(layer)
+        layers.append(layer)
+    max_len = pipe.tokenizer.model_max_length
+    counts = {b: (max_len if spec.tokens == "all" else len(t.ids)) for b, t in tokens.items()}
+    return Plan(num_steps, (pipe.unet.config.in_channels, h, w), layers, counts, cfg, spec, groups, initial_scale)
+
+
+def _copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
+    return type(scheduler).from_config(scheduler.config)
+
+
+# ---------------------------------------------------------------------------------------- recording
+
+
+class _CrossAttentionRecorder:
+    """Processor for one ``attn2`` layer: the original processor computes the output; we record on the side."""
+
+    def __init__(self, recorder: Recorder, layer: AttentionLayer, original: Any) -> None:
+        self.recorder = recorder
+        self.layer = layer
+        self.original = original
+        self.query: torch.Tensor | None = None
+        self.key: torch.Tensor | None = None
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        self.query = self.key = None
+        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if self.recorder.active:
+            query, key = self.query, self.key
+            if query is None or key is None:  # a processor that bypasses to_q / to_k (fused projections)
+                query, key = self._recompute(attn, hidden_states, encoder_hidden_states)
+            self.recorder.record_attention(self.layer, attention_probs(attn, query, key, attention_mask))
+        self.query = self.key = None
+        return out
+
+    @staticmethod
+    def _recompute(attn: Attention, hidden: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        if hidden.ndim == 4:
+            hidden = hidden.flatten(2).transpose(1, 2)
+        context = hidden if context is None else context
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        return attn.to_q(hidden), attn.to_k(context)
+
+    def keep_query(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.query = output
+
+    def keep_key(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.key = output
+
+
+class Recorder:
+    """Attaches to a pipeline for one call, collects each step, and builds the :class:`Trace`."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, scheduler: SchedulerMixin, plan: Plan, progress: bool) -> None:
+        self.pipe = pipe
+        self.scheduler = scheduler
+        self.plan = plan
+        self.spec = plan.spec
+        self.dtype = plan.spec.torch_dtype
+        self.space = scheduler_space(scheduler)
+        self.prediction = prediction_type(scheduler)
+        self.progress = progress
+        self.active = False
+        self.cond_index: int | None = None  # batch position of the conditional half
+        self.batch_order = "cond only"
+        self.embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.x0_source: str | None = None
+        # finished steps (device tensors until the end)
+        self.latents: list[torch.Tensor] = []  # each [C, h, w]: the initial latent, then one per finished step
+        self.next_scale = 1.0  # input scale of the latent after the last finished step
+        self.x0: list[torch.Tensor] = []
+        self.eps: dict[str, list[torch.Tensor]] = {b: [] for b in BRANCHES}
+        self.attn: dict[str, dict[int, list[torch.Tensor]]] = {b: {} for b in BRANCHES}
+        self.scalars: list[tuple[float, float, float, float, float]] = []  # t, sigma, a, b, input scale
+        self._pending: dict[str, Any] = {}
+        self._pending_attn: dict[str, dict[int, torch.Tensor]] = {b: {} for b in BRANCHES}
+        self._undo: list[Callable[[], None]] = []
+        self._bar: Any = None
+
+    # -------------------------------------------------------------- attach / detach
+
+    def attach(self) -> None:
+        """Install the hooks, processors and wrappers; every change registers its own undo."""
+        pipe = self.pipe
+        if pipe.scheduler is not self.scheduler:
+            original_scheduler = pipe.scheduler
+            pipe.scheduler = self.scheduler
+            self._undo.append(lambda: setattr(pipe, "scheduler", original_scheduler))
+        self._wrap_attribute(pipe, "encode_prompt", self._wrap_encode_prompt(pipe.encode_prompt))
+        self._wrap_attribute(pipe, "prepare_latents", self._wrap_prepare_latents(pipe.prepare_latents))
+        self._wrap_attribute(self.scheduler, "step", self._wrap_step(self.scheduler.step))
+        unet = pipe.unet
+        pre = unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)
+        post = unet.register_forward_hook(self._unet_post_hook, with_kwargs=True)
+        self._undo += [pre.remove, post.remove]
+        if self.spec.attention != "none":
+            modules = {name: module for name, module, _ in cross_attention_modules(unet)}
+            for layer in self.plan.layers:
+                module = modules[layer.name]
+                original = module.processor
+                proc = _CrossAttentionRecorder(self, layer, original)
+                module.set_processor(proc)
+                hq = module.to_q.register_forward_hook(proc.keep_query)
+                hk = module.to_k.register_forward_hook(proc.keep_key)
+                self._undo += [functools.partial(module.set_processor, original), hq.remove, hk.remove]
+        had_config = hasattr(pipe, "_progress_bar_config")
+        old_config = dict(getattr(pipe, "_progress_bar_config", {}))
+        pipe.set_progress_bar_config(**{**old_config, "disable": True})
+        self._undo.append(
+            (lambda: setattr(pipe, "_progress_bar_config", old_config))
+            if had_config
+            else (lambda: delattr(pipe, "_progress_bar_config"))
+        )
+        self._bar = tqdm(total=self.plan.num_steps, desc="trace", disable=not self.progress, leave=False)
+        self._undo.append(self._bar.close)
+        self.active = True
+
+    def detach(self) -> None:
+        """Undo every change in reverse order, even if one undo fails."""
+        self.active = False
+        errors = []
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except Exception as err:  # pragma: no cover - keep restoring the rest
+                errors.append(err)
+        if errors:  # pragma: no cover
+            raise RuntimeError(f"could not fully restore the pipeline: {errors}")
+
+    def _wrap_attribute(self, owner: Any, name: str, wrapper: Any) -> None:
+        had_own = name in vars(owner)
+        previous = vars(owner).get(name)
+        setattr(owner, name, wrapper)
+        self._undo.append((lambda: setattr(owner, name, previous)) if had_own else (lambda: delattr(owner, name)))
+
+    # -------------------------------------------------------------- hooks
+
+    def _wrap_encode_prompt(self, encode: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(encode)
+        def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+            result = encode(*args, **kwargs)
+            self.embeds = (result[0], result[1])
+            return result
+
+        return encode_prompt
+
+    def _wrap_prepare_latents(self, prepare: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(prepare)
+        def prepare_latents(*args: Any, **kwargs: Any) -> torch.Tensor:
+            latents = prepare(*args, **kwargs)
+            if self.active:
+                self.latents = [latents[0].to(self.dtype, copy=True)]  # the state before step 0
+            return latents
+
+        return prepare_latents
+
+    def _unet_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self.active or self.cond_index is not None or not self.plan.cfg:
+            return
+        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        self.cond_index = self._detect_order(context)
+
+    def _detect_order(self, context: torch.Tensor | None) -> int:
+        """Return the batch index of the conditional half, read from the embeddings the pipeline built."""
+        if self.embeds is None or context is None or context.shape[0] != 2:
+            raise RuntimeError(
+                "could not identify the conditional and unconditional halves of the UNet batch "
+                f"(batch of {None if context is None else context.shape[0]}); only one image per prompt is supported."
+            )
+        cond, uncond = self.embeds
+        first, second = context[:1], context[1:]
+        if torch.equal(first, uncond) and torch.equal(second, cond):
+            self.batch_order = "uncond, cond" if not torch.equal(cond, uncond) else "identical embeddings"
+            return 1
+        if torch.equal(first, cond) and torch.equal(second, uncond):
+            self.batch_order = "cond, uncond"
+            return 0
+        raise RuntimeError(
+            "the UNet's encoder_hidden_states match neither [negative, prompt] nor [prompt, negative] embeddings; "
+            "this pipeline builds its guidance batch in a way the tracer does not know."
+        )
+
+    def _unet_post_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self.active:
+            return
+        out = output[0] if isinstance(output, tuple) else output.sample
+        if self.plan.cfg:
+            ci = self.cond_index
+            self._pending["eps_cond"] = out[ci].to(self.dtype, copy=True)
+            self._pending["eps_uncond"] = out[1 - ci].to(self.dtype, copy=True)
+        else:
+            self._pending["eps_cond"] = out[0].to(self.dtype, copy=True)
+
+    def record_attention(self, layer: AttentionLayer, probs: torch.Tensor) -> None:
+        """Keep one layer's probabilities ``[B, H, N, T]`` for the current step, per branch."""
+        mode = self.spec.attention
+        halves = {"cond": 0} if not self.plan.cfg else {"cond": self.cond_index, "uncond": 1 - self.cond_index}
+        for branch, row in halves.items():
+            t = self.plan.tokens[branch]
+            p = probs[row, ..., :t]  # [H, N, t]
+            if mode != "per_head":
+                p = p.mean(dim=0)  # [N, t]
+                grid = p.transpose(0, 1).reshape(t, layer.height, layer.width)  # [t, h, w]
+            else:
+                grid = p.transpose(1, 2).reshape(p.shape[0], t, layer.height, layer.width)  # [H, t, h, w]
+            if mode == "per_step":
+                _, h, w = self.plan.latent_shape
+                if (layer.height, layer.width) != (h, w):
+                    grid = F.interpolate(grid[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                acc = self._pending_attn[branch].get(0)
+                self._pending_attn[branch][0] = grid if acc is None else acc + grid
+            else:
+                self._pending_attn[branch][layer.index] = grid.to(torch.float16)
+
+    def _wrap_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
+        # functools.wraps keeps step's signature visible: the pipeline inspects it for `eta`/`generator`.
+        @functools.wraps(step)
+        def wrapped(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            return_dict = kwargs.pop("return_dict", True)
+            output = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+            if self.active:
+                self._after_step(model_output, timestep, sample, output)
+            return output if return_dict else output.to_tuple()
+
+        return wrapped
+
+    def _after_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, output: Any) -> None:
+        sched = self.scheduler
+        sigma = current_sigma(sched, float(timestep), self.space, getattr(sched, "step_index", None))
+        a, b = x0_coefficients(self.space, self.prediction, sigma)
+        x0, source = scheduler_x0(sched, output)
+        if x0 is None:
+            x0 = sample.float() * a + model_output.float() * b
+        self.x0_source = self.x0_source or source
+        next_sigma = 0.0  # noise level of the latent this step produced (VE schedulers keep a sigma table)
+        index = getattr(sched, "step_index", None)
+        if self.space == "ve" and index is not None and index < len(sched.sigmas):
+            next_sigma = float(sched.sigmas[index])
+        self._pending.update(
+            x0=x0[0].to(self.dtype, copy=True),
+            scalars=(float(timestep), sigma, a, b, model_input_scale(self.space, sigma)),
+            next_scale=model_input_scale(self.space, next_sigma),
+        )
+
+    def on_step_end(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``callback_on_step_end``: commit the step's records; the latents are left unchanged."""
+        if not self.active:
+            return {}
+        p = self._pending
+        self.latents.append(callback_kwargs["latents"][0].to(self.dtype, copy=True))
+        self.next_scale = p["next_scale"]
+        self.x0.append(p["x0"])
+        self.scalars.append(p["scalars"])
+        self.eps["cond"].append(p["eps_cond"])
+        if self.plan.cfg:
+            self.eps["uncond"].append(p["eps_uncond"])
+        for branch, by_layer in self._pending_attn.items():
+            for index, grid in by_layer.items():
+                if self.spec.attention == "per_step":
+                    grid = (grid / len(self.plan.layers)).to(torch.float16)
+                self.attn[branch].setdefault(index, []).append(grid)
+            by_layer.clear()
+        self._pending = {}
+        self._bar.update(1)
+        return {}
+
+    # -------------------------------------------------------------- result
+
+    def build(self, *, final_image: Any, meta: dict[str, Any], tokens: dict[str, PromptTokens], complete: bool,
+              error: str | None) -> Trace:  # fmt: skip
+        """Move everything to the CPU once and assemble the Trace (valid for interrupted runs too)."""
+        c, h, w = self.plan.latent_shape
+        n = len(self.x0)
+        np_dtype = np.float16 if self.spec.dtype == "float16" else np.float32
+
+        def stack(items: list[torch.Tensor], shape: tuple[int, ...]) -> np.ndarray:
+            if not items:
+                return np.zeros((0, *shape), np_dtype)
+            return torch.stack(items).cpu().numpy()
+
+        latents_np = stack(self.latents[: n + 1], (c, h, w))
+        if latents_np.shape[0] != n + 1:  # stopped before the initial latent existed
+            latents_np = np.full((n + 1, c, h, w), np.nan, np_dtype)
+        scalars = np.asarray(self.scalars, np.float64).reshape(n, 5)
+        sigmas = scalars[:, 1]
+        attention: dict[str, np.ndarray] = {}
+        for branch in self.attn:
+            if branch == "uncond" and not self.plan.cfg:
+                continue
+            t = self.plan.tokens[branch]
+            if self.spec.attention == "per_step":
+                attention[f"{branch}/steps"] = stack(self.attn[branch].get(0, []), (t, h, w)).astype(np.float16)
+            elif self.spec.attention != "none":
+                for group, layers in self.plan.groups.items():
+                    per_layer = [self.attn[branch].get(la.index, [])[:n] for la in layers]
+                    shape = (len(layers), *((layers[0].heads,) if self.spec.attention == "per_head" else ()), t,
+                             layers[0].height, layers[0].width)  # fmt: skip
+                    if n == 0:
+                        attention[f"{branch}/{group}"] = np.zeros((0, *shape), np.float16)
+                    else:  # [step, layer, (head,) token, h, w]
+                        steps = [torch.stack([maps[s] for maps in per_layer]) for s in range(n)]
+                        attention[f"{branch}/{group}"] = torch.stack(steps).cpu().numpy()
+        final_latent = torch.from_numpy(latents_np[-1].astype(np.float32))
+        rgb = None
+        if final_image is not None:
+            rgb = previews.choose_latent_rgb(self.pipe.vae.config, final_latent, final_image)
+        elif n:
+            rgb = previews.preset_latent_rgb(self.pipe.vae.config)
+        cond, uncond = tokens["cond"], tokens.get("uncond")
+        meta["x0_source"] = self.x0_source
+        meta["batch_order"] = self.batch_order
+        meta["num_steps_recorded"] = n
+        return Trace(
+            prompt=meta["prompt"],
+            negative_prompt=meta["negative_prompt"],
+            tokens=cond.tokens,
+            token_ids=cond.ids,
+            words=cond.words,
+            truncated_tokens=cond.truncated,
+            negative_tokens=uncond.tokens if uncond else [],
+            negative_token_ids=uncond.ids if uncond else [],
+            negative_words=uncond.words if uncond else [],
+            negative_truncated_tokens=uncond.truncated if uncond else [],
+            timesteps=scalars[:, 0].copy(),
+            sigmas=sigmas.copy(),
+            alphas_cumprod=1.0 / (sigmas**2 + 1.0),
+            x0_coef_sample=scalars[:, 2].copy(),
+            x0_coef_model=scalars[:, 3].copy(),
+            input_scale=np.append(scalars[:, 4], self.next_scale if n else self.plan.initial_scale),
+            latents=latents_np,
+            x0=stack(self.x0, (c, h, w)),
+            eps_cond=stack(self.eps["cond"], (c, h, w)),
+            eps_uncond=stack(self.eps["uncond"], (c, h, w)) if self.plan.cfg else None,
+            final_image=final_image,
+            attention=attention,
+            attention_layers=list(self.plan.layers) if self.spec.attention in ("per_layer", "per_head") else [],
+            attention_mode=self.spec.attention,
+            latent_rgb=rgb,
+            metadata=json_safe(meta),
+            complete=complete,
+            error=error,
+        )
+
+
+# ---------------------------------------------------------------------------------------- entry point
+
+
+def trace(
+    pipe: StableDiffusionPipeline,
+    prompt: str,
+    *,
+    negative_prompt: str | None = None,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 7.5,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    scheduler: str | SchedulerMixin | None = None,
+    record: str | dict[str, Any] = "default",
+    progress: bool = True,
+) -> Trace:
+    """Run ``pipe`` once on ``prompt`` and record every denoising step.
+
+    The image is exactly what ``pipe(prompt, ..., generator=torch.Generator(device).manual_seed(seed))``
+    gives with the same arguments; the pipeline (scheduler, processors, hooks) is left as it was.
+
+    Args:
+        pipe: a diffusers ``StableDiffusionPipeline``.
+        prompt: one prompt; ``""`` is an unconditional image.
+        negative_prompt: optional negative prompt (used only when ``guidance_scale > 1``).
+        num_inference_steps: denoising steps (>= 1).
+        guidance_scale: classifier-free guidance scale (finite, >= 0; <= 1 turns guidance off).
+        seed: seed of a ``torch.Generator`` on the pipeline's execution device.
+        generator: use this generator instead of ``seed``.
+        height, width: image size in pixels; default from the UNet config. Must be a multiple of
+            ``vae_scale_factor * 2 ** unet.num_upsamplers``.
+        scheduler: ``None`` (the pipeline's), a name from ``SCHEDULERS`` or a scheduler instance, for
+            this call only.
+        record: attention recording: ``"default"`` (= ``"per_layer"``), ``"none"``, ``"per_step"``,
+            ``"per_head"``, or a dict with ``attention``, ``tokens`` (``"prompt"``/``"all"``), ``dtype``
+            (``"float16"``/``"float32"`` for latents, x0 and model outputs) and ``max_bytes``.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The :class:`Trace`. If the run is interrupted with Ctrl-C (``KeyboardInterrupt``), the steps
+        finished so far are returned as a trace with ``complete=False`` and a warning. Any other
+        exception propagates, with that partial trace attached as ``err.partial_trace``.
+
+    Raises:
+        TraceBudgetError: the estimated trace exceeds ``record["max_bytes"]`` (1 GiB by default).
+        TypeError, ValueError: bad arguments, each named in the message.
+    """
+    t_start = time.perf_counter()
+    pipe = check_pipeline(pipe)
+    prompt = check_prompt(prompt)
+    negative_prompt = check_prompt(negative_prompt, "negative_prompt", optional=True)
+    guidance = check_guidance(guidance_scale)
+    spec = parse_record(record)
+    sched = resolve_scheduler(scheduler, pipe.scheduler)
+    prediction_type(sched)  # refuses unsupported prediction types before the run
+    steps = check_steps(num_inference_steps, int(sched.config.num_train_timesteps))
+    unet = pipe.unet
+    multiple = pipe.vae_scale_factor * 2 ** int(getattr(unet, "num_upsamplers", len(unet.config.block_out_channels) - 1))
+    sample = unet.config.sample_size
+    sample_h, sample_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    height = check_size(height, "height", multiple, sample_h * pipe.vae_scale_factor)
+    width = check_size(width, "width", multiple, sample_w * pipe.vae_scale_factor)
+    seed = check_seed(seed, generator)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, not {type(progress).__name__}.")
+    cfg = guidance > 1 and unet.config.time_cond_proj_dim is None  # the pipeline's do_classifier_free_guidance
+
+    tokens = {"cond": tokenize_prompt(pipe.tokenizer, prompt)}
+    if cfg:
+        tokens["uncond"] = tokenize_prompt(pipe.tokenizer, negative_prompt or "")
+    for branch, name in (("cond", "prompt"), ("uncond", "negative_prompt")):
+        if branch in tokens and tokens[branch].truncated:
+            dropped = tokens[branch].truncated
+            warnings.warn(
+                f"{name} is longer than the tokenizer's {pipe.tokenizer.model_max_length} tokens; "
+                f"{len(dropped)} tokens were dropped: {dropped} (kept in trace.truncated_tokens).",
+                stacklevel=2,
+            )
+
+    plan = _plan(pipe, sched, steps, height, width, spec, cfg, tokens)
+    estimate = plan.estimate_bytes()
+    if estimate > spec.max_bytes:
+        raise TraceBudgetError(
+            f"record={spec.attention!r} would store about {estimate / 1e6:.1f} MB for this run ({plan.num_steps} steps, "
+            f"{len(plan.layers)} cross-attention layers, {sum(plan.tokens.values())} tokens), over the budget of "
+            f"{spec.max_bytes / 1e6:.1f} MB; record less (record='per_layer', 'per_step' or 'none') or raise "
+            "record={'max_bytes': ...}."
+        )
+
+    device = pipe._execution_device
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    short_name = scheduler.strip().lower() if isinstance(scheduler, str) else None
+    meta: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        "generator_device": str(generator.device),
+        "generator_initial_seed": int(generator.initial_seed()),
+        "guidance_scale": guidance,
+        "classifier_free_guidance": cfg,
+        "num_inference_steps": steps,
+        "num_steps": plan.num_steps,
+        "height": height,
+        "width": width,
+        "model": _model_info(pipe),
+        "scheduler": {
+            "class": type(sched).__name__,
+            "name": short_name,
+            "space": scheduler_space(sched),
+            "config": dict(sched.config),
+        },
+        "prediction_type": prediction_type(sched),
+        "model_output": (
+            "eps_cond / eps_uncond hold the UNet's raw output: "
+            + {"epsilon": "the predicted noise (epsilon)", "v_prediction": "the predicted velocity v (not epsilon)",
+               "sample": "the predicted clean latent"}[prediction_type(sched)]  # fmt: skip
+        ),
+        "record": spec.to_dict(),
+        "estimated_bytes": estimate,
+        "versions": _versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+    recorder = Recorder(pipe, sched, plan, progress)
+    final_image = None
+    failure: BaseException | None = None
+    t_run = time.perf_counter()
+    try:
+        recorder.attach()
+        output = pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=height,
+            width=width,
+            generator=generator,
+            callback_on_step_end=recorder.on_step_end,
+        )
+        final_image = output.images[0]
+    except BaseException as err:  # noqa: BLE001 - re-raised below, after the partial trace is built
+        failure = err
+    finally:
+        recorder.detach()
+    t_built = time.perf_counter()
+    meta["timings"] = {"setup_s": t_run - t_start, "run_s": t_built - t_run}
+    error = None if failure is None else f"{type(failure).__name__}: {failure}".rstrip(": ")
+    result = recorder.build(final_image=final_image, meta=meta, tokens=tokens, complete=failure is None, error=error)
+    result.metadata["timings"]["build_s"] = time.perf_counter() - t_built
+    if failure is None:
+        return result
+    if isinstance(failure, KeyboardInterrupt):
+        warnings.warn(
+            f"trace interrupted after {result.num_steps} of {plan.num_steps} steps; returning the partial trace "
+            "(trace.complete is False).",
+            stacklevel=2,
+        )
+        return result
+    try:
+        failure.partial_trace = result  # type: ignore[attr-defined]
+        if hasattr(failure, "add_note"):
+            failure.add_note(f"explainer.trace: the {result.num_steps} finished steps are in err.partial_trace.")
+    except (AttributeError, TypeError):  # pragma: no cover - exceptions without a __dict__
+        pass
+    raise failure
+
+
+def _model_info(pipe: StableDiffusionPipeline) -> dict[str, Any]:
+    unet, vae = pipe.unet, pipe.vae
+    return {
+        "name_or_path": getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path"),
+        "pipeline": type(pipe).__name__,
+        "unet": type(unet).__name__,
+        "vae": type(vae).__name__,
+        "text_encoder": type(pipe.text_encoder).__name__,
+        "dtype": str(unet.dtype).removeprefix("torch."),
+        "device": str(pipe._execution_device),
+        "vae_scale_factor": pipe.vae_scale_factor,
+        "vae_scaling_factor": vae.config.scaling_factor,
+        "latent_channels": unet.config.in_channels,
+        "cross_attention_dim": unet.config.cross_attention_dim,
+        "tokenizer_max_length": pipe.tokenizer.model_max_length,
+    }
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for dist in ("sd-explainer", "torch", "diffusers", "transformers", "numpy", "safetensors"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found

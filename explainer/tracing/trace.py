@@ -1,0 +1,380 @@
+"""The Trace: plain data recorded from one denoising run, and its safetensors + JSON file format.
+
+``S`` is the number of denoising iterations the run made (``len(scheduler.timesteps)``; PNDM makes
+one more than ``num_inference_steps``), ``C, h, w`` the latent shape, ``T`` recorded tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import attention as _attention
+from . import guidance as _guidance
+from . import previews as _previews
+from .attention import AttentionLayer, Word
+from .errors import StepIndexError, TraceFileError
+from .previews import LatentRGB
+
+FORMAT_NAME = "sd-explainer-trace"
+FORMAT_VERSION = 1
+
+
+@dataclass(eq=False, repr=False)
+class Trace:
+    """Everything recorded from one traced run. Plain data: no model, pipeline or scheduler inside.
+
+    Attributes:
+        prompt / negative_prompt: the text as given.
+        tokens / token_ids: the prompt's CLIP BPE tokens, BOS .. first EOS.
+        words: word → token-index grouping (indices into ``tokens``).
+        truncated_tokens: BPE tokens dropped because the prompt was too long.
+        negative_*: the same for the negative prompt (empty without guidance).
+        timesteps, sigmas, alphas_cumprod: ``[S]`` the scheduler's timestep and noise level per step.
+        x0_coef_sample, x0_coef_model: ``[S]`` the scheduler's ``x0 = a * x_t + b * model_output``.
+        input_scale: ``[S+1]`` factor bringing ``latents[i]`` to unit variance (1 for VP schedulers).
+        latents: ``[S+1, C, h, w]`` the latent before each step, then after the last.
+        x0: ``[S, C, h, w]`` the predicted clean latent of each step.
+        eps_cond, eps_uncond: ``[S, C, h, w]`` raw model output per branch (``metadata["model_output"]``
+            says whether it is epsilon or v); ``eps_uncond`` is ``None`` without guidance.
+        final_image: the pipeline's output image (``None`` for an incomplete trace).
+        attention: stored cross-attention, keyed ``"{branch}/{group}"`` (see ``attention_layers``).
+        attention_layers: the attn2 layers, their resolution and where their maps are stored.
+        attention_mode: ``"none"``, ``"per_step"``, ``"per_layer"`` or ``"per_head"``.
+        latent_rgb: linear latent → RGB map for previews, or ``None``.
+        metadata: model, scheduler, seed, guidance, size, versions, timings...
+        complete: ``False`` when the run was interrupted; arrays then hold the finished steps.
+        error: why the run stopped early, or ``None``.
+        uid: unique id (keys the VAE preview cache).
+    """
+
+    prompt: str
+    negative_prompt: str | None
+    tokens: list[str]
+    token_ids: list[int]
+    words: list[Word]
+    truncated_tokens: list[str]
+    negative_tokens: list[str]
+    negative_token_ids: list[int]
+    negative_words: list[Word]
+    negative_truncated_tokens: list[str]
+    timesteps: np.ndarray  # [step]
+    sigmas: np.ndarray  # [step]
+    alphas_cumprod: np.ndarray  # [step]
+    x0_coef_sample: np.ndarray  # [step]
+    x0_coef_model: np.ndarray  # [step]
+    input_scale: np.ndarray  # [step+1]
+    latents: np.ndarray  # [step+1, channel, h, w]
+    x0: np.ndarray  # [step, channel, h, w]
+    eps_cond: np.ndarray  # [step, channel, h, w]
+    eps_uncond: np.ndarray | None  # [step, channel, h, w]
+    final_image: Image.Image | None
+    attention: dict[str, np.ndarray]  # "{branch}/{HxW}": [step, layer, (head,) token, h, w]; "{branch}/steps": [step, token, h, w]
+    attention_layers: list[AttentionLayer]
+    attention_mode: str
+    latent_rgb: LatentRGB | None
+    metadata: dict[str, Any]
+    complete: bool = True
+    error: str | None = None
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def num_steps(self) -> int:
+        """Number of recorded steps ``S``."""
+        return int(self.x0.shape[0])
+
+    @property
+    def guidance_scale(self) -> float:
+        return float(self.metadata["guidance_scale"])
+
+    @property
+    def has_uncond(self) -> bool:
+        """Whether the unconditional branch was run (classifier-free guidance)."""
+        return self.eps_uncond is not None
+
+    @property
+    def height(self) -> int:
+        return int(self.metadata["height"])
+
+    @property
+    def width(self) -> int:
+        return int(self.metadata["width"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (the final image included)."""
+        total = sum(a.nbytes for a in self._arrays().values())
+        return int(total)
+
+    def recorded_token_count(self, branch: str = "cond") -> int:
+        """Number of tokens along the attention ``token`` axis for a branch."""
+        for key, arr in self.attention.items():
+            if key.startswith(branch + "/"):
+                return int(arr.shape[-3])
+        return len(self.tokens if branch == "cond" else self.negative_tokens)
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else f"INCOMPLETE ({self.error})"
+        return (
+            f"Trace({self.prompt!r}, steps={self.num_steps}, size={self.width}x{self.height}, "
+            f"guidance={self.guidance_scale}, scheduler={self.metadata.get('scheduler', {}).get('class')}, "
+            f"attention={self.attention_mode}, {self.nbytes / 1e6:.1f} MB, {state})"
+        )
+
+    # ------------------------------------------------------------------ views
+
+    def _check_step(self, step: int, kind: str) -> int:
+        count = self.latents.shape[0] if kind == "xt" else self.num_steps
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"step must be an int, not {type(step).__name__}.")
+        if not -count <= int(step) < count:
+            what = "latents (xt) 0..{}".format(count - 1) if kind == "xt" else f"steps 0..{count - 1}"
+            raise StepIndexError(f"step={int(step)} is out of range; this trace has {what}.")
+        return int(step) % count
+
+    def latent(self, step: int, kind: str = "x0") -> np.ndarray:
+        """The ``[C, h, w]`` latent shown for a step: ``x0[step]``, or ``xt`` scaled to unit variance."""
+        if kind not in ("x0", "xt"):
+            raise ValueError(f"kind={kind!r} is not allowed; use 'x0' (predicted clean) or 'xt' (noisy latent).")
+        step = self._check_step(step, kind)
+        if kind == "x0":
+            return self.x0[step].astype(np.float32)
+        return self.latents[step].astype(np.float32) * np.float32(self.input_scale[step])
+
+    def preview(self, step: int, kind: str = "x0", method: str = "linear", pipe: Any = None) -> Image.Image:
+        """Image of a step's latent.
+
+        Args:
+            step: step index; for ``kind="xt"`` index ``S`` is the final latent.
+            kind: ``"x0"`` (predicted clean latent) or ``"xt"`` (the noisy latent before the step).
+            method: ``"linear"`` (latent → RGB factors, instant) or ``"vae"`` (full decode, cached).
+            pipe: the pipeline (or its VAE), required for ``method="vae"``.
+
+        Returns:
+            A PIL image at the trace's image size.
+        """
+        latent = self.latent(step, kind)
+        step = self._check_step(step, kind)
+        if method == "linear":
+            if self.latent_rgb is None:
+                raise ValueError(
+                    "this trace has no latent→RGB factors; set trace.latent_rgb = "
+                    "explainer.fit_latent_rgb_factors(pipe, trace), or use method='vae' with pipe=."
+                )
+            return _previews.linear_preview(latent, self.latent_rgb, (self.width, self.height))
+        if method == "vae":
+            if pipe is None:
+                raise ValueError("method='vae' decodes with the model: pass pipe=<the pipeline or its VAE>.")
+            return _previews.vae_preview(pipe, latent, (self.uid, step, kind))
+        raise ValueError(f"method={method!r} is not allowed; use 'linear' or 'vae'.")
+
+    def heatmap(
+        self,
+        word_or_token_index: str | int,
+        step: int | slice | None = None,
+        layers: Any = None,
+        branch: str = "cond",
+    ) -> np.ndarray:
+        """Cross-attention heatmap ``[H, W]`` in [0, 1] at image resolution.
+
+        Args:
+            word_or_token_index: a word of the prompt (multi-token words average their tokens), a
+                token string, or an index into ``tokens`` (``negative_tokens`` for ``branch="uncond"``).
+            step: ``None`` for all steps (DAAM-style), an int, or a slice.
+            layers: ``None`` (all), a resolution (``16``, ``"16x16"``, ``(16, 16)``), or a list of
+                layer indices / names from ``attention_layers``.
+            branch: ``"cond"`` (prompt) or ``"uncond"`` (negative prompt).
+        """
+        return _attention.heatmap(self, word_or_token_index, step, layers, branch)
+
+    def what_if_x0(self, step: int, guidance_scale: float) -> np.ndarray:
+        """``[C, h, w]`` x0 of ``step`` re-guided with ``guidance_scale`` (no model run)."""
+        return _guidance.what_if_x0(self, step, guidance_scale)
+
+    def what_if(self, step: int, guidance_scale: float, method: str = "linear", pipe: Any = None) -> Image.Image:
+        """Preview of a step's x0 had it been guided with ``guidance_scale``.
+
+        Args:
+            step: step index.
+            guidance_scale: the scale to try; the recorded scale reproduces ``preview(step)``.
+            method: ``"linear"`` or ``"vae"`` (needs ``pipe``).
+            pipe: the pipeline or its VAE, for ``method="vae"``.
+        """
+        x0 = self.what_if_x0(step, guidance_scale)
+        if method == "linear":
+            if self.latent_rgb is None:
+                raise ValueError("this trace has no latent→RGB factors; use method='vae' with pipe=.")
+            return _previews.linear_preview(x0, self.latent_rgb, (self.width, self.height))
+        if method == "vae":
+            if pipe is None:
+                raise ValueError("method='vae' decodes with the model: pass pipe=<the pipeline or its VAE>.")
+            step = self._check_step(step, "x0")
+            return _previews.vae_preview(pipe, x0, (self.uid, step, "what_if", float(guidance_scale)))
+        raise ValueError(f"method={method!r} is not allowed; use 'linear' or 'vae'.")
+
+    # ------------------------------------------------------------------ files
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {
+            "timesteps": self.timesteps,
+            "sigmas": self.sigmas,
+            "alphas_cumprod": self.alphas_cumprod,
+            "x0_coef_sample": self.x0_coef_sample,
+            "x0_coef_model": self.x0_coef_model,
+            "input_scale": self.input_scale,
+            "latents": self.latents,
+            "x0": self.x0,
+            "eps_cond": self.eps_cond,
+        }
+        if self.eps_uncond is not None:
+            arrays["eps_uncond"] = self.eps_uncond
+        if self.final_image is not None:
+            arrays["final_image"] = np.asarray(self.final_image.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
+        for key, arr in self.attention.items():
+            arrays["attention/" + key] = arr
+        return arrays
+
+    def save(self, path: str | Path) -> Path:
+        """Write the trace to one safetensors file; JSON fields go in its header. No pickle.
+
+        Returns:
+            The path written.
+        """
+        from safetensors.numpy import save_file
+
+        header = {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "tokens": self.tokens,
+            "token_ids": self.token_ids,
+            "words": [[w.text, list(w.token_indices)] for w in self.words],
+            "truncated_tokens": self.truncated_tokens,
+            "negative_tokens": self.negative_tokens,
+            "negative_token_ids": self.negative_token_ids,
+            "negative_words": [[w.text, list(w.token_indices)] for w in self.negative_words],
+            "negative_truncated_tokens": self.negative_truncated_tokens,
+            "attention_layers": [la.to_dict() for la in self.attention_layers],
+            "attention_mode": self.attention_mode,
+            "latent_rgb": self.latent_rgb.to_dict() if self.latent_rgb is not None else None,
+            "metadata": self.metadata,
+            "complete": self.complete,
+            "error": self.error,
+            "uid": self.uid,
+        }
+        path = Path(path)
+        arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "trace": json.dumps(header, allow_nan=True, ensure_ascii=False),
+        }
+        save_file(arrays, str(path), metadata=meta)
+        return path
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read a trace written by :meth:`Trace.save`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TraceFileError: the file is not a trace, is corrupt, or comes from a newer format version.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trace file at {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT_NAME:
+                raise TraceFileError(f"{path} is a safetensors file but not an sd-explainer trace (no format marker).")
+            version = int(meta.get("format_version", "-1"))
+            if version > FORMAT_VERSION or version < 1:
+                raise TraceFileError(
+                    f"{path} uses trace format version {version}; this sd-explainer reads version "
+                    f"{FORMAT_VERSION} (upgrade sd-explainer to read newer files)."
+                )
+            header = json.loads(meta["trace"])
+            arrays = {key: f.get_tensor(key) for key in f.keys()}
+    except TraceFileError:
+        raise
+    except Exception as err:  # safetensors, JSON and key errors all mean the same to the user
+        raise TraceFileError(f"{path} is not a readable sd-explainer trace file ({type(err).__name__}: {err}).") from err
+    try:
+        return _from_parts(header, arrays)
+    except TraceFileError:
+        raise
+    except Exception as err:
+        raise TraceFileError(f"{path} is an incomplete or inconsistent trace file ({type(err).__name__}: {err}).") from err
+
+
+def _from_parts(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Trace:
+    required = ["timesteps", "sigmas", "alphas_cumprod", "x0_coef_sample", "x0_coef_model", "input_scale",
+                "latents", "x0", "eps_cond"]  # fmt: skip
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise TraceFileError(f"the trace file lacks arrays {missing}.")
+    steps = arrays["x0"].shape[0]
+    if arrays["latents"].shape[0] != steps + 1 or arrays["eps_cond"].shape[0] != steps:
+        raise TraceFileError("the trace file's arrays disagree on the number of steps.")
+    attention = {k.removeprefix("attention/"): v for k, v in arrays.items() if k.startswith("attention/")}
+    image = arrays.get("final_image")
+    rgb = header.get("latent_rgb")
+    return Trace(
+        prompt=header["prompt"],
+        negative_prompt=header["negative_prompt"],
+        tokens=list(header["tokens"]),
+        token_ids=list(header["token_ids"]),
+        words=[Word(t, tuple(idx)) for t, idx in header["words"]],
+        truncated_tokens=list(header["truncated_tokens"]),
+        negative_tokens=list(header["negative_tokens"]),
+        negative_token_ids=list(header["negative_token_ids"]),
+        negative_words=[Word(t, tuple(idx)) for t, idx in header["negative_words"]],
+        negative_truncated_tokens=list(header["negative_truncated_tokens"]),
+        timesteps=arrays["timesteps"],
+        sigmas=arrays["sigmas"],
+        alphas_cumprod=arrays["alphas_cumprod"],
+        x0_coef_sample=arrays["x0_coef_sample"],
+        x0_coef_model=arrays["x0_coef_model"],
+        input_scale=arrays["input_scale"],
+        latents=arrays["latents"],
+        x0=arrays["x0"],
+        eps_cond=arrays["eps_cond"],
+        eps_uncond=arrays.get("eps_uncond"),
+        final_image=Image.fromarray(image, "RGB") if image is not None else None,
+        attention=attention,
+        attention_layers=[AttentionLayer(**d) for d in header["attention_layers"]],
+        attention_mode=header["attention_mode"],
+        latent_rgb=LatentRGB.from_dict(rgb) if rgb is not None else None,
+        metadata=header["metadata"],
+        complete=bool(header["complete"]),
+        error=header["error"],
+        uid=header["uid"],
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """Convert configs to JSON-ready values (tuples → lists, numpy/torch scalars → Python, others → str)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else str(float(value))
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    return str(value)

@@ -1,0 +1,121 @@
+"""Tiny random-weight Stable Diffusion pipelines built from configs (as diffusers' own tests do).
+
+The tokenizer is the real CLIP BPE tokenizer in ``assets/toy/tokenizer``. Everything runs offline on
+the CPU in milliseconds per step.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# oneDNN spends seconds building kernels for each new tiny shape on CPU; plain kernels are faster here.
+torch.backends.mkldnn.enabled = False
+
+REPO = Path(__file__).resolve().parent.parent
+TOKENIZER = REPO / "assets" / "toy" / "tokenizer"
+
+# SD 1.x scheduler settings (the runwayml/stable-diffusion-v1-5 scheduler_config.json values).
+SD_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    skip_prk_steps=True,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    clip_sample=False,
+)
+
+
+def build_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
+    """Tiny UNet (two cross-attention resolutions), VAE, CLIP text encoder, real tokenizer, PNDM."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=32,
+        )
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER))
+    scheduler = PNDMScheduler.from_config({**SD_SCHEDULER, "prediction_type": prediction_type})
+    return dict(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_pipeline(prediction_type: str = "epsilon", seed: int = 0):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**build_components(prediction_type, seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def pipe():
+    """Tiny epsilon-prediction pipeline (32x32 images, 16x16 latents, attention at 16x16 and 8x8)."""
+    return build_pipeline("epsilon")
+
+
+@pytest.fixture(scope="session")
+def vpipe():
+    """The same tiny pipeline with a v-prediction scheduler config."""
+    return build_pipeline("v_prediction")
+
+
+@pytest.fixture(scope="session")
+def basic_trace(pipe):
+    """A default trace shared by read-only tests (3 DDIM steps)."""
+    import explainer
+
+    return explainer.trace(pipe, "a red cube beside a blue sphere", num_inference_steps=3, scheduler="ddim", progress=False)
