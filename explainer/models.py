@@ -67,6 +67,13 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
+def _dtype_kwarg() -> str:
+    # diffusers renamed `torch_dtype` to `dtype` (the old name still works but warns).
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
 def load_pipeline(
     model: str | os.PathLike[str] = "toy",
     *,
@@ -113,7 +120,7 @@ def load_pipeline(
             raise FileNotFoundError(f"no model folder at {candidate}; pass an existing folder, a Hub id, or 'toy'.")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(local) if local is not None else source, use_safetensors=True, torch_dtype=torch_dtype
+            str(local) if local is not None else source, use_safetensors=True, **{_dtype_kwarg(): torch_dtype}
         )
     except (OSError, ValueError) as err:
         if local is not None:

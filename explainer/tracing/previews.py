@@ -138,15 +138,16 @@ def choose_latent_rgb(vae_config: Any, final_latent: torch.Tensor, final_image: 
 
 
 @torch.no_grad()
-def decode_latents(vae: Any, latents: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Decode scaled latents ``[N, C, h, w]`` with the VAE as the pipeline does; returns ``[N, 3, H, W]`` in [-1, 1]."""
+def decode_latents(vae: Any, latents: torch.Tensor | np.ndarray, clamp: bool = True) -> torch.Tensor:
+    """Decode scaled latents ``[N, C, h, w]`` as the pipeline does; returns ``[N, 3, H, W]`` (in [-1, 1] if ``clamp``)."""
     lat = torch.as_tensor(np.asarray(latents) if isinstance(latents, np.ndarray) else latents)
     param = next(vae.parameters())
     z = lat.to(device=param.device, dtype=param.dtype) / vae.config.scaling_factor
     shift = vae.config.get("shift_factor", None)
     if shift:
         z = z + shift
-    return vae.decode(z, return_dict=False)[0].float().clamp(-1, 1).cpu()
+    image = vae.decode(z, return_dict=False)[0].float().cpu()
+    return image.clamp(-1, 1) if clamp else image
 
 
 def _vae_of(pipe_or_vae: Any) -> Any:
@@ -198,7 +199,8 @@ def fit_latent_rgb_factors(
         raise ValueError(
             f"latents must have shape [N, {vae.config.latent_channels}, h, w] for this VAE, got {tuple(lat.shape)}."
         )
-    return fit_from_pairs(lat, decode_latents(vae, lat), source)
+    # unclamped: saturated pixels would bias the fit of what is a per-pixel linear relation
+    return fit_from_pairs(lat, decode_latents(vae, lat, clamp=False), source)
 
 
 def to_pil(rgb: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
