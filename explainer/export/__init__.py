@@ -1,0 +1,106 @@
+"""Export a trace as a file that works anywhere: an animation, a PNG grid, or a standalone HTML page.
+
+``export(trace, "run.gif")`` picks the format from the suffix; see :data:`FORMATS` and each writer
+for its options.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .animation import save_gif, save_mp4, save_webp
+from .frames import PANELS, FrameRenderer, Layout, Panel, render_panel, select_steps
+from .grid import save_grid
+from .html import build_html, save_html
+
+if TYPE_CHECKING:
+    from ..tracing import Trace
+
+#: Suffix → writer. Each writer takes ``(trace, path, **options)`` and returns the number of frames/steps.
+FORMATS: dict[str, Callable[..., int]] = {
+    ".gif": save_gif,
+    ".webp": save_webp,
+    ".mp4": save_mp4,
+    ".png": save_grid,
+    ".html": save_html,
+    ".htm": save_html,
+}
+
+
+def format_options(suffix: str) -> list[str]:
+    """Names of the options the writer for ``suffix`` accepts."""
+    writer = _writer(suffix)
+    return [n for n, p in inspect.signature(writer).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _writer(suffix: str) -> Callable[..., int]:
+    key = suffix.lower()
+    if key not in FORMATS:
+        shown = repr(suffix) if suffix else "no suffix"
+        raise ValueError(f"cannot export to {shown}: choose a file name ending in one of {sorted(set(FORMATS))}.")
+    return FORMATS[key]
+
+
+def export(trace: Trace, path: str | Path, *, verbose: bool = True, **options: Any) -> Path:
+    """Write ``trace`` to ``path``, in the format its suffix names.
+
+    Args:
+        trace: a :class:`~explainer.Trace`.
+        path: ``.gif``, ``.webp``, ``.mp4`` (animations, one frame per step), ``.png`` (a labelled grid of
+            chosen steps) or ``.html`` (a standalone interactive page). Parent folders are created.
+        verbose: print the path, the frame count and the file size when done.
+        **options: the format's options, among ``panels`` (``"xt"``, ``"x0"``, ``"final"``, ``"overlay"``,
+            ``"guidance"``...), ``words``, ``size``, ``steps``, ``every``, ``captions``, ``fps``, ``loop``,
+            ``hold``, ``quality``; see :func:`format_options` and the writers.
+
+    Returns:
+        The path written.
+    """
+    from ..tracing import Trace
+
+    if not isinstance(trace, Trace):
+        raise TypeError(
+            f"trace must be an explainer Trace (from explainer.trace or load_trace), not {type(trace).__name__}."
+        )
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, not {type(path).__name__}.")
+    path = Path(path)
+    writer = _writer(path.suffix)
+    allowed = format_options(path.suffix)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"option(s) {unknown} do not apply to {path.suffix} export; its options are {allowed}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = writer(trace, path, **options)
+    if verbose:
+        what = "steps" if path.suffix.lower() in (".png", ".html", ".htm") else "frames"
+        print(f"wrote {path} ({count} {what}, {_human_size(path.stat().st_size)})")
+    return path
+
+
+def _human_size(nbytes: int) -> str:
+    if nbytes >= 1e6:
+        return f"{nbytes / 1e6:.2f} MB"
+    return f"{nbytes / 1e3:.1f} kB"
+
+
+__all__ = [
+    "FORMATS",
+    "PANELS",
+    "FrameRenderer",
+    "Layout",
+    "Panel",
+    "build_html",
+    "export",
+    "format_options",
+    "render_panel",
+    "save_grid",
+    "save_gif",
+    "save_html",
+    "save_mp4",
+    "save_webp",
+    "select_steps",
+]

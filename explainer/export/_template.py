@@ -1,0 +1,237 @@
+"""The standalone HTML player: one page, CSS and JS inline, no network.
+
+``{{TITLE}}`` and ``{{DATA}}`` are replaced by :mod:`explainer.export.html`; the data is JSON in a
+``<script type="application/json">`` block (``</`` escaped), read once by the script below. Every
+image is a ``data:`` URI; the icon link is ``data:,`` so the browser does not ask for a favicon.
+"""
+
+TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="sd-explainer">
+<link rel="icon" href="data:,">
+<title>{{TITLE}}</title>
+<style>
+:root { --bg:#15151a; --panel:#1f1f27; --text:#ececec; --muted:#a0a0aa; --accent:#f0a030; }
+* { box-sizing: border-box; }
+body { margin:0; padding:20px; background:var(--bg); color:var(--text);
+       font:15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+h1 { font-size:20px; margin:0 0 4px; font-weight:600; }
+.negative { color:var(--muted); margin:0 0 6px; }
+.settings { display:flex; flex-wrap:wrap; gap:4px 18px; margin:0 0 16px; color:var(--muted); font-size:13px; }
+.settings b { color:var(--text); font-weight:500; }
+.stages { display:flex; flex-wrap:wrap; gap:16px; align-items:flex-start; }
+figure { margin:0; background:var(--panel); padding:8px; border-radius:6px; }
+figcaption { color:var(--muted); font-size:13px; margin-top:6px; }
+.frame { position:relative; line-height:0; }
+.frame img, .frame canvas { display:block; }
+.frame canvas { position:absolute; left:0; top:0; pointer-events:none; }
+.pixelated img { image-rendering:pixelated; }
+.controls { display:flex; align-items:center; gap:12px; margin:16px 0 8px; flex-wrap:wrap; }
+button { background:var(--panel); color:var(--text); border:1px solid #3a3a46; border-radius:16px;
+         padding:5px 14px; font:inherit; cursor:pointer; }
+button:hover { border-color:var(--accent); }
+button[aria-pressed="true"] { background:var(--accent); color:#111; border-color:var(--accent); }
+#step { width:min(520px, 90vw); accent-color:var(--accent); }
+#step-label { font-variant-numeric:tabular-nums; color:var(--muted); }
+.tokens { display:flex; align-items:center; gap:8px; flex-wrap:wrap; margin:8px 0; }
+.tokens .hint, label { color:var(--muted); font-size:13px; }
+footer { margin-top:20px; color:var(--muted); font-size:12px; }
+</style>
+</head>
+<body>
+<header>
+  <h1 id="prompt"></h1>
+  <p class="negative" id="negative" hidden></p>
+  <div class="settings" id="settings"></div>
+</header>
+<main>
+  <div class="stages" id="stages"></div>
+  <div class="controls">
+    <button id="play" type="button" aria-label="play">&#9654; Play</button>
+    <input id="step" type="range" min="0" max="0" value="0" aria-label="denoising step">
+    <span id="step-label"></span>
+  </div>
+  <div class="tokens" id="tokens">
+    <span class="hint">Cross-attention of a word:</span>
+    <span id="chips"></span>
+    <label><input id="all-steps" type="checkbox"> all steps</label>
+    <label>opacity <input id="opacity" type="range" min="0" max="100" value="65"></label>
+  </div>
+</main>
+<footer id="footer"></footer>
+<script type="application/json" id="trace-data">{{DATA}}</script>
+<script>
+"use strict";
+(function () {
+  const data = JSON.parse(document.getElementById("trace-data").textContent);
+  const $ = (id) => document.getElementById(id);
+  const count = data.steps.length;
+  const state = { step: 0, word: null, timer: null };
+
+  $("prompt").textContent = data.prompt === "" ? "(empty prompt)" : data.prompt;
+  if (data.negative_prompt) {
+    $("negative").textContent = "negative: " + data.negative_prompt;
+    $("negative").hidden = false;
+  }
+  for (const [name, value] of data.settings) {
+    const item = document.createElement("span");
+    item.append(name + " ");
+    const b = document.createElement("b");
+    b.textContent = value;
+    item.append(b);
+    $("settings").append(item);
+  }
+  $("footer").textContent = data.footer;
+
+  // Stages: one per view; the step-driven ones carry an overlay canvas.
+  const stages = [];
+  function addStage(label, src, stepped) {
+    const fig = document.createElement("figure");
+    fig.dataset.view = label.key;
+    const frame = document.createElement("div");
+    frame.className = "frame" + (data.pixelated ? " pixelated" : "");
+    const img = document.createElement("img");
+    img.width = data.width;
+    img.height = data.height;
+    img.alt = label.text;
+    img.src = src;
+    frame.append(img);
+    let canvas = null;
+    if (stepped) {
+      canvas = document.createElement("canvas");
+      canvas.width = data.width;
+      canvas.height = data.height;
+      canvas.className = "overlay";
+      canvas.hidden = true;
+      frame.append(canvas);
+    }
+    const cap = document.createElement("figcaption");
+    cap.textContent = label.text;
+    fig.append(frame, cap);
+    $("stages").append(fig);
+    if (stepped) stages.push({ img, canvas, frames: label.frames });
+  }
+  for (const view of data.views) {
+    addStage({ key: view.key, text: view.label, frames: view.frames }, view.frames[0], true);
+  }
+  if (data.final) addStage({ key: "final", text: "final image" }, data.final, false);
+
+  // Decode every frame once, up front, so playback does not stutter.
+  for (const view of data.views) for (const uri of view.frames) { const im = new Image(); im.src = uri; }
+
+  // Attention overlays: small grayscale maps, colour-mapped with the LUT and scaled up smoothly.
+  const lut = data.colormap;
+  const small = document.createElement("canvas");
+  small.width = data.map_width;
+  small.height = data.map_height;
+  const sctx = small.getContext("2d", { willReadFrequently: true });
+  const mapCache = new Map();
+  function loadMap(uri) {
+    if (!mapCache.has(uri)) {
+      mapCache.set(uri, new Promise((resolve, reject) => {
+        const im = new Image();
+        im.onload = () => resolve(im);
+        im.onerror = () => reject(new Error("cannot decode an attention map"));
+        im.src = uri;
+      }));
+    }
+    return mapCache.get(uri);
+  }
+  let drawToken = 0;
+  async function drawOverlay() {
+    const token = ++drawToken;
+    if (state.word === null) {
+      for (const s of stages) s.canvas.hidden = true;
+      return;
+    }
+    const word = data.words[state.word];
+    const uri = $("all-steps").checked ? word.mean : word.maps[state.step];
+    const im = await loadMap(uri);
+    if (token !== drawToken) return;  // a newer request won
+    sctx.clearRect(0, 0, small.width, small.height);
+    sctx.drawImage(im, 0, 0, small.width, small.height);
+    const pixels = sctx.getImageData(0, 0, small.width, small.height);
+    const px = pixels.data;
+    const alpha = Math.round(2.55 * Number($("opacity").value));
+    for (let i = 0; i < px.length; i += 4) {
+      const v = px[i];
+      px[i] = lut[3 * v]; px[i + 1] = lut[3 * v + 1]; px[i + 2] = lut[3 * v + 2]; px[i + 3] = alpha;
+    }
+    sctx.putImageData(pixels, 0, 0);
+    for (const s of stages) {
+      const ctx = s.canvas.getContext("2d");
+      ctx.imageSmoothingEnabled = true;
+      ctx.clearRect(0, 0, s.canvas.width, s.canvas.height);
+      ctx.drawImage(small, 0, 0, s.canvas.width, s.canvas.height);
+      s.canvas.hidden = false;
+    }
+  }
+
+  const chips = [];
+  data.words.forEach((word, index) => {
+    const chip = document.createElement("button");
+    chip.type = "button";
+    chip.className = "chip";
+    chip.textContent = word.text;
+    chip.setAttribute("aria-pressed", "false");
+    chip.addEventListener("click", () => {
+      state.word = state.word === index ? null : index;
+      chips.forEach((c, i) => c.setAttribute("aria-pressed", String(i === state.word)));
+      drawOverlay();
+    });
+    chips.push(chip);
+    $("chips").append(chip);
+  });
+  if (data.words.length === 0) $("tokens").hidden = true;
+  $("all-steps").addEventListener("change", drawOverlay);
+  $("opacity").addEventListener("input", drawOverlay);
+
+  // Steps.
+  const slider = $("step");
+  slider.max = String(count - 1);
+  function show(step) {
+    state.step = Math.max(0, Math.min(count - 1, step));
+    slider.value = String(state.step);
+    for (const s of stages) s.img.src = s.frames[state.step];
+    const info = data.steps[state.step];
+    $("step-label").textContent =
+      "step " + info.step + " / " + data.num_steps + "   t = " + info.t + "   \u03c3 = " + info.sigma;
+    if (state.word !== null && !$("all-steps").checked) drawOverlay();
+  }
+  slider.addEventListener("input", () => { pause(); show(Number(slider.value)); });
+
+  function pause() {
+    if (state.timer !== null) clearInterval(state.timer);
+    state.timer = null;
+    $("play").innerHTML = "&#9654; Play";
+    $("play").setAttribute("aria-label", "play");
+  }
+  function play() {
+    if (state.step >= count - 1) show(0);
+    const period = 1000 / data.fps;
+    let holdLeft = Math.round(data.hold * 1000 / period);
+    state.timer = setInterval(() => {
+      if (state.step < count - 1) { show(state.step + 1); return; }
+      if (holdLeft-- > 0) return;
+      holdLeft = Math.round(data.hold * 1000 / period);
+      show(0);
+    }, period);
+    $("play").innerHTML = "&#10074;&#10074; Pause";
+    $("play").setAttribute("aria-label", "pause");
+  }
+  $("play").addEventListener("click", () => (state.timer === null ? play() : pause()));
+  document.addEventListener("keydown", (event) => {
+    if (event.target instanceof HTMLInputElement) return;
+    if (event.key === "ArrowRight") { pause(); show(state.step + 1); }
+    else if (event.key === "ArrowLeft") { pause(); show(state.step - 1); }
+    else if (event.key === " ") { event.preventDefault(); state.timer === null ? play() : pause(); }
+  });
+  show(0);
+})();
+</script>
+</body>
+</html>
+"""

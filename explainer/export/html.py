@@ -1,0 +1,248 @@
+"""A standalone interactive HTML page of a trace: one file, no kernel, no network.
+
+The page shows each chosen view (x_t and x0 by default) per step with a slider and a play button,
+the final image, the prompt and settings, and a chip per prompt word: clicking it colours that
+word's cross-attention map of the current step (or of all steps) over the views. Frames are
+embedded as base64 JPEG (or WebP); attention maps as small grayscale PNGs, colour-mapped and scaled
+up in a canvas by the inline script (:mod:`explainer.export._template`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ._template import TEMPLATE
+from .animation import check_timing
+from .frames import COLORMAP, FrameRenderer, Panel, colormap_lut, format_sigma, select_steps
+
+if TYPE_CHECKING:
+    from ..tracing import Trace
+
+IMAGE_FORMATS = ("jpeg", "webp")
+#: Attention maps are embedded at most this many pixels on a side (the finest attention layer is coarser).
+MAX_MAP_SIDE = 64
+_VIEW_LABELS = {
+    "xt": "noisy latent x\u209c (linear preview)",
+    "x0": "predicted image x\u2080 (linear preview)",
+    "uncond": "x\u2080 from the unconditional output",
+    "cond": "x\u2080 from the conditional output",
+}
+
+
+def data_uri(image: Image.Image, image_format: str = "jpeg", quality: int = 85) -> str:
+    """``data:`` URI of ``image`` as JPEG, WebP or (for grayscale maps) PNG."""
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, format="PNG", optimize=True)
+    elif image_format == "webp":
+        image.save(buffer, format="WEBP", quality=quality, method=4)
+    else:
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
+    mime = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}[image_format]
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def _map_size(trace: Trace) -> tuple[int, int]:
+    """Size of the embedded attention maps: the finest recorded attention grid, at most 64 px a side."""
+    sides = [(la.width, la.height) for la in trace.attention_layers]
+    for key, arr in trace.attention.items():
+        if key.endswith("/steps"):
+            sides.append((int(arr.shape[-1]), int(arr.shape[-2])))
+    w, h = max(sides, key=lambda s: s[0] * s[1]) if sides else (trace.width, trace.height)
+    scale = min(1.0, MAX_MAP_SIDE / max(w, h))
+    return min(trace.width, max(1, round(w * scale))), min(trace.height, max(1, round(h * scale)))
+
+
+def _map_uri(heat: np.ndarray, size: tuple[int, int]) -> str:
+    gray = Image.fromarray(np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if gray.size != size:
+        gray = gray.resize(size, Image.BOX)
+    return data_uri(gray, "png")
+
+
+def _words(trace: Trace, words: str | Sequence[str] | None) -> list[str]:
+    if trace.attention_mode == "none":
+        if words:
+            raise ValueError("this trace recorded no attention (record='none'), so it has no word maps; drop words.")
+        return []
+    if words is None:
+        seen: list[str] = []
+        for w in trace.words:
+            if w.text and w.text not in seen:
+                seen.append(w.text)
+        return seen
+    chosen = [words] if isinstance(words, str) else list(words)
+    for w in chosen:
+        if not isinstance(w, str):
+            raise TypeError(f"words must be strings, got {w!r}.")
+        trace.heatmap(w, step=0)  # raises a ValueError listing the prompt's words
+    return chosen
+
+
+def _settings(trace: Trace) -> list[list[str]]:
+    meta = trace.metadata
+    model = meta.get("model", {}) if isinstance(meta.get("model"), dict) else {}
+    scheduler = meta.get("scheduler", {}) if isinstance(meta.get("scheduler"), dict) else {}
+    rows = [
+        ["model", str(model.get("name_or_path") or model.get("pipeline") or "?")],
+        ["scheduler", str(scheduler.get("class") or "?")],
+        ["steps", str(trace.num_steps)],
+        ["guidance", f"{trace.guidance_scale:g}"],
+        ["seed", str(meta.get("seed", "?"))],
+        ["size", f"{trace.width}\u00d7{trace.height}"],
+    ]
+    if not trace.complete:
+        rows.append(["status", f"incomplete ({trace.error})"])
+    return rows
+
+
+def build_html(
+    trace: Trace,
+    *,
+    panels: str | Sequence[str] | None = None,
+    words: str | Sequence[str] | None = None,
+    size: int | None = None,
+    steps: Sequence[int] | None = None,
+    every: int = 1,
+    resample: str = "nearest",
+    fps: float = 8.0,
+    hold: float = 1.0,
+    quality: int = 85,
+    image_format: str = "jpeg",
+    progress: bool = False,
+) -> tuple[str, int]:
+    """The standalone page as a string, and the number of steps it holds.
+
+    Args: see :func:`save_html`.
+    """
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+
+    fps, hold = check_timing(fps, hold)
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format={image_format!r} is not allowed; use one of {list(IMAGE_FORMATS)}.")
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise ValueError(f"quality={quality!r} must be a whole number in 1..100.")
+    names = (
+        ["xt", "x0"]
+        if panels is None
+        else ([p.strip() for p in panels.split(",")] if isinstance(panels, str) else list(panels))
+    )
+    if "overlay" in names:
+        raise ValueError("in the HTML page every word is a clickable chip: drop 'overlay' from panels and pass words=.")
+    show_final = "final" in names or panels is None
+    names = [n for n in names if n != "final"]
+    if not names and not show_final:
+        raise ValueError("nothing to show: panels selects neither a step view nor 'final'.")
+    word_list = _words(trace, words)
+    renderer = FrameRenderer(trace, names, None, size, captions=False, resample=resample) if names else None
+    stills = renderer or FrameRenderer(trace, ["final"], None, size, captions=False, resample=resample)
+    chosen = select_steps(trace.num_steps, steps, every)
+    stepped = renderer.panels if renderer is not None else []
+    views = [{"key": p.kind, "label": _VIEW_LABELS.get(p.kind, f"guided x\u2080 (scale {trace.guidance_scale:g})"),
+              "frames": []} for p in stepped]  # fmt: skip
+    map_wh = _map_size(trace)
+    word_data = [{"text": w, "maps": [], "mean": _map_uri(trace.heatmap(w), map_wh)} for w in word_list]
+    for step in tqdm(chosen, desc="html", unit="step", disable=not progress, leave=False):
+        for view, panel in zip(views, stepped, strict=True):
+            view["frames"].append(data_uri(renderer.panel_image(panel, step), image_format, int(quality)))
+        for entry in word_data:
+            entry["maps"].append(_map_uri(trace.heatmap(entry["text"], step=step), map_wh))
+    final = None
+    if show_final and (trace.final_image is not None or trace.latent_rgb is not None):
+        final = data_uri(stills.panel_image(Panel("final"), 0), image_format, int(quality))
+    step_info = []
+    for s in chosen:
+        t = float(trace.timesteps[s])
+        step_info.append({"step": s + 1, "t": f"{t:.0f}" if t == round(t) else f"{t:.1f}",
+                          "sigma": format_sigma(trace.sigmas[s]).replace("inf", "\u221e")})  # fmt: skip
+    payload: dict[str, Any] = {
+        "prompt": trace.prompt,
+        "negative_prompt": trace.negative_prompt or "",
+        "settings": _settings(trace),
+        "num_steps": trace.num_steps,
+        "steps": step_info,
+        "views": views,
+        "final": final,
+        "width": stills.panel_wh[0],
+        "height": stills.panel_wh[1],
+        "pixelated": resample == "nearest",
+        "words": word_data,
+        "map_width": map_wh[0],
+        "map_height": map_wh[1],
+        "colormap": colormap_lut(COLORMAP).reshape(-1).tolist(),
+        "fps": fps,
+        "hold": hold,
+        "footer": f"Made with sd-explainer {__version__}. Previews are linear latent\u2192RGB maps; "
+        "attention maps are averaged over heads and layers. This page works offline.",
+    }
+    # "<" only occurs inside JSON strings; \u003c keeps "</script>" and "<!--" in a prompt from ending the block.
+    text = json.dumps(_finite(payload), ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    title = _html.escape(f"sd-explainer: {trace.prompt or '(empty prompt)'}")
+    head, tail = TEMPLATE.split("{{DATA}}")
+    return head.replace("{{TITLE}}", title, 1) + text + tail, len(chosen)
+
+
+def _finite(value: Any) -> Any:
+    """JSON cannot hold NaN or infinity: turn them into strings."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def save_html(
+    trace: Trace,
+    path: str | Path,
+    *,
+    panels: str | Sequence[str] | None = None,
+    words: str | Sequence[str] | None = None,
+    size: int | None = None,
+    steps: Sequence[int] | None = None,
+    every: int = 1,
+    resample: str = "nearest",
+    fps: float = 8.0,
+    hold: float = 1.0,
+    quality: int = 85,
+    image_format: str = "jpeg",
+    progress: bool = False,
+) -> int:
+    """Write the standalone interactive page.
+
+    Args:
+        trace: the trace.
+        path: the ``.html`` file to write.
+        panels: step-driven views, from ``"xt"``, ``"x0"``, ``"uncond"``, ``"cond"``, ``"guided"``,
+            ``"guidance"``, plus ``"final"`` for the final image; default ``xt``, ``x0`` and the final image.
+        words: words with an attention chip; default every distinct word of the prompt.
+        size: longest side of each view in pixels (default: the image size, upscaled to >= 256).
+        steps, every: which steps the slider walks through (see :func:`select_steps`).
+        resample: upscaling filter (``"nearest"`` also tells the browser to keep pixels sharp).
+        fps: play speed in steps per second.
+        hold: seconds the player rests on the last step before looping.
+        quality: JPEG/WebP quality 1..100.
+        image_format: ``"jpeg"`` or ``"webp"`` for the frames.
+        progress: show a tqdm bar while encoding.
+
+    Returns:
+        The number of steps in the page.
+    """
+    page, count = build_html(trace, panels=panels, words=words, size=size, steps=steps, every=every,
+                             resample=resample, fps=fps, hold=hold, quality=quality, image_format=image_format,
+                             progress=progress)  # fmt: skip
+    Path(path).write_text(page, encoding="utf-8")
+    return count
