@@ -1,0 +1,6 @@
+"""``python -m explainer``: the same as the ``explainer`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

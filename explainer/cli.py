@@ -1,0 +1,369 @@
+"""The ``explainer`` command line: ``run`` a traced generation, ``export`` a trace, show its ``info``.
+
+Bad input (a missing file, an unknown format or option, a negative step count...) prints a one-line
+message naming the argument and exits with status 2, as argparse does for its own errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RUN_FILES = {"trace": "trace.safetensors", "image": "final.png", "gif": "steps.gif", "html": "explainer.html"}
+EXPORT_SUFFIXES = (".gif", ".webp", ".mp4", ".png", ".html", ".htm")
+RUN_GIF_PANELS = ("xt", "x0", "final")
+#: Option name → the flag that sets it, for messages.
+_FLAGS = {"captions": "--no-captions", "loop": "--no-loop"}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated step indices such as 0,5,-1, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("must name at least one step index")
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("must name at least one item")
+    return names
+
+
+def _add_frame_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``export`` (all default to None: only given ones reach the writer)."""
+    from .export.frames import PANELS
+
+    g = p.add_argument_group("what the frames show")
+    g.add_argument(
+        "--panels",
+        type=_name_list,
+        metavar="P,P",
+        help=f"panels side by side, from {', '.join(PANELS)} (default xt,x0)",
+    )
+    g.add_argument(
+        "--words",
+        type=_name_list,
+        metavar="W,W",
+        help="prompt words whose attention map is overlaid (HTML: chips; default all words)",
+    )
+    g.add_argument(
+        "--size",
+        type=_positive_int,
+        metavar="PX",
+        help="longest side of each panel in pixels (default: image size, upscaled to >= 256)",
+    )
+    g.add_argument("--steps", type=_int_list, metavar="I,I", help="step indices to show, e.g. 0,5,10,-1")
+    g.add_argument("--every", type=_positive_int, metavar="K", help="show every K-th step (the last always included)")
+    g.add_argument(
+        "--no-captions",
+        dest="captions",
+        action="store_false",
+        default=None,
+        help="no labels and no step/timestep/sigma caption",
+    )
+    g.add_argument(
+        "--resample", choices=["nearest", "bilinear", "bicubic", "lanczos"], help="upscaling filter (default nearest)"
+    )
+    t = p.add_argument_group("timing and encoding")
+    t.add_argument("--fps", type=_positive_float, help="frames per second (default 8)")
+    t.add_argument(
+        "--hold", type=_non_negative_float, metavar="SECONDS", help="extra time on the last frame (default 1)"
+    )
+    t.add_argument(
+        "--no-loop", dest="loop", action="store_false", default=None, help="GIF/WebP: play once instead of looping"
+    )
+    t.add_argument("--quality", type=_positive_int, help="WebP/HTML 1..100, MP4 1..10")
+    t.add_argument("--columns", type=_positive_int, help="PNG grid: steps per row before wrapping")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``explainer`` argument parser with its ``run``, ``export`` and ``info`` subcommands."""
+    from . import __version__
+    from .tracing.schedulers import SCHEDULERS
+
+    parser = argparse.ArgumentParser(
+        prog="explainer",
+        description="Make Stable Diffusion visible: trace every denoising step, export it, inspect it.",
+        epilog="Run 'explainer COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"sd-explainer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="generate an image, record every step, and save the trace, image, GIF and HTML",
+        description="Generate an image with a traced pipeline and save, in --out: "
+        f"{RUN_FILES['trace']}, {RUN_FILES['image']}, {RUN_FILES['gif']} and {RUN_FILES['html']}.",
+    )
+    run.add_argument("prompt", help="the text prompt (quote it)")
+    run.add_argument(
+        "--model",
+        default="toy",
+        help="'toy' (bundled 64x64 model, default), a local diffusers folder, or a cached Hub id",
+    )
+    run.add_argument("--steps", type=_positive_int, default=25, help="denoising steps (default 25)")
+    run.add_argument(
+        "--guidance", type=_non_negative_float, default=7.5, help="classifier-free guidance scale (default 7.5)"
+    )
+    run.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    run.add_argument(
+        "--scheduler", choices=sorted(SCHEDULERS), help="scheduler for this run (default: the model's own)"
+    )
+    run.add_argument("--negative", metavar="TEXT", help="negative prompt")
+    run.add_argument("--height", type=_positive_int, help="image height in pixels (default: the model's)")
+    run.add_argument("--width", type=_positive_int, help="image width in pixels (default: the model's)")
+    run.add_argument("--device", help="torch device, e.g. cpu or cuda (default: CUDA, then MPS, then CPU)")
+    run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    run.add_argument("--no-gif", dest="gif", action="store_false", help="skip the GIF")
+    run.add_argument("--no-html", dest="html", action="store_false", help="skip the HTML page")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_cmd_run, parser=run)
+
+    exp = sub.add_parser(
+        "export",
+        help="export a saved trace as .gif, .webp, .mp4, .png (grid) or .html",
+        description="Export a trace saved by 'explainer run' or Trace.save. The format follows OUT's suffix: "
+        + ", ".join(EXPORT_SUFFIXES[:-1])
+        + ".",
+    )
+    exp.add_argument("trace", type=Path, help="trace file (.safetensors)")
+    exp.add_argument("out", type=Path, help="output file; its suffix picks the format")
+    _add_frame_options(exp)
+    exp.add_argument("--quiet", action="store_true", help="no progress bar")
+    exp.set_defaults(handler=_cmd_export, parser=exp)
+
+    info = sub.add_parser(
+        "info", help="show a trace's prompt, tokens, settings and sizes", description="Show what a trace file holds."
+    )
+    info.add_argument("trace", type=Path, help="trace file (.safetensors)")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.set_defaults(handler=_cmd_info, parser=info)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def _load(parser: argparse.ArgumentParser, path: Path) -> Any:
+    from .tracing import TraceFileError, load_trace
+
+    if not path.is_file():
+        parser.error(f"no trace file at {path}")
+    try:
+        return load_trace(path)
+    except (TraceFileError, OSError) as err:
+        parser.error(str(err))
+
+
+def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .export import export
+    from .models import load_pipeline
+    from .tracing import trace
+
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} exists and is not a folder")
+    try:
+        pipe = load_pipeline(args.model, device=args.device)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        parser.error(f"--model {args.model}: {err}")
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        result = trace(
+            pipe,
+            args.prompt,
+            negative_prompt=args.negative,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            height=args.height,
+            width=args.width,
+            scheduler=args.scheduler,
+            progress=not args.quiet,
+        )
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    args.out.mkdir(parents=True, exist_ok=True)
+    trace_path = result.save(args.out / RUN_FILES["trace"])
+    print(f"wrote {trace_path} ({trace_path.stat().st_size / 1e6:.2f} MB)")
+    if result.final_image is not None:
+        image_path = args.out / RUN_FILES["image"]
+        result.final_image.save(image_path)
+        print(f"wrote {image_path}")
+    if not result.complete:
+        print(f"warning: the run stopped early ({result.error}); exports show the finished steps.", file=sys.stderr)
+    if args.gif:
+        export(result, args.out / RUN_FILES["gif"], panels=RUN_GIF_PANELS, progress=not args.quiet)
+    if args.html:
+        export(result, args.out / RUN_FILES["html"], progress=not args.quiet)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .export import export, format_options
+
+    suffix = args.out.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        shown = f"'{args.out.suffix}'" if args.out.suffix else "no suffix"
+        parser.error(f"OUT {args.out} has {shown}; the format follows the suffix, one of {', '.join(EXPORT_SUFFIXES)}")
+    names = (
+        "panels",
+        "words",
+        "size",
+        "steps",
+        "every",
+        "captions",
+        "resample",
+        "fps",
+        "hold",
+        "loop",
+        "quality",
+        "columns",
+    )
+    options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    allowed = format_options(suffix)
+    misplaced = [_FLAGS.get(n, "--" + n) for n in options if n not in allowed]
+    if misplaced:
+        usable = [_FLAGS.get(n, "--" + n) for n in names if n in allowed]
+        parser.error(f"{', '.join(misplaced)} does not apply to {suffix} export; its options: {' '.join(usable)}")
+    loaded = _load(parser, args.trace)
+    try:
+        export(loaded, args.out, progress=not args.quiet, **options)
+    except (ValueError, TypeError, IndexError) as err:
+        parser.error(str(err))
+    return 0
+
+
+def trace_summary(loaded: Any, path: Path | None = None) -> dict[str, Any]:
+    """The facts ``explainer info`` shows, as JSON-ready data."""
+    meta = loaded.metadata
+    model = meta.get("model", {}) if isinstance(meta.get("model"), dict) else {}
+    sched = meta.get("scheduler", {}) if isinstance(meta.get("scheduler"), dict) else {}
+    sizes = sorted({(la.height, la.width) for la in loaded.attention_layers}, reverse=True)
+    summary = {
+        "file": str(path) if path is not None else None,
+        "file_mb": round(path.stat().st_size / 1e6, 3) if path is not None else None,
+        "prompt": loaded.prompt,
+        "negative_prompt": loaded.negative_prompt,
+        "tokens": loaded.tokens,
+        "words": [w.text for w in loaded.words],
+        "truncated_tokens": loaded.truncated_tokens,
+        "model": model.get("name_or_path") or model.get("pipeline"),
+        "scheduler": sched.get("class"),
+        "steps": loaded.num_steps,
+        "guidance_scale": loaded.guidance_scale,
+        "seed": meta.get("seed"),
+        "width": loaded.width,
+        "height": loaded.height,
+        "latent_shape": list(loaded.latents.shape[1:]),
+        "attention_mode": loaded.attention_mode,
+        "attention_layers": len(loaded.attention_layers),
+        "attention_resolutions": [f"{h}x{w}" for h, w in sizes],
+        "array_mb": round(loaded.nbytes / 1e6, 3),
+        "complete": loaded.complete,
+        "error": loaded.error,
+        "created": meta.get("created"),
+    }
+    return summary
+
+
+def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    loaded = _load(parser, args.trace)
+    s = trace_summary(loaded, args.trace)
+    if args.json:
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+        return 0
+    rows = [
+        ("file", f"{s['file']} ({s['file_mb']:.2f} MB)"),
+        ("prompt", repr(s["prompt"])),
+        ("negative", repr(s["negative_prompt"]) if s["negative_prompt"] else "(none)"),
+        ("tokens", f"{len(s['tokens'])}: " + " ".join(s["tokens"])),
+        ("words", ", ".join(s["words"]) or "(none)"),
+    ]
+    if s["truncated_tokens"]:
+        rows.append(("truncated", " ".join(s["truncated_tokens"])))
+    rows += [
+        ("model", str(s["model"])),
+        ("scheduler", str(s["scheduler"])),
+        ("settings", f"steps {s['steps']}, guidance {s['guidance_scale']:g}, seed {s['seed']}"),
+        ("image", f"{s['width']}x{s['height']}, latent {'x'.join(map(str, s['latent_shape']))}"),
+        ("attention", f"{s['attention_mode']}, {s['attention_layers']} layers"
+         + (f" at {', '.join(s['attention_resolutions'])}" if s["attention_resolutions"] else "")),
+        ("arrays", f"{s['array_mb']:.2f} MB"),
+        ("status", "complete" if s["complete"] else f"incomplete: {s['error']}"),
+        ("created", str(s["created"])),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``explainer`` console script.
+
+    Args:
+        argv: arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success. Bad input exits with status 2 through ``SystemExit``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args, args.parser)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
