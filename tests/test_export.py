@@ -29,7 +29,8 @@ SIZE = 64  # panel side: the 32x32 tiny images upscaled 2x
 
 @pytest.fixture(scope="module")
 def tr(pipe):
-    result = explainer.trace(pipe, "a red circle above a blue square", num_inference_steps=STEPS, scheduler="ddim", progress=False)  # fmt: skip
+    prompt = "a red circle above a blue square"
+    result = explainer.trace(pipe, prompt, num_inference_steps=STEPS, scheduler="ddim", progress=False)
     rgb = explainer.LatentRGB(np.asarray(SD1_LATENT_RGB_FACTORS, np.float32), np.zeros(3, np.float32), "test:sd1")
     return dataclasses.replace(result, latent_rgb=rgb)
 
@@ -276,7 +277,7 @@ def test_png_grid_labels_and_wrapping(tr, tmp_path):
         assert png.size == (PAD + 4 * (SIZE + PAD), PAD + 2 * (SIZE + PAD))  # 6 steps -> 2 bands of 4
 
 
-# ------------------------------------------------------------------------------------ HTML (the browser test is separate)
+# ------------------------------------------------------------------------ HTML (the browser test is separate)
 
 
 def _embedded(page: str) -> dict:
@@ -315,7 +316,8 @@ def test_html_is_self_contained(smooth, tmp_path, capsys):
     circle = data["words"][2]
     assert len(circle["maps"]) == STEPS
     small = np.asarray(_decode(circle["maps"][3]).convert("L"), np.float32) / 255
-    want = np.asarray(Image.fromarray((tr.heatmap("circle", step=3) * 255).astype(np.uint8)).resize(small.shape[::-1], Image.BOX), np.float32) / 255  # fmt: skip
+    heat = Image.fromarray((tr.heatmap("circle", step=3) * 255).astype(np.uint8))
+    want = np.asarray(heat.resize(small.shape[::-1], Image.BOX), np.float32) / 255
     assert np.abs(small - want).max() < 2 / 255
     assert _decode(data["final"]).size == (SIZE, SIZE)
 
