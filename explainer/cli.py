@@ -201,6 +201,15 @@ def _load(parser: argparse.ArgumentParser, path: Path) -> Any:
         parser.error(str(err))
 
 
+def _quiet_loading() -> None:
+    """Hide diffusers' and transformers' per-component loading bars: the trace's own bar is the one that matters."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .export import export
     from .models import load_pipeline
@@ -208,6 +217,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a folder")
+    _quiet_loading()
     try:
         pipe = load_pipeline(args.model, device=args.device)
     except (FileNotFoundError, ValueError, TypeError) as err:
@@ -281,8 +291,9 @@ def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 def trace_summary(loaded: Any, path: Path | None = None) -> dict[str, Any]:
     """The facts ``explainer info`` shows, as JSON-ready data."""
+    from .export.html import model_name
+
     meta = loaded.metadata
-    model = meta.get("model", {}) if isinstance(meta.get("model"), dict) else {}
     sched = meta.get("scheduler", {}) if isinstance(meta.get("scheduler"), dict) else {}
     sizes = sorted({(la.height, la.width) for la in loaded.attention_layers}, reverse=True)
     summary = {
@@ -293,7 +304,7 @@ def trace_summary(loaded: Any, path: Path | None = None) -> dict[str, Any]:
         "tokens": loaded.tokens,
         "words": [w.text for w in loaded.words],
         "truncated_tokens": loaded.truncated_tokens,
-        "model": model.get("name_or_path") or model.get("pipeline"),
+        "model": model_name(loaded),
         "scheduler": sched.get("class"),
         "steps": loaded.num_steps,
         "guidance_scale": loaded.guidance_scale,

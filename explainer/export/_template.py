@@ -16,6 +16,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 <style>
 :root { --bg:#15151a; --panel:#1f1f27; --text:#ececec; --muted:#a0a0aa; --accent:#f0a030; }
 * { box-sizing: border-box; }
+[hidden] { display:none !important; }
 body { margin:0; padding:20px; background:var(--bg); color:var(--text);
        font:15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
 h1 { font-size:20px; margin:0 0 4px; font-weight:600; }
@@ -37,7 +38,9 @@ button[aria-pressed="true"] { background:var(--accent); color:#111; border-color
 #step { width:min(520px, 90vw); accent-color:var(--accent); }
 #step-label { font-variant-numeric:tabular-nums; color:var(--muted); }
 .tokens { display:flex; align-items:center; gap:8px; flex-wrap:wrap; margin:8px 0; }
+#chips { display:flex; flex-wrap:wrap; gap:6px; }
 .tokens .hint, label { color:var(--muted); font-size:13px; }
+input[type="range"] { accent-color:var(--accent); }
 footer { margin-top:20px; color:var(--muted); font-size:12px; }
 </style>
 </head>
@@ -144,7 +147,7 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
   async function drawOverlay() {
     const token = ++drawToken;
     if (state.word === null) {
-      for (const s of stages) s.canvas.hidden = true;
+      for (const s of stages) { s.canvas.hidden = true; delete s.canvas.dataset.shown; }
       return;
     }
     const word = data.words[state.word];
@@ -166,6 +169,7 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
       ctx.imageSmoothingEnabled = true;
       ctx.clearRect(0, 0, s.canvas.width, s.canvas.height);
       ctx.drawImage(small, 0, 0, s.canvas.width, s.canvas.height);
+      s.canvas.dataset.shown = word.text + ":" + ($("all-steps").checked ? "all" : state.step);
       s.canvas.hidden = false;
     }
   }
@@ -198,7 +202,7 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
     for (const s of stages) s.img.src = s.frames[state.step];
     const info = data.steps[state.step];
     $("step-label").textContent =
-      "step " + info.step + " / " + data.num_steps + "   t = " + info.t + "   \u03c3 = " + info.sigma;
+      "step " + info.step + " / " + data.num_steps + " \u00b7 t = " + info.t + " \u00b7 \u03c3 = " + info.sigma;
     if (state.word !== null && !$("all-steps").checked) drawOverlay();
   }
   slider.addEventListener("input", () => { pause(); show(Number(slider.value)); });

@@ -89,12 +89,27 @@ def _words(trace: Trace, words: str | Sequence[str] | None) -> list[str]:
     return chosen
 
 
+def model_name(trace: Trace) -> str:
+    """The model a trace was made with: ``"toy"`` for the bundled model, else its path or Hub id."""
+    from ..models import toy_model_path
+
+    model = trace.metadata.get("model", {}) if isinstance(trace.metadata.get("model"), dict) else {}
+    name = model.get("name_or_path")
+    if not name:
+        return str(model.get("pipeline") or "?")
+    try:
+        if Path(name).resolve() == toy_model_path().resolve():
+            return "toy"
+    except (OSError, ValueError):
+        pass
+    return str(name)
+
+
 def _settings(trace: Trace) -> list[list[str]]:
     meta = trace.metadata
-    model = meta.get("model", {}) if isinstance(meta.get("model"), dict) else {}
     scheduler = meta.get("scheduler", {}) if isinstance(meta.get("scheduler"), dict) else {}
     rows = [
-        ["model", str(model.get("name_or_path") or model.get("pipeline") or "?")],
+        ["model", model_name(trace)],
         ["scheduler", str(scheduler.get("class") or "?")],
         ["steps", str(trace.num_steps)],
         ["guidance", f"{trace.guidance_scale:g}"],
