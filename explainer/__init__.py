@@ -1,5 +1,6 @@
 """sd-explainer: make Stable Diffusion visible. Trace every denoising step of a real diffusers pipeline."""
 
+from .export import export
 from .models import load_pipeline, toy_model_path
 from .tracing import (
     SCHEDULERS,
@@ -24,6 +25,7 @@ __all__ = [
     "TraceBudgetError",
     "TraceFileError",
     "UnsupportedPipelineError",
+    "export",
     "fit_latent_rgb_factors",
     "load_pipeline",
     "load_trace",
