@@ -11,11 +11,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checker import caption_scores
-from .world import sample_scenes
+from .checker import caption_scores, colour_masks
+from .world import parse_caption, sample_scenes
 
 EVAL_SEED = 1_000_003  # training draws from seeds (seed * 1000 + stage); evaluation never does
 GUIDANCE_CURVE = (1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0)
+_FORMS = {  # caption form -> test on the caption text
+    "single": lambda c: " and " not in c and " above " not in c,
+    "and": lambda c: " and " in c,
+    "above": lambda c: " above " in c,
+}
 
 
 def eval_captions(n: int, seed: int = EVAL_SEED) -> list[str]:
@@ -56,11 +61,66 @@ def fidelity(pipe, n: int = 128, *, guidance_scale: float = 7.5, num_inference_s
     keys = ("colour", "colour_position", "shape", "all")
     res = {"n": n, **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
     by_form: dict[str, dict] = {}
-    for form in ("single", "and", "above"):
-        sub = [r for r in rows if (form in r["caption"].split()) == (form != "single")
-               and (form == "single") == (" and " not in r["caption"] and " above " not in r["caption"])]
+    for form, pred in _FORMS.items():
+        sub = [r for r in rows if pred(r["caption"])]
         if sub:
             by_form[form] = {"n": len(sub), **{k: float(np.mean([r[k] for r in sub])) for k in keys}}
     res["by_form"] = by_form
+    res["per_caption"] = rows
+    return res
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(radius):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def localisation_word(caption: str) -> tuple[str, str]:
+    """The word whose map should land on one object, and that object's colour.
+
+    The shape word for one-object captions; the colour word of the first object for two-object
+    captions (their shape words may repeat).
+    """
+    targets = parse_caption(caption)
+    if len(targets) == 1:
+        return targets[0].shape, targets[0].colour
+    return targets[0].colour, targets[0].colour
+
+
+def attention_peak_hit(trace, caption: str, dilate: int = 2) -> bool:
+    """Whether the global (all steps, all layers) map of the caption's localisation word peaks
+    inside its object's colour region in the final image, dilated by ``dilate`` pixels."""
+    word, colour = localisation_word(caption)
+    heat = trace.heatmap(word)  # [H, W] at image resolution
+    region = _dilate(colour_masks(np.asarray(trace.final_image))[colour], dilate)
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return bool(region[y, x])
+
+
+def localisation(pipe, n: int = 100, *, guidance_scale: float = 7.5, num_inference_steps: int = 25,
+                 seed: int = EVAL_SEED, dilate: int = 2, progress: bool = True) -> dict:
+    """Attention localisation on ``n`` held-out captions, traced with :func:`explainer.trace`.
+
+    Returns:
+        ``{"n", "localisation", "by_form": {...}, "per_caption": [...]}``.
+    """
+    from ..tracing import trace as trace_run
+
+    caps = eval_captions(n, seed)
+    rows = []
+    for i, cap in enumerate(tqdm(caps, desc="localisation", disable=not progress)):
+        tr = trace_run(pipe, cap, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                       seed=seed + i, progress=False)
+        rows.append({"caption": cap, "hit": attention_peak_hit(tr, cap, dilate)})
+    res = {"n": n, "localisation": float(np.mean([r["hit"] for r in rows]))}
+    res["by_form"] = {f: float(np.mean([r["hit"] for r in rows if pred(r["caption"])]))
+                      for f, pred in _FORMS.items() if any(pred(r["caption"]) for r in rows)}
     res["per_caption"] = rows
     return res

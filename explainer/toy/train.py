@@ -307,19 +307,13 @@ class Trainer:
         bar = tqdm(total=cfg.vae_steps, initial=self.vae_step, desc="stage 1: VAE", disable=not progress)
         t0 = time.time()
         while self.vae_step < cfg.vae_steps:
-            x, _ = self.images(cfg.vae_batch, 1, self.vae_step)
-            post = self.vae.encode(x).latent_dist
-            g = _step_generator(cfg.seed, 1, self.vae_step)
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(self.device)
-            rec = self.vae.decode(z).sample
-            kl = post.kl().mean() / z[0].numel()
-            loss = F.mse_loss(rec, x) + cfg.vae_kl_weight * kl
+            loss = self.vae_loss(self.vae_step)
             self.vae_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.vae_opt.step()
             self.vae_step += 1
             bar.update(1)
-            if self.vae_step % 50 == 0:
+            if self.vae_step % 50 == 0 or self.vae_step == cfg.vae_steps:
                 bar.set_postfix(loss=f"{loss.item():.5f}")
                 self.log.write(stage=1, step=self.vae_step, loss=loss.item(), minutes=self.minutes + (time.time() - t0) / 60)
             if self.vae_step % cfg.checkpoint_every == 0 or (deadline and time.time() > deadline):
@@ -353,39 +347,12 @@ class Trainer:
         self.vae.eval().requires_grad_(False)
         self.unet.train()
         self.text.train()
-        alphas = self.noise.alphas_cumprod.to(self.device)
-        snr = alphas / (1 - alphas).clamp_min(1e-8)  # [T]; 0 at t=T-1 under zero terminal SNR
-        # min-SNR-γ weighting in x0 units, floored at 1 so that pure noise (SNR 0) still trains.
-        weight = snr.clamp(1.0, cfg.min_snr_gamma) / (snr + 1)  # [T], for the v-prediction loss
-        T = self.noise.config.num_train_timesteps
-        use_amp = self.device.type == "cuda"
         bar = tqdm(total=cfg.steps, initial=self.step, desc="stage 2: UNet + text", disable=not progress)
         t0, loss_avg = time.time(), None
         while self.step < cfg.steps:
             for i, g in enumerate(self.opt.param_groups):
                 g["lr"] = (cfg.unet_lr if i == 0 else cfg.text_lr) * _lr_factor(cfg, self.step)
-            x, captions = self.images(cfg.batch, 2, self.step)
-            gen = _step_generator(cfg.seed, 2, self.step)
-            drop = torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-            n_high = int(round(cfg.batch * cfg.high_noise_fraction))
-            t = torch.cat(
-                [
-                    torch.randint(0, T, (cfg.batch - n_high,), generator=gen),
-                    torch.randint(cfg.high_noise_min_t, T, (n_high,), generator=gen),
-                ]
-            ).to(self.device)
-            with torch.no_grad():
-                lat = self.vae.encode(x).latent_dist.mean * self.scaling_factor  # posterior means, [N, 4, h, w]
-            noise = torch.randn(lat.shape, generator=gen).to(self.device)
-            noisy = self.noise.add_noise(lat, noise, t)
-            target = self.noise.get_velocity(lat, noise, t)
-            ids = self.tokens(captions).to(self.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                cond = self.text(ids)[0]
-                pred = self.unet(noisy, t, cond).sample
-            per = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
-            loss = (per * weight[t]).mean()
+            loss = self.diffusion_loss(self.step)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text.parameters()), 1.0)
@@ -394,7 +361,7 @@ class Trainer:
             self.step += 1
             bar.update(1)
             loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-            if self.step % 50 == 0:
+            if self.step % 50 == 0 or self.step == cfg.steps:
                 bar.set_postfix(loss=f"{loss_avg:.4f}")
                 self.log.write(stage=2, step=self.step, loss=loss_avg, minutes=self.minutes + (time.time() - t0) / 60)
             stop = deadline is not None and time.time() > deadline
@@ -415,6 +382,48 @@ class Trainer:
         self.minutes += (time.time() - t0) / 60
         self.save()
 
+    def diffusion_loss(self, step: int) -> torch.Tensor:
+        """Stage 2's weighted v-prediction loss on the batch of ``step`` (its data, t and noise are
+        all drawn from ``(seed, step)``)."""
+        cfg = self.cfg
+        alphas = self.noise.alphas_cumprod.to(self.device)
+        snr = alphas / (1 - alphas).clamp_min(1e-8)  # [T]; 0 at t=T-1 under zero terminal SNR
+        # min-SNR-γ weighting in x0 units, floored at 1 so that pure noise (SNR 0) still trains.
+        weight = snr.clamp(1.0, cfg.min_snr_gamma) / (snr + 1)  # [T], for the v-prediction loss
+        T = self.noise.config.num_train_timesteps
+        x, captions = self.images(cfg.batch, 2, step)
+        gen = _step_generator(cfg.seed, 2, step)
+        drop = torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        n_high = int(round(cfg.batch * cfg.high_noise_fraction))
+        t = torch.cat(
+            [
+                torch.randint(0, T, (cfg.batch - n_high,), generator=gen),
+                torch.randint(cfg.high_noise_min_t, T, (n_high,), generator=gen),
+            ]
+        ).to(self.device)
+        with torch.no_grad():
+            lat = self.vae.encode(x).latent_dist.mean * self.scaling_factor  # posterior means, [N, 4, h, w]
+        noise = torch.randn(lat.shape, generator=gen).to(self.device)
+        noisy = self.noise.add_noise(lat, noise, t)
+        target = self.noise.get_velocity(lat, noise, t)
+        ids = self.tokens(captions).to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            cond = self.text(ids)[0]
+            pred = self.unet(noisy, t, cond).sample
+        per = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
+        return (per * weight[t]).mean()
+
+    def vae_loss(self, step: int) -> torch.Tensor:
+        """Stage 1's loss (MSE reconstruction + a small KL) on the batch of ``step``."""
+        x, _ = self.images(self.cfg.vae_batch, 1, step)
+        post = self.vae.encode(x).latent_dist
+        g = _step_generator(self.cfg.seed, 1, step)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(self.device)
+        rec = self.vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        return F.mse_loss(rec, x) + self.cfg.vae_kl_weight * kl
+
     @torch.no_grad()
     def _ema_update(self) -> None:
         d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
@@ -424,6 +433,29 @@ class Trainer:
             self._ema_pairs = [(self.ema[k], v) for k, v in live.items() if v.dtype.is_floating_point]
         ema, cur = zip(*self._ema_pairs)
         torch._foreach_lerp_(list(ema), list(cur), 1 - d)
+
+    def fit(self, minutes: float | None = None, vae_minutes: float = 6.0, progress: bool = True) -> None:
+        """Run what is left of both stages, within ``minutes`` of wall time if given.
+
+        Stage 1 gets at most ``vae_minutes`` of the budget. On a fresh stage 2 with a time budget,
+        the step rate is measured over the first 20 s and the cosine learning-rate decay is sized
+        to end with the budget.
+        """
+        start = time.time()
+        deadline = start + 60 * minutes if minutes else None
+        vae_deadline = min(deadline, start + 60 * vae_minutes) if deadline else None
+        self.train_vae(vae_deadline, progress)
+        if self.scaling_factor is None:  # the time box ended stage 1 early: measure what we have
+            self.scaling_factor = self.measure_scaling_factor()
+            self.save()
+        if deadline is None or time.time() >= deadline:
+            return
+        if self.step == 0:
+            t0 = time.time()
+            self.train_diffusion(min(deadline, t0 + 20.0), progress)
+            rate = self.step / max(1e-6, time.time() - t0)
+            self.cfg.lr_decay_steps = int(self.step + rate * (deadline - time.time()))
+        self.train_diffusion(deadline, progress)
 
     # -- outputs
     def pipeline(self, ema: bool = True):
@@ -483,6 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/toy", help="run folder (resumes from its checkpoint)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for this invocation")
+    p.add_argument("--vae-minutes", type=float, default=6.0, help="time box of stage 1 within --minutes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="stage-2 steps in total")
@@ -501,10 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.export:
         print(tr.export(a.export))
         return
-    deadline = time.time() + 60 * a.minutes if a.minutes else None
-    tr.train_vae(deadline, progress=not a.no_progress)
-    if deadline is None or time.time() < deadline:
-        tr.train_diffusion(deadline, progress=not a.no_progress)
+    tr.fit(a.minutes, vae_minutes=a.vae_minutes, progress=not a.no_progress)
     print(json.dumps({"vae_step": tr.vae_step, "step": tr.step, "minutes": round(tr.minutes, 2),
                       "scaling_factor": tr.scaling_factor}))
 

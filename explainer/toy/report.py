@@ -1,0 +1,94 @@
+"""Figures of a toy-model training run: loss, learning curve, guidance curve (for the model card).
+
+    python -m explainer.toy.report docs/data docs/img
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_loss(data: str | Path):
+    """Stage-1 and stage-2 training loss against steps, from ``train_log.jsonl``."""
+    rows = _rows(Path(data) / "train_log.jsonl")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, stage, title in zip(axes, (1, 2), ("stage 1: VAE (MSE + KL)", "stage 2: UNet + text (weighted v-MSE, EMA-smoothed)")):
+        r = [x for x in rows if x["stage"] == stage]
+        ax.plot([x["step"] for x in r], [x["loss"] for x in r])
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curve(data: str | Path):
+    """Fidelity (and localisation, where measured) against stage-2 steps and minutes."""
+    data = Path(data)
+    evals = _rows(data / "eval_log.jsonl")
+    loc = json.loads((data / "localisation_curve.json").read_text()) if (data / "localisation_curve.json").exists() else []
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    steps = [e["step"] for e in evals]
+    for key, label in (("colour_position", "colour + position"), ("shape", "shape")):
+        ax.plot(steps, [100 * e["g7.5"][key] for e in evals], marker="o", label=label)
+    if loc:
+        ax.plot([p["step"] for p in loc], [100 * p["localisation"] for p in loc], marker="s", label="attention localisation")
+    ax.set_xlabel("stage-2 step")
+    ax.set_ylabel("% of held-out captions (guidance 7.5)")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if evals:
+        sec = ax.secondary_xaxis("top", functions=(
+            lambda s: s * evals[-1]["minutes"] / max(1, evals[-1]["step"]),
+            lambda m: m * max(1, evals[-1]["step"]) / max(1e-9, evals[-1]["minutes"])))
+        sec.set_xlabel("training minutes (approx., linear in steps)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_guidance_curve(data: str | Path):
+    """Fidelity against guidance scale, from ``final_eval.json``."""
+    final = json.loads((Path(data) / "final_eval.json").read_text())
+    curve = final["guidance_curve"]
+    gs = sorted(curve, key=float)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for key, label in (("colour_position", "colour + position"), ("shape", "shape"), ("all", "all correct")):
+        ax.plot([float(g) for g in gs], [100 * curve[g][key] for g in gs], marker="o", label=label)
+    ax.set_xlabel("guidance scale")
+    ax.set_ylabel("% of held-out captions")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(data: str | Path, out: str | Path) -> list[Path]:
+    """Save the loss, learning-curve and guidance-curve PNGs into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fn in (("toy_loss.png", plot_loss), ("toy_learning_curve.png", plot_learning_curve),
+                     ("toy_guidance_curve.png", plot_guidance_curve)):
+        fig = fn(data)
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        paths.append(out / name)
+    return paths
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(write_figures(sys.argv[1] if len(sys.argv) > 1 else "docs/data", sys.argv[2] if len(sys.argv) > 2 else "docs/img"))
