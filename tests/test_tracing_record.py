@@ -149,6 +149,7 @@ def test_estimate_matches_actual_bytes(pipe):
         tr = explainer.trace(pipe, PROMPT, num_inference_steps=2, record=record, progress=False)
         image_bytes = tr.width * tr.height * 3
         assert tr.metadata["estimated_bytes"] == tr.nbytes - image_bytes, record
+        assert explainer.estimate_trace_bytes(pipe, PROMPT, num_inference_steps=2, record=record) == tr.nbytes
 
 
 def test_budget_error_names_the_numbers(pipe):

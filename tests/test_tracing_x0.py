@@ -70,3 +70,18 @@ def test_x0_coefficients_invert_the_forward_process(space, prediction):
     target = {"epsilon": eps, "v_prediction": alpha * eps - sig * x0, "sample": x0}[prediction]
     a, b = x0_coefficients(space, prediction, sigma)
     assert np.allclose(a * xt + b * target, x0)
+
+
+def test_zero_terminal_snr_v_prediction(vpipe):
+    """Zero-SNR schedules start at abar = 0 (sigma = inf): v-prediction still gives x0 = -v there."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(vpipe.scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    tr = explainer.trace(vpipe, PROMPT, num_inference_steps=3, scheduler=sched, progress=False,
+                         record={"attention": "none", "dtype": "float32"})  # fmt: skip
+    assert np.isinf(tr.sigmas[0]) and tr.alphas_cumprod[0] == 0
+    assert tr.x0_coef_sample[0] == 0 and tr.x0_coef_model[0] == -1
+    guided = tr.eps_uncond[0] + tr.guidance_scale * (tr.eps_cond[0] - tr.eps_uncond[0])
+    assert np.allclose(tr.x0[0], -guided, atol=1e-4)
+    assert np.isfinite(tr.x0).all() and np.isfinite(tr.what_if_x0(0, 2.0)).all()
+    assert tr.preview(0, kind="xt").size == (tr.width, tr.height)

@@ -8,7 +8,7 @@ from .trace import FORMAT_VERSION, Trace, load_trace
 from .validation import ATTENTION_MODES, RecordSpec
 
 # Last: binds the name `trace` to the function, shadowing the `trace` submodule attribute.
-from .recorder import trace  # noqa: E402
+from .recorder import estimate_trace_bytes, trace  # noqa: E402
 
 __all__ = [
     "ATTENTION_MODES",
@@ -24,6 +24,7 @@ __all__ = [
     "UnsupportedPipelineError",
     "Word",
     "clear_preview_cache",
+    "estimate_trace_bytes",
     "fit_latent_rgb_factors",
     "load_trace",
     "trace",

@@ -188,11 +188,12 @@ def attention_probs(
         q = attn.norm_q(q)
     if attn.norm_k is not None:
         k = attn.norm_k(k)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(attn.scale)  # [B, H, N, T]
+    scores = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, T], in the model's dtype like its own attention
+    scores = scores * attn.scale
     if attention_mask is not None:
         mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
-        scores = scores + mask.view(batch, heads, -1, mask.shape[-1]).float()
-    return scores.softmax(dim=-1)
+        scores = scores + mask.view(batch, heads, -1, mask.shape[-1]).to(scores.dtype)
+    return scores.softmax(dim=-1, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------- heatmaps

@@ -207,6 +207,8 @@ class Recorder:
         self._pending: dict[str, Any] = {}
         self._pending_attn: dict[str, dict[int, torch.Tensor]] = {b: {} for b in BRANCHES}
         self._undo: list[Callable[[], None]] = []
+        self._timesteps = torch.zeros(0, dtype=torch.float64)  # host copy of scheduler.timesteps
+        self._step_calls = 0
         self._bar: Any = None
 
     # -------------------------------------------------------------- attach / detach
@@ -282,6 +284,8 @@ class Recorder:
             latents = prepare(*args, **kwargs)
             if self.active:
                 self.latents = [latents[0].to(self.dtype, copy=True)]  # the state before step 0
+                # The timesteps are set by now; one host copy here spares a device sync at every step.
+                self._timesteps = self.scheduler.timesteps.detach().to("cpu", torch.float64)
             return latents
 
         return prepare_latents
@@ -324,25 +328,29 @@ class Recorder:
             self._pending["eps_cond"] = out[0].to(self.dtype, copy=True)
 
     def record_attention(self, layer: AttentionLayer, probs: torch.Tensor) -> None:
-        """Keep one layer's probabilities ``[B, H, N, T]`` for the current step, per branch."""
+        """Keep one layer's probabilities ``[B, H, N, T]`` for the current step, per branch.
+
+        Few device ops per call and no host sync: one head mean and one fp16 cast for both halves;
+        each branch keeps a ``[N, t]`` (``[H, N, t]`` per head) view, turned into ``[t, h, w]`` on the
+        host once the run is over.
+        """
         mode = self.spec.attention
         halves = {"cond": 0} if not self.plan.cfg else {"cond": self.cond_index, "uncond": 1 - self.cond_index}
-        for branch, row in halves.items():
-            t = self.plan.tokens[branch]
-            p = probs[row, ..., :t]  # [H, N, t]
-            if mode != "per_head":
-                p = p.mean(dim=0)  # [N, t]
-                grid = p.transpose(0, 1).reshape(t, layer.height, layer.width)  # [t, h, w]
-            else:
-                grid = p.transpose(1, 2).reshape(p.shape[0], t, layer.height, layer.width)  # [H, t, h, w]
-            if mode == "per_step":
-                _, h, w = self.plan.latent_shape
-                if (layer.height, layer.width) != (h, w):
-                    grid = F.interpolate(grid[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        longest = max(self.plan.tokens[b] for b in halves)
+        if mode == "per_step":
+            _, h, w = self.plan.latent_shape
+            maps = probs.mean(dim=1)[..., :longest].transpose(1, 2)  # [B, t, N]
+            grid = maps.reshape(maps.shape[0], longest, layer.height, layer.width)  # [B, t, h, w]
+            if (layer.height, layer.width) != (h, w):
+                grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+            for branch, row in halves.items():
                 acc = self._pending_attn[branch].get(0)
-                self._pending_attn[branch][0] = grid if acc is None else acc + grid
-            else:
-                self._pending_attn[branch][layer.index] = grid.to(torch.float16)
+                part = grid[row, : self.plan.tokens[branch]]
+                self._pending_attn[branch][0] = part if acc is None else acc + part
+            return
+        kept = (probs if mode == "per_head" else probs.mean(dim=1))[..., :longest].to(torch.float16)
+        for branch, row in halves.items():
+            self._pending_attn[branch][layer.index] = kept[row, ..., : self.plan.tokens[branch]]  # [(H,) N, t]
 
     def _wrap_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         # functools.wraps keeps step's signature visible: the pipeline inspects it for `eta`/`generator`.
@@ -358,7 +366,10 @@ class Recorder:
 
     def _after_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, output: Any) -> None:
         sched = self.scheduler
-        sigma = current_sigma(sched, float(timestep), self.space, getattr(sched, "step_index", None))
+        calls = self._step_calls
+        self._step_calls += 1
+        t = float(self._timesteps[calls]) if calls < len(self._timesteps) else float(timestep)
+        sigma = current_sigma(sched, t, self.space, getattr(sched, "step_index", None))
         a, b = x0_coefficients(self.space, self.prediction, sigma)
         x0, source = scheduler_x0(sched, output)
         if x0 is None:
@@ -370,7 +381,7 @@ class Recorder:
             next_sigma = float(sched.sigmas[index])
         self._pending.update(
             x0=x0[0].to(self.dtype, copy=True),
-            scalars=(float(timestep), sigma, a, b, model_input_scale(self.space, sigma)),
+            scalars=(t, sigma, a, b, model_input_scale(self.space, sigma)),
             next_scale=model_input_scale(self.space, next_sigma),
         )
 
@@ -429,9 +440,11 @@ class Recorder:
                              layers[0].height, layers[0].width)  # fmt: skip
                     if n == 0:
                         attention[f"{branch}/{group}"] = np.zeros((0, *shape), np.float16)
-                    else:  # [step, layer, (head,) token, h, w]
+                    else:  # recorded [step, layer, (head,) N, token] -> stored [step, layer, (head,) token, h, w]
                         steps = [torch.stack([maps[s] for maps in per_layer]) for s in range(n)]
-                        attention[f"{branch}/{group}"] = torch.stack(steps).cpu().numpy()
+                        flat = torch.stack(steps).cpu().numpy()
+                        grid = flat.reshape(*flat.shape[:-2], layers[0].height, layers[0].width, t)
+                        attention[f"{branch}/{group}"] = np.ascontiguousarray(np.moveaxis(grid, -1, -3))
         final_latent = torch.from_numpy(latents_np[-1].astype(np.float32))
         rgb = None
         if final_image is not None:
@@ -472,6 +485,82 @@ class Recorder:
             complete=complete,
             error=error,
         )
+
+
+@dataclass
+class _Request:
+    """A validated trace request and its plan."""
+
+    pipe: StableDiffusionPipeline
+    prompt: str
+    negative_prompt: str | None
+    guidance: float
+    steps: int
+    height: int
+    width: int
+    seed: int | None
+    scheduler: SchedulerMixin
+    tokens: dict[str, PromptTokens]
+    plan: Plan
+
+
+def _prepare(
+    pipe: Any,
+    prompt: Any,
+    negative_prompt: Any,
+    num_inference_steps: Any,
+    guidance_scale: Any,
+    seed: Any,
+    generator: Any,
+    height: Any,
+    width: Any,
+    scheduler: Any,
+    record: Any,
+) -> _Request:
+    """Check every argument (each error names its argument) and plan the recording."""
+    pipe = check_pipeline(pipe)
+    prompt = check_prompt(prompt)
+    negative_prompt = check_prompt(negative_prompt, "negative_prompt", optional=True)
+    guidance = check_guidance(guidance_scale)
+    spec = parse_record(record)
+    sched = resolve_scheduler(scheduler, pipe.scheduler)
+    prediction_type(sched)  # refuses unsupported prediction types before the run
+    steps = check_steps(num_inference_steps, int(sched.config.num_train_timesteps))
+    unet = pipe.unet
+    multiple = pipe.vae_scale_factor * 2 ** int(getattr(unet, "num_upsamplers", len(unet.config.block_out_channels) - 1))
+    sample = unet.config.sample_size
+    sample_h, sample_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    height = check_size(height, "height", multiple, sample_h * pipe.vae_scale_factor)
+    width = check_size(width, "width", multiple, sample_w * pipe.vae_scale_factor)
+    seed = check_seed(seed, generator)
+    cfg = guidance > 1 and unet.config.time_cond_proj_dim is None  # the pipeline's do_classifier_free_guidance
+    tokens = {"cond": tokenize_prompt(pipe.tokenizer, prompt)}
+    if cfg:
+        tokens["uncond"] = tokenize_prompt(pipe.tokenizer, negative_prompt or "")
+    plan = _plan(pipe, sched, steps, height, width, spec, cfg, tokens)
+    return _Request(pipe, prompt, negative_prompt, guidance, steps, height, width, seed, sched, tokens, plan)
+
+
+def estimate_trace_bytes(
+    pipe: StableDiffusionPipeline,
+    prompt: str,
+    *,
+    negative_prompt: str | None = None,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    scheduler: str | SchedulerMixin | None = None,
+    record: str | dict[str, Any] = "default",
+) -> int:
+    """Bytes a :func:`trace` with these arguments would hold (arrays plus the final image), without running it.
+
+    Returns:
+        The estimate :func:`trace` checks against ``record["max_bytes"]``, plus ``height * width * 3``.
+    """
+    req = _prepare(pipe, prompt, negative_prompt, num_inference_steps, guidance_scale, 0, None, height, width,
+                   scheduler, record)  # fmt: skip
+    return req.plan.estimate_bytes() + req.height * req.width * 3
 
 
 # ---------------------------------------------------------------------------------------- entry point
@@ -524,28 +613,14 @@ def trace(
         TypeError, ValueError: bad arguments, each named in the message.
     """
     t_start = time.perf_counter()
-    pipe = check_pipeline(pipe)
-    prompt = check_prompt(prompt)
-    negative_prompt = check_prompt(negative_prompt, "negative_prompt", optional=True)
-    guidance = check_guidance(guidance_scale)
-    spec = parse_record(record)
-    sched = resolve_scheduler(scheduler, pipe.scheduler)
-    prediction_type(sched)  # refuses unsupported prediction types before the run
-    steps = check_steps(num_inference_steps, int(sched.config.num_train_timesteps))
-    unet = pipe.unet
-    multiple = pipe.vae_scale_factor * 2 ** int(getattr(unet, "num_upsamplers", len(unet.config.block_out_channels) - 1))
-    sample = unet.config.sample_size
-    sample_h, sample_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    height = check_size(height, "height", multiple, sample_h * pipe.vae_scale_factor)
-    width = check_size(width, "width", multiple, sample_w * pipe.vae_scale_factor)
-    seed = check_seed(seed, generator)
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, not {type(progress).__name__}.")
-    cfg = guidance > 1 and unet.config.time_cond_proj_dim is None  # the pipeline's do_classifier_free_guidance
-
-    tokens = {"cond": tokenize_prompt(pipe.tokenizer, prompt)}
-    if cfg:
-        tokens["uncond"] = tokenize_prompt(pipe.tokenizer, negative_prompt or "")
+    req = _prepare(pipe, prompt, negative_prompt, num_inference_steps, guidance_scale, seed, generator, height, width,
+                   scheduler, record)  # fmt: skip
+    pipe, prompt, negative_prompt, guidance, steps = req.pipe, req.prompt, req.negative_prompt, req.guidance, req.steps
+    sched, spec, tokens, plan, cfg, height, width, seed = (
+        req.scheduler, req.plan.spec, req.tokens, req.plan, req.plan.cfg, req.height, req.width, req.seed
+    )
     for branch, name in (("cond", "prompt"), ("uncond", "negative_prompt")):
         if branch in tokens and tokens[branch].truncated:
             dropped = tokens[branch].truncated
@@ -554,8 +629,6 @@ def trace(
                 f"{len(dropped)} tokens were dropped: {dropped} (kept in trace.truncated_tokens).",
                 stacklevel=2,
             )
-
-    plan = _plan(pipe, sched, steps, height, width, spec, cfg, tokens)
     estimate = plan.estimate_bytes()
     if estimate > spec.max_bytes:
         raise TraceBudgetError(
@@ -581,7 +654,7 @@ def trace(
         "num_steps": plan.num_steps,
         "height": height,
         "width": width,
-        "model": _model_info(pipe),
+        "model": _model_info(pipe, device),
         "scheduler": {
             "class": type(sched).__name__,
             "name": short_name,
@@ -596,7 +669,7 @@ def trace(
         ),
         "record": spec.to_dict(),
         "estimated_bytes": estimate,
-        "versions": _versions(),
+        "versions": dict(_versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -644,7 +717,7 @@ def trace(
     raise failure
 
 
-def _model_info(pipe: StableDiffusionPipeline) -> dict[str, Any]:
+def _model_info(pipe: StableDiffusionPipeline, device: torch.device) -> dict[str, Any]:
     unet, vae = pipe.unet, pipe.vae
     return {
         "name_or_path": getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path"),
@@ -653,7 +726,7 @@ def _model_info(pipe: StableDiffusionPipeline) -> dict[str, Any]:
         "vae": type(vae).__name__,
         "text_encoder": type(pipe.text_encoder).__name__,
         "dtype": str(unet.dtype).removeprefix("torch."),
-        "device": str(pipe._execution_device),
+        "device": str(device),
         "vae_scale_factor": pipe.vae_scale_factor,
         "vae_scaling_factor": vae.config.scaling_factor,
         "latent_channels": unet.config.in_channels,
@@ -662,6 +735,7 @@ def _model_info(pipe: StableDiffusionPipeline) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for dist in ("sd-explainer", "torch", "diffusers", "transformers", "numpy", "safetensors"):

@@ -145,7 +145,7 @@ def current_sigma(scheduler: SchedulerMixin, timestep: float, space: Space, step
     if step_index is not None and sigmas is not None and (space == "ve" or _sigma_indexed_vp(scheduler)):
         return float(sigmas[step_index - 1])
     abar = float(scheduler.alphas_cumprod[int(round(float(timestep)))])
-    return math.sqrt((1.0 - abar) / abar)
+    return math.sqrt((1.0 - abar) / abar) if abar > 0 else math.inf  # zero terminal SNR: pure noise
 
 
 def _sigma_indexed_vp(scheduler: SchedulerMixin) -> bool:
@@ -169,6 +169,10 @@ def x0_coefficients(space: Space, prediction: str, sigma: float) -> tuple[float,
     """
     if prediction == "sample":
         return 0.0, 1.0
+    if math.isinf(sigma):  # zero terminal SNR: only v (or sample) prediction determines x0 there
+        if prediction == "epsilon":
+            return math.inf, -math.inf
+        return 0.0, -1.0
     s2 = sigma * sigma
     if space == "ve":
         if prediction == "epsilon":  # sample = x0 + sigma * eps
@@ -183,7 +187,9 @@ def x0_coefficients(space: Space, prediction: str, sigma: float) -> tuple[float,
 
 def model_input_scale(space: Space, sigma: float) -> float:
     """Return the factor that brings a step's sample to unit variance (what the UNet sees)."""
-    return 1.0 / math.sqrt(sigma * sigma + 1.0) if space == "ve" else 1.0
+    if space == "vp":
+        return 1.0
+    return 0.0 if math.isinf(sigma) else 1.0 / math.sqrt(sigma * sigma + 1.0)
 
 
 def scheduler_x0(scheduler: SchedulerMixin, output: object) -> tuple[object | None, str]:
