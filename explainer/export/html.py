@@ -39,7 +39,7 @@ _VIEW_LABELS = {
 }
 
 
-def data_uri(image: Image.Image, image_format: str = "jpeg", quality: int = 85) -> str:
+def data_uri(image: Image.Image, image_format: str = "jpeg", quality: int = 80) -> str:
     """``data:`` URI of ``image`` as JPEG, WebP or (for grayscale maps) PNG."""
     buffer = io.BytesIO()
     if image_format == "png":
@@ -132,7 +132,7 @@ def build_html(
     resample: str = "nearest",
     fps: float = 8.0,
     hold: float = 1.0,
-    quality: int = 85,
+    quality: int = 80,
     image_format: str = "jpeg",
     progress: bool = False,
 ) -> tuple[str, int]:
@@ -232,7 +232,7 @@ def save_html(
     resample: str = "nearest",
     fps: float = 8.0,
     hold: float = 1.0,
-    quality: int = 85,
+    quality: int = 80,
     image_format: str = "jpeg",
     progress: bool = False,
 ) -> int:
@@ -249,7 +249,7 @@ def save_html(
         resample: upscaling filter (``"nearest"`` also tells the browser to keep pixels sharp).
         fps: play speed in steps per second.
         hold: seconds the player rests on the last step before looping.
-        quality: JPEG/WebP quality 1..100.
+        quality: JPEG/WebP quality 1..100 (80 keeps 50 steps at 512x512 under 10 MB).
         image_format: ``"jpeg"`` or ``"webp"`` for the frames.
         progress: show a tqdm bar while encoding.
 
