@@ -90,8 +90,7 @@ def test_export_then_info(run_dir, tmp_path, capsys):
 def test_toy_model_end_to_end(tmp_path, capsys):
     """`explainer run` on the bundled toy model, then export and info (the README's main job)."""
     out = tmp_path / "toy"
-    assert main(["run", "a red circle above a blue square", "--steps", "4", "--scheduler", "euler", "--out", str(out),
-                 "--quiet"]) == 0  # fmt: skip
+    assert main(["run", "a red circle above a blue square", "--steps", "4", "--out", str(out), "--quiet"]) == 0
     trace_file = str(out / RUN_FILES["trace"])
     assert main(["export", trace_file, str(tmp_path / "circle.webp"), "--panels", "overlay", "--words", "circle",
                  "--quiet"]) == 0  # fmt: skip
@@ -103,18 +102,9 @@ def test_toy_model_end_to_end(tmp_path, capsys):
     assert main(["info", trace_file]) == 0
     text = capsys.readouterr().out
     assert "image      64x64, latent 4x16x16" in text and "model      toy\n" in text
-
-
-@pytest.mark.xfail(
-    raises=ZeroDivisionError,
-    strict=False,
-    reason="tracing engine: the toy's own DDIM 'trailing' zero-terminal-SNR schedule starts at alphas_cumprod=0 "
-    "(sigma = inf), and schedulers.current_sigma divides by it; remove this mark once that is handled",
-)
-def test_toy_model_default_scheduler(tmp_path):
-    out = tmp_path / "toy"
-    assert main(["run", "a red circle above a blue square", "--steps", "3", "--out", str(out), "--quiet"]) == 0
-    assert (out / RUN_FILES["html"]).is_file()
+    assert "scheduler  DDIMScheduler" in text  # the toy's own: trailing spacing, zero terminal SNR
+    page = (out / RUN_FILES["html"]).read_text(encoding="utf-8")
+    assert '"sigma":"\u221e"' in page  # its first step is pure noise: sigma = infinity
 
 
 # ------------------------------------------------------------------------------------ help
