@@ -41,7 +41,7 @@ class TrainConfig:
     image_size: int = IMAGE_SIZE
     # Stage 1: VAE
     vae_steps: int = 3000
-    vae_batch: int = 64
+    vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     # Stage 2: text encoder + UNet
