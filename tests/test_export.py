@@ -347,3 +347,36 @@ def test_html_options(tr, tmp_path):
         export(tr, tmp_path / "bad.html", panels=["overlay"], words=["circle"])
     with pytest.raises(ValueError, match="image_format='png' is not allowed"):
         export(tr, tmp_path / "bad.html", image_format="png")
+
+
+def test_html_stays_under_10_mb_for_50_steps_at_512(tr, tmp_path):
+    """The default page of 50 steps at 512x512 fits 10 MB even when every frame and map is noise.
+
+    A synthetic trace: SD 1.x's geometry (4x64x64 latents, 64x64 attention maps) filled with noise,
+    the least compressible content there is (real x_t frames start like this).
+    """
+    steps, rng = 50, np.random.default_rng(0)
+    layers = [dataclasses.replace(la, height=64 // 2 ** i, width=64 // 2 ** i) for i, la in
+              enumerate(sorted(tr.attention_layers, key=lambda la: -la.height))]  # fmt: skip
+    side = {la.group: la.height for la in layers}
+    attention = {}
+    for key, arr in tr.attention.items():  # [step, layer, token, h, w] -> 50 steps of noise at the new size
+        n = side[key.split("/", 1)[1]]
+        attention[key] = rng.random((steps, *arr.shape[1:3], n, n)).astype(np.float16)
+    big = dataclasses.replace(
+        tr,
+        latents=rng.standard_normal((steps + 1, 4, 64, 64)).astype(np.float32),
+        x0=2 * rng.standard_normal((steps, 4, 64, 64)).astype(np.float32),
+        input_scale=np.ones(steps + 1, np.float32),
+        timesteps=np.linspace(999, 0, steps),
+        sigmas=np.geomspace(14.6, 0.03, steps),
+        attention=attention,
+        attention_layers=layers,
+        final_image=Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)),
+        metadata={**tr.metadata, "height": 512, "width": 512},
+    )
+    path = export(big, tmp_path / "big.html", verbose=False)
+    data = _embedded(path.read_text(encoding="utf-8"))
+    assert (data["width"], data["height"], len(data["steps"]), data["map_width"]) == (512, 512, steps, 64)
+    assert len(data["words"]) == 6
+    assert path.stat().st_size <= 10_000_000, path.stat().st_size
