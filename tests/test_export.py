@@ -380,3 +380,14 @@ def test_html_stays_under_10_mb_for_50_steps_at_512(tr, tmp_path):
     assert (data["width"], data["height"], len(data["steps"]), data["map_width"]) == (512, 512, steps, 64)
     assert len(data["words"]) == 6
     assert path.stat().st_size <= 10_000_000, path.stat().st_size
+
+
+def test_incomplete_trace_exports_its_finished_steps(smooth, tmp_path):
+    """An interrupted run has no final image: the "final" panel shows the last latent's preview instead."""
+    partial = dataclasses.replace(smooth, final_image=None, complete=False, error="KeyboardInterrupt")
+    last = np.asarray(partial.preview(STEPS, kind="xt").resize((SIZE, SIZE), Image.NEAREST))
+    renderer = FrameRenderer(partial, panels=["final"], size=SIZE, captions=False)
+    assert np.array_equal(crop(renderer.frame(0), renderer.layout.box(0)), last)
+    data = _embedded(export(partial, tmp_path / "partial.html", size=SIZE, verbose=False).read_text(encoding="utf-8"))
+    assert ["status", "incomplete (KeyboardInterrupt)"] in data["settings"]
+    assert mad(_decode(data["final"]), last) < 6.0
