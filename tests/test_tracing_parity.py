@@ -31,6 +31,7 @@ def _snapshot(pipe):
         "processors": dict(pipe.unet.attn_processors),
         "hooks": (len(pipe.unet._forward_hooks), len(pipe.unet._forward_pre_hooks)),
         "proj_hooks": sum(len(m._forward_hooks) for m in pipe.unet.modules()),
+        "forward_attrs": sum("forward" in vars(m) for m in pipe.unet.modules()),
         "instance_attrs": {k for k in ("encode_prompt", "prepare_latents") if k in vars(pipe)},
         "step_attr": "step" in vars(pipe.scheduler),
         "progress": dict(getattr(pipe, "_progress_bar_config", {})),
@@ -43,7 +44,7 @@ def _assert_same(before, after):
     assert after["config_scheduler"] == before["config_scheduler"]
     assert after["processors"].keys() == before["processors"].keys()
     assert all(after["processors"][k] is v for k, v in before["processors"].items())
-    for key in ("hooks", "proj_hooks", "instance_attrs", "step_attr", "progress"):
+    for key in ("hooks", "proj_hooks", "forward_attrs", "instance_attrs", "step_attr", "progress"):
         assert after[key] == before[key], key
 
 

@@ -166,34 +166,43 @@ def level_size(height: int, width: int, level: int) -> tuple[int, int]:
 
 
 def attention_probs(
-    attn: Attention, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None
+    attns: Attention | list[Attention],
+    queries: torch.Tensor | list[torch.Tensor],
+    keys: torch.Tensor | list[torch.Tensor],
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax attention probabilities of one layer call, in float32.
+    """Softmax attention probabilities of one or several same-shaped layer calls, in float32.
 
     Args:
-        attn: the layer (for ``heads``, ``scale`` and optional q/k norms).
-        query: ``attn.to_q`` output, ``[B, N, heads * d]``.
-        key: ``attn.to_k`` output, ``[B, T, heads * d]``.
-        attention_mask: optional additive mask as the processor received it.
+        attns: the layer(s) (for ``heads``, ``scale`` and optional q/k norms); all must share them.
+        queries: ``attn.to_q`` output(s), ``[B, N, heads * d]`` each.
+        keys: ``attn.to_k`` output(s), ``[B, T, heads * d]`` each.
+        attention_mask: optional additive mask as the processor received it (single layer only).
 
     Returns:
-        ``[B, H, N, T]``; each row sums to 1 over all ``T`` key tokens.
+        ``[B, H, N, T]`` for one layer, ``[L, B, H, N, T]`` for a list; rows sum to 1 over all ``T`` keys.
     """
-    batch, _, inner = query.shape
+    single = isinstance(attns, Attention)
+    if single:
+        attns, queries, keys = [attns], [queries], [keys]
+    attn = attns[0]
+    batch, _, inner = queries[0].shape
     heads = attn.heads
     head_dim = inner // heads
-    q = query.reshape(batch, -1, heads, head_dim).transpose(1, 2)
-    k = key.reshape(batch, -1, heads, head_dim).transpose(1, 2)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-    scores = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, T], in the model's dtype like its own attention
-    scores = scores * attn.scale
+    qs, ks = [], []
+    for layer, query, key in zip(attns, queries, keys):
+        q = query.reshape(batch, -1, heads, head_dim).transpose(1, 2)  # [B, H, N, d]
+        k = key.reshape(batch, -1, heads, key.shape[-1] // heads).transpose(1, 2)  # [B, H, T, d]
+        qs.append(layer.norm_q(q) if layer.norm_q is not None else q)
+        ks.append(layer.norm_k(k) if layer.norm_k is not None else k)
+    q_all, k_all = torch.stack(qs), torch.stack(ks)  # [L, B, H, N|T, d], contiguous
+    scores = torch.matmul(q_all, k_all.transpose(-1, -2))  # [L, B, H, N, T], in the model's dtype like its own
+    scores.mul_(attn.scale)
     if attention_mask is not None:
-        mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
+        mask = attn.prepare_attention_mask(attention_mask, keys[0].shape[1], batch)
         scores = scores + mask.view(batch, heads, -1, mask.shape[-1]).to(scores.dtype)
-    return scores.softmax(dim=-1, dtype=torch.float32)
+    probs = scores.softmax(dim=-1, dtype=torch.float32)
+    return probs[0] if single else probs
 
 
 # --------------------------------------------------------------------------------------------- heatmaps

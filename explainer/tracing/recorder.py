@@ -80,6 +80,7 @@ class Plan:
     spec: RecordSpec
     groups: dict[str, list[AttentionLayer]] = field(default_factory=dict)
     initial_scale: float = 1.0  # input scale of the initial latent
+    modules: dict[str, Attention] = field(default_factory=dict, repr=False)  # attn2 modules by name
 
     def estimate_bytes(self) -> int:
         """Bytes the finished trace will hold (arrays only; the image adds ``H * W * 3``)."""
@@ -116,7 +117,9 @@ def _plan(
     h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
     layers: list[AttentionLayer] = []
     groups: dict[str, list[AttentionLayer]] = {}
+    modules: dict[str, Attention] = {}
     for index, (name, module, level) in enumerate(cross_attention_modules(pipe.unet)):
+        modules[name] = module
         lh, lw = level_size(h, w, level)
         group = f"{lh}x{lw}" if spec.attention != "per_head" else f"{lh}x{lw}x{module.heads}h"
         layer = AttentionLayer(index, name, lh, lw, module.heads, group, len(groups.get(group, [])))
@@ -124,7 +127,8 @@ def _plan(
         layers.append(layer)
     max_len = pipe.tokenizer.model_max_length
     counts = {b: (max_len if spec.tokens == "all" else len(t.ids)) for b, t in tokens.items()}
-    return Plan(num_steps, (pipe.unet.config.in_channels, h, w), layers, counts, cfg, spec, groups, initial_scale)
+    return Plan(num_steps, (pipe.unet.config.in_channels, h, w), layers, counts, cfg, spec, groups, initial_scale,
+                modules)  # fmt: skip
 
 
 def _copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
@@ -135,7 +139,12 @@ def _copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
 
 
 class _CrossAttentionRecorder:
-    """Processor for one ``attn2`` layer: the original processor computes the output; we record on the side."""
+    """Processor for one ``attn2`` layer: the original processor computes the output; we keep its q and k.
+
+    ``to_q`` / ``to_k`` get thin ``forward`` wrappers that hand their outputs here, so the recorder
+    reuses the very projections the layer computed. The probabilities are computed once the UNet
+    call is over, for all layers of one shape together (:meth:`Recorder.flush_attention`).
+    """
 
     def __init__(self, recorder: Recorder, layer: AttentionLayer, original: Any) -> None:
         self.recorder = recorder
@@ -160,7 +169,7 @@ class _CrossAttentionRecorder:
             query, key = self.query, self.key
             if query is None or key is None:  # a processor that bypasses to_q / to_k (fused projections)
                 query, key = self._recompute(attn, hidden_states, encoder_hidden_states)
-            self.recorder.record_attention(self.layer, attention_probs(attn, query, key, attention_mask))
+            self.recorder.captured[self.layer.index] = (attn, query, key, attention_mask)
         self.query = self.key = None
         return out
 
@@ -173,11 +182,13 @@ class _CrossAttentionRecorder:
             context = attn.norm_encoder_hidden_states(context)
         return attn.to_q(hidden), attn.to_k(context)
 
-    def keep_query(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
-        self.query = output
+    def wrap_projection(self, forward: Callable[..., torch.Tensor], slot: str) -> Callable[..., torch.Tensor]:
+        def projection(*args: Any, **kwargs: Any) -> torch.Tensor:
+            out = forward(*args, **kwargs)
+            setattr(self, slot, out)
+            return out
 
-    def keep_key(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
-        self.key = output
+        return projection
 
 
 class Recorder:
@@ -206,6 +217,7 @@ class Recorder:
         self.scalars: list[tuple[float, float, float, float, float]] = []  # t, sigma, a, b, input scale
         self._pending: dict[str, Any] = {}
         self._pending_attn: dict[str, dict[int, torch.Tensor]] = {b: {} for b in BRANCHES}
+        self.captured: dict[int, tuple[Attention, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self._undo: list[Callable[[], None]] = []
         self._timesteps = torch.zeros(0, dtype=torch.float64)  # host copy of scheduler.timesteps
         self._step_calls = 0
@@ -228,15 +240,14 @@ class Recorder:
         post = unet.register_forward_hook(self._unet_post_hook, with_kwargs=True)
         self._undo += [pre.remove, post.remove]
         if self.spec.attention != "none":
-            modules = {name: module for name, module, _ in cross_attention_modules(unet)}
             for layer in self.plan.layers:
-                module = modules[layer.name]
+                module = self.plan.modules[layer.name]
                 original = module.processor
                 proc = _CrossAttentionRecorder(self, layer, original)
                 module.set_processor(proc)
-                hq = module.to_q.register_forward_hook(proc.keep_query)
-                hk = module.to_k.register_forward_hook(proc.keep_key)
-                self._undo += [functools.partial(module.set_processor, original), hq.remove, hk.remove]
+                self._undo.append(functools.partial(module.set_processor, original))
+                self._wrap_attribute(module.to_q, "forward", proc.wrap_projection(module.to_q.forward, "query"))
+                self._wrap_attribute(module.to_k, "forward", proc.wrap_projection(module.to_k.forward, "key"))
         had_config = hasattr(pipe, "_progress_bar_config")
         old_config = dict(getattr(pipe, "_progress_bar_config", {}))
         pipe.set_progress_bar_config(**{**old_config, "disable": True})
@@ -319,6 +330,8 @@ class Recorder:
     def _unet_post_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not self.active:
             return
+        if self.captured:
+            self.flush_attention()
         out = output[0] if isinstance(output, tuple) else output.sample
         if self.plan.cfg:
             ci = self.cond_index
@@ -327,30 +340,49 @@ class Recorder:
         else:
             self._pending["eps_cond"] = out[0].to(self.dtype, copy=True)
 
-    def record_attention(self, layer: AttentionLayer, probs: torch.Tensor) -> None:
-        """Keep one layer's probabilities ``[B, H, N, T]`` for the current step, per branch.
+    def flush_attention(self) -> None:
+        """Turn the q/k captured during one UNet call into probabilities, one batched op chain per layer shape.
 
-        Few device ops per call and no host sync: one head mean and one fp16 cast for both halves;
-        each branch keeps a ``[N, t]`` (``[H, N, t]`` per head) view, turned into ``[t, h, w]`` on the
-        host once the run is over.
+        Per group of same-shaped layers: stack q and k, one matmul, softmax in float32, head mean, one
+        fp16 cast; no host sync. Each branch keeps a ``[N, t]`` (``[H, N, t]`` per head) view per
+        layer, laid out as ``[t, h, w]`` on the host once the run is over.
         """
         mode = self.spec.attention
         halves = {"cond": 0} if not self.plan.cfg else {"cond": self.cond_index, "uncond": 1 - self.cond_index}
         longest = max(self.plan.tokens[b] for b in halves)
+        by_shape: dict[tuple, list[AttentionLayer]] = {}
+        for la in self.plan.layers:
+            if la.index in self.captured:
+                attn, q, k, mask = self.captured[la.index]
+                by_shape.setdefault((mask is None, attn.heads, attn.scale, q.shape, k.shape), []).append(la)
+        for (unmasked, *_), layers in by_shape.items():
+            chunks = [layers] if unmasked else [[la] for la in layers]
+            for chunk in chunks:
+                items = [self.captured[la.index] for la in chunk]
+                probs = attention_probs(
+                    [it[0] for it in items], [it[1] for it in items], [it[2] for it in items], items[0][3]
+                )  # [L, B, H, N, T]
+                self._keep(chunk, probs, halves, longest, mode)
+        self.captured.clear()
+
+    def _keep(self, layers: list[AttentionLayer], probs: torch.Tensor, halves: dict[str, int], longest: int,
+              mode: str) -> None:  # fmt: skip
         if mode == "per_step":
             _, h, w = self.plan.latent_shape
-            maps = probs.mean(dim=1)[..., :longest].transpose(1, 2)  # [B, t, N]
-            grid = maps.reshape(maps.shape[0], longest, layer.height, layer.width)  # [B, t, h, w]
-            if (layer.height, layer.width) != (h, w):
+            la = layers[0]
+            summed = probs.mean(dim=2).sum(dim=0)[..., :longest].transpose(1, 2)  # [B, t, N], summed over layers
+            grid = summed.reshape(summed.shape[0], longest, la.height, la.width)
+            if (la.height, la.width) != (h, w):
                 grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
             for branch, row in halves.items():
                 acc = self._pending_attn[branch].get(0)
                 part = grid[row, : self.plan.tokens[branch]]
                 self._pending_attn[branch][0] = part if acc is None else acc + part
             return
-        kept = (probs if mode == "per_head" else probs.mean(dim=1))[..., :longest].to(torch.float16)
-        for branch, row in halves.items():
-            self._pending_attn[branch][layer.index] = kept[row, ..., : self.plan.tokens[branch]]  # [(H,) N, t]
+        kept = (probs if mode == "per_head" else probs.mean(dim=2))[..., :longest].to(torch.float16)
+        for slot, la in enumerate(layers):
+            for branch, row in halves.items():
+                self._pending_attn[branch][la.index] = kept[slot, row, ..., : self.plan.tokens[branch]]  # [(H,) N, t]
 
     def _wrap_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         # functools.wraps keeps step's signature visible: the pipeline inspects it for `eta`/`generator`.
