@@ -16,6 +16,8 @@ from .tracing import (
     trace,
 )
 
+from .widgets import compare, explore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "TraceBudgetError",
     "TraceFileError",
     "UnsupportedPipelineError",
+    "compare",
     "estimate_trace_bytes",
+    "explore",
     "export",
     "fit_latent_rgb_factors",
     "load_pipeline",

@@ -1,0 +1,42 @@
+"""Helpers shared by the figure functions: a non-interactive figure, step checks, PNG encoding."""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..tracing import Trace
+
+
+def new_figure(width: float, height: float, ncols: int = 1, nrows: int = 1) -> tuple[Figure, np.ndarray]:
+    """A figure not registered with pyplot (no global state, no GUI backend), and its axes ``[nrows, ncols]``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def check_step(trace: Trace, step: int | None) -> int | None:
+    """``step`` as an index in ``0..S-1`` (negative counts from the end), or ``None``."""
+    if step is None:
+        return None
+    return trace._check_step(step, "x0")
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """PNG bytes of ``fig``."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def image_axes(ax, image, title: str) -> None:
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()

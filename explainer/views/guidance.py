@@ -1,0 +1,69 @@
+"""Classifier-free guidance pictures: the decomposition of one step, and a sweep of scales."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._common import image_axes, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..tracing import Trace
+
+DEFAULT_SWEEP = (1.0, 3.0, 5.0, 7.5, 10.0, 15.0)
+
+
+def _need_uncond(trace: Trace) -> None:
+    if not trace.has_uncond:
+        raise ValueError(
+            "this trace was recorded without classifier-free guidance "
+            f"(guidance_scale={trace.guidance_scale}); trace again with guidance_scale > 1."
+        )
+
+
+def guidance_difference(trace: Trace, step: int) -> np.ndarray:
+    """``[h, w]`` float32: |ε_cond − ε_uncond| at ``step``, summed over channels (L2)."""
+    _need_uncond(trace)
+    step = trace._check_step(step, "x0")
+    diff = trace.eps_cond[step].astype(np.float32) - trace.eps_uncond[step].astype(np.float32)
+    return np.sqrt((diff**2).sum(axis=0))
+
+
+def guidance_decomposition(trace: Trace, step: int) -> Figure:
+    """Unconditional, conditional and guided x0 of ``step`` side by side, and |ε_cond − ε_uncond|.
+
+    Returns:
+        A matplotlib figure with four panels.
+    """
+    _need_uncond(trace)
+    fig, axes = new_figure(8.8, 2.6, ncols=4)
+    image_axes(axes[0, 0], trace.what_if(step, 0.0), "x0 unconditional")
+    image_axes(axes[0, 1], trace.what_if(step, 1.0), "x0 conditional")
+    image_axes(axes[0, 2], trace.preview(step, kind="x0"), f"x0 guided (g {trace.guidance_scale:g})")
+    ax = axes[0, 3]
+    shown = ax.imshow(guidance_difference(trace, step), cmap="magma", interpolation="nearest")
+    ax.set_title("|ε_cond − ε_uncond|", fontsize=9)
+    ax.set_axis_off()
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    return fig
+
+
+def guidance_sweep(trace: Trace, step: int | None = None, scales: Sequence[float] = DEFAULT_SWEEP) -> Figure:
+    """What-if x0 of one step (default: the last) at several guidance scales, from the recorded ε.
+
+    Returns:
+        A matplotlib figure with one panel per scale.
+    """
+    _need_uncond(trace)
+    scales = list(scales)
+    if not scales:
+        raise ValueError("scales is empty; give at least one guidance scale.")
+    step = trace.num_steps - 1 if step is None else step
+    fig, axes = new_figure(2.0 * len(scales), 2.3, ncols=len(scales))
+    for i, g in enumerate(scales):
+        image_axes(axes[0, i], trace.what_if(step, float(g)), f"g {float(g):g}")
+    return fig

@@ -1,0 +1,151 @@
+"""Token maps: cross-attention of selected tokens over an image, and how concentrated they get per step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..export.frames import OVERLAY_ALPHA, overlay_heatmap
+from ._common import check_step, image_axes, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from ..tracing import Trace
+
+BASES = ("x0", "final")
+
+
+def _as_list(tokens: str | int | Sequence[str | int]) -> list[str | int]:
+    items = [tokens] if isinstance(tokens, (str, int, np.integer)) else list(tokens)
+    if not items:
+        raise ValueError("tokens is empty; pass a word, a token index, or a list of them.")
+    return items
+
+
+def token_heat(
+    trace: Trace,
+    tokens: str | int | Sequence[str | int],
+    step: int | slice | None = None,
+    layers: Any = None,
+    branch: str = "cond",
+) -> np.ndarray:
+    """Mean of the tokens' heat maps (:meth:`Trace.heatmap`), scaled to a maximum of 1.
+
+    Returns:
+        ``[H, W]`` float32 in [0, 1].
+    """
+    maps = [trace.heatmap(t, step=step, layers=layers, branch=branch) for t in _as_list(tokens)]
+    total = np.mean(maps, axis=0, dtype=np.float32)
+    peak = float(total.max())
+    return total / peak if peak > 0 else total
+
+
+def overlay_image(
+    trace: Trace,
+    tokens: str | int | Sequence[str | int],
+    step: int | slice | None = None,
+    *,
+    base: str = "x0",
+    base_step: int | None = None,
+    layers: Any = None,
+    branch: str = "cond",
+    opacity: float = OVERLAY_ALPHA,
+) -> Image.Image:
+    """The tokens' heat map colour-mapped over the x0 preview (of ``base_step``) or the final image."""
+    if base not in BASES:
+        raise ValueError(f"base={base!r} is not allowed; use one of {list(BASES)}.")
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise ValueError(f"opacity={opacity!r} must be in [0, 1].")
+    heat = token_heat(trace, tokens, step, layers, branch)
+    if base == "final" and trace.final_image is not None:
+        image = trace.final_image.convert("RGB")
+    else:
+        if base_step is None:
+            base_step = step if isinstance(step, (int, np.integer)) else trace.num_steps - 1
+        image = trace.preview(int(base_step), kind="x0")
+    return overlay_heatmap(image, heat, float(opacity))
+
+
+def token_overlay(
+    trace: Trace,
+    tokens: str | int | Sequence[str | int],
+    step: int | slice | None = None,
+    *,
+    base: str = "x0",
+    layers: Any = None,
+    branch: str = "cond",
+    opacity: float = OVERLAY_ALPHA,
+) -> Figure:
+    """Figure of :func:`overlay_image`: where the tokens attended, over the picture.
+
+    Args:
+        trace: the trace.
+        tokens: words, token strings or token indices (their maps are averaged).
+        step: ``None`` (all steps), a step, or a slice of steps.
+        base: ``"x0"`` (the x0 preview of ``step``, or of the last step for a range) or ``"final"``.
+        layers, branch: as in :meth:`Trace.heatmap`.
+        opacity: overlay opacity in [0, 1].
+
+    Returns:
+        A matplotlib figure with one image.
+    """
+    image = overlay_image(trace, tokens, step, base=base, layers=layers, branch=branch, opacity=opacity)
+    fig, axes = new_figure(3.0, 3.2)
+    names = ", ".join(str(t) for t in _as_list(tokens))
+    where = "all steps" if step is None else f"step {step}" if not isinstance(step, slice) else f"steps {step.start}:{step.stop}"
+    image_axes(axes[0, 0], image, f"{names}  ({where})")
+    return fig
+
+
+def concentration(trace: Trace, token: str | int, layers: Any = None, branch: str = "cond") -> np.ndarray:
+    """How concentrated a token's map is at each step: ``1 - entropy / log(pixels)``.
+
+    0 means attention spread evenly over the image; 1 means all of it on one pixel.
+
+    Returns:
+        ``[S]`` float32.
+    """
+    values = np.zeros(trace.num_steps, np.float32)
+    for s in range(trace.num_steps):
+        heat = trace.heatmap(token, step=s, layers=layers, branch=branch).astype(np.float64)
+        total = heat.sum()
+        if total <= 0:
+            continue
+        p = heat[heat > 0] / total
+        values[s] = 1.0 - float(-(p * np.log(p)).sum() / np.log(heat.size))
+    return values
+
+
+def emergence_curve(
+    trace: Trace,
+    tokens: str | int | Sequence[str | int],
+    step: int | None = None,
+    *,
+    layers: Any = None,
+    branch: str = "cond",
+    width: float = 4.0,
+    height: float = 2.2,
+) -> Figure:
+    """:func:`concentration` of each token over the steps, with ``step`` marked.
+
+    Returns:
+        A matplotlib figure with one line per token.
+    """
+    step = check_step(trace, step)
+    fig, axes = new_figure(width, height)
+    ax = axes[0, 0]
+    for token in _as_list(tokens):
+        label = token if isinstance(token, str) else trace.tokens[int(token)] if branch == "cond" else trace.negative_tokens[int(token)]
+        ax.plot(np.arange(trace.num_steps), concentration(trace, token, layers, branch), label=str(label))
+    ax.set_xlim(-0.5, trace.num_steps - 0.5)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("concentration", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper left")
+    if step is not None:
+        ax.axvline(step, color="#444", lw=1)
+    return fig

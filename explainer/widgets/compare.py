@@ -1,0 +1,68 @@
+"""``compare()``: two traces side by side (two prompts, seeds or guidance values), one step for both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets
+import traitlets
+
+from ..tracing import Trace
+from ..views import latent_trajectory
+from ..views._common import figure_png
+from .explore import Explorer, default_pipeline, readable
+
+
+def _as_trace(item: str | Trace, pipe: Any, kwargs: dict[str, Any]) -> Trace:
+    if isinstance(item, Trace):
+        return item
+    if not isinstance(item, str):
+        raise TypeError(f"compare takes prompts (str) or explainer.Trace objects, not {type(item).__name__}.")
+    from ..tracing import trace as run_trace
+
+    return run_trace(pipe if pipe is not None else default_pipeline(), item, **{"progress": False, **kwargs})
+
+
+def compare(
+    a: str | Trace,
+    b: str | Trace,
+    *,
+    pipe: Any = None,
+    a_kwargs: dict[str, Any] | None = None,
+    b_kwargs: dict[str, Any] | None = None,
+    **trace_kwargs: Any,
+) -> ipywidgets.VBox:
+    """Two explorers side by side whose steps stay in sync, and their latent trajectories (PCA).
+
+    Args:
+        a, b: prompts or traces (the same number of steps).
+        pipe: the pipeline for prompts (default: the toy model), VAE decodes and re-runs.
+        a_kwargs, b_kwargs: arguments for one side only (e.g. ``{"seed": 1}`` or ``{"guidance_scale": 3}``).
+        **trace_kwargs: arguments for both sides.
+
+    Returns:
+        A VBox; ``.explorers`` holds the two :class:`Explorer` widgets.
+    """
+    try:
+        ta = _as_trace(a, pipe, {**trace_kwargs, **(a_kwargs or {})})
+        tb = _as_trace(b, pipe, {**trace_kwargs, **(b_kwargs or {})})
+        if ta.num_steps != tb.num_steps:
+            raise ValueError(f"compare needs the same number of steps on both sides, got {ta.num_steps} and {tb.num_steps}.")
+    except (TypeError, ValueError, FileNotFoundError, RuntimeError) as err:
+        box = ipywidgets.VBox([Explorer(error=readable(err))])
+        box.explorers = []
+        return box
+    left, right = Explorer(ta, pipe=pipe), Explorer(tb, pipe=pipe)
+    # In the browser the steps follow each other with no kernel round trip; in the kernel too.
+    ipywidgets.jslink((left, "step"), (right, "step"))
+    traitlets.link((left, "step"), (right, "step"))
+    trajectory = ipywidgets.Image(value=figure_png(latent_trajectory([ta, tb], left.step)), format="png")
+
+    def redraw(change: dict[str, Any]) -> None:
+        trajectory.value = figure_png(latent_trajectory([ta, tb], change["new"]))
+
+    left.observe(redraw, "step")
+    box = ipywidgets.VBox([ipywidgets.HBox([left, right]), trajectory])
+    box.explorers = [left, right]
+    box.trajectory = trajectory
+    return box

@@ -1,0 +1,421 @@
+"""``explore()``: the one-call dashboard of a trace, an anywidget step player with kernel-side panels.
+
+The browser gets every step's x_t, x0 and model-output frames once and swaps them itself as the
+slider moves (``player.js``). The kernel computes what needs the data or the model: token maps
+for the selected chips, the emergence curve, what-if guidance previews, full VAE decodes (cached),
+and guided re-runs (cached by prompt, negative, seed, steps, scheduler and guidance). These run
+on a background thread that keeps only the newest request of each kind.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from ..export.frames import OVERLAY_ALPHA, colormap_lut, format_sigma, overlay_heatmap
+from ..tracing import Trace
+from ..tracing.guidance import guided_output
+from ..tracing.previews import linear_preview
+from ..views import emergence_curve, schedule_plot
+from ..views.tokens import token_heat
+from .panels import LatestWorker, encode, encode_map, figure_with_markers, map_size, parse_token_key, token_key
+
+_HERE = Path(__file__).parent
+MAP_RANGES = ("step", "all", "range")
+#: Frames smaller than this (longest side) are shown scaled up, pixelated.
+MIN_DISPLAY = 256
+_PIPELINES: dict[str, Any] = {}
+
+
+def default_pipeline() -> Any:
+    """The bundled toy pipeline, loaded once per process."""
+    if "toy" not in _PIPELINES:
+        from ..models import load_pipeline
+
+        pipe = load_pipeline("toy")
+        pipe.set_progress_bar_config(disable=True)
+        _PIPELINES["toy"] = pipe
+    return _PIPELINES["toy"]
+
+
+def run_key(trace: Trace) -> tuple:
+    """Cache key of a run: (prompt, negative, seed, steps, scheduler, guidance)."""
+    meta = trace.metadata
+    sched = meta.get("scheduler", {}) if isinstance(meta.get("scheduler"), dict) else {}
+    return (
+        trace.prompt,
+        trace.negative_prompt or "",
+        meta.get("seed"),
+        meta.get("num_inference_steps"),
+        sched.get("name") or sched.get("class"),
+        round(float(trace.guidance_scale), 4),
+    )
+
+
+def readable(err: BaseException) -> str:
+    """A one-paragraph message for the widget: the error's type and its first lines, no traceback."""
+    text = str(err).strip() or repr(err)
+    lines = text.splitlines()
+    return f"{type(err).__name__}: " + "\n".join(lines[:6]) + ("\n…" if len(lines) > 6 else "")
+
+
+class Explorer(anywidget.AnyWidget):
+    """Interactive explorer of one trace (display it in a notebook cell).
+
+    Attributes (synced with the browser):
+        step: the step shown. selected: chip keys (``"cond:3"``, ``"uncond:1"``) of the mapped tokens.
+        map_range: ``"step"`` (map of the current step), ``"all"`` or ``"range"`` (``range_lo..range_hi``).
+        layer_filter: ``"all"``, a resolution such as ``"16x16"``, or a layer name.
+        opacity: overlay opacity in [0, 1]. guidance_live: the guidance slider while it moves (what-if
+        preview); guidance: its value on release (re-run). decode_request: increment to VAE-decode the step.
+    """
+
+    _esm = _HERE / "player.js"
+    _css = _HERE / "player.css"
+
+    frames = traitlets.Dict().tag(sync=True)  # {"xt"|"x0"|"eps": [bytes per step]}
+    final = traitlets.Bytes(b"").tag(sync=True)
+    image_format = traitlets.Unicode("jpeg").tag(sync=True)
+    display_size = traitlets.List([MIN_DISPLAY, MIN_DISPLAY]).tag(sync=True)
+    pixelated = traitlets.Bool(True).tag(sync=True)
+    fps = traitlets.Float(8.0).tag(sync=True)
+    steps_info = traitlets.List().tag(sync=True)
+    step = traitlets.Int(0).tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+    status = traitlets.Unicode("").tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+
+    schedule_png = traitlets.Bytes(b"").tag(sync=True)
+    schedule_x = traitlets.List().tag(sync=True)
+    schedule_box = traitlets.List().tag(sync=True)
+    emergence_png = traitlets.Bytes(b"").tag(sync=True)
+    emergence_x = traitlets.List().tag(sync=True)
+    emergence_box = traitlets.List().tag(sync=True)
+
+    words = traitlets.List().tag(sync=True)
+    selected = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    map_range = traitlets.Unicode("step").tag(sync=True)
+    range_lo = traitlets.Int(0).tag(sync=True)
+    range_hi = traitlets.Int(0).tag(sync=True)
+    layer_options = traitlets.List(["all"]).tag(sync=True)
+    layer_filter = traitlets.Unicode("all").tag(sync=True)
+    opacity = traitlets.Float(OVERLAY_ALPHA).tag(sync=True)
+    colormap = traitlets.List().tag(sync=True)
+    overlay_maps = traitlets.List().tag(sync=True)  # [bytes]: one per step ("step") or one ("all"/"range")
+
+    guidance_enabled = traitlets.Bool(False).tag(sync=True)
+    guidance_recorded = traitlets.Float(0.0).tag(sync=True)
+    guidance_live = traitlets.Float(0.0).tag(sync=True)
+    guidance = traitlets.Float(0.0).tag(sync=True)
+    whatif = traitlets.Bytes(b"").tag(sync=True)
+    whatif_label = traitlets.Unicode("").tag(sync=True)
+    decode_request = traitlets.Int(0).tag(sync=True)
+    detail = traitlets.Bytes(b"").tag(sync=True)
+    detail_label = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(
+        self,
+        trace: Trace | None = None,
+        *,
+        pipe: Any = None,
+        trace_kwargs: dict[str, Any] | None = None,
+        image_format: str = "jpeg",
+        quality: int = 85,
+        error: str = "",
+    ) -> None:
+        """
+        Args:
+            trace: the trace to show (``None`` shows only ``error``).
+            pipe: the pipeline, for VAE decodes and guided re-runs (without it those controls say so).
+            trace_kwargs: arguments for re-runs (``record``, ``height``...), besides the recorded ones.
+            image_format: ``"jpeg"``, ``"webp"`` or ``"png"`` frames. quality: JPEG/WebP quality.
+            error: a message to show (e.g. why the trace could not be made).
+        """
+        super().__init__(image_format=image_format, colormap=colormap_lut().ravel().tolist(), error=error)
+        self.pipe = pipe
+        self.trace_kwargs = dict(trace_kwargs or {})
+        self.quality = int(quality)
+        self.trace: Trace | None = None
+        self.runs: dict[tuple, Trace] = {}
+        self.run_count = 0
+        self.cache_hits = 0
+        self._generation = 0
+        self._worker = LatestWorker(self._show_error)
+        self._maps_size = (1, 1)
+        if trace is not None:
+            self.set_trace(trace)
+
+    # ------------------------------------------------------------------ loading a trace
+
+    def set_trace(self, trace: Trace) -> None:
+        """Show ``trace``: render and push its frames (once), plots and chips."""
+        if not isinstance(trace, Trace):
+            raise TypeError(f"trace must be an explainer.Trace, not {type(trace).__name__}.")
+        if trace.latent_rgb is None:
+            raise ValueError("this trace has no latent->RGB factors for previews; set trace.latent_rgb first.")
+        self.trace = trace
+        self.runs.setdefault(run_key(trace), trace)
+        fmt, q = self.image_format, self.quality
+        size = (trace.width, trace.height)
+        frames: dict[str, list[bytes]] = {"xt": [], "x0": [], "eps": []}
+        for s in range(trace.num_steps):
+            frames["xt"].append(encode(trace.preview(s, kind="xt"), fmt, q))
+            frames["x0"].append(encode(trace.preview(s, kind="x0"), fmt, q))
+            frames["eps"].append(encode(linear_preview(self._model_output(s), trace.latent_rgb, size), fmt, q))
+        final = trace.final_image if trace.final_image is not None else trace.preview(trace.num_steps, kind="xt")
+        factor = max(1, -(-MIN_DISPLAY // max(size)))
+        png, xs, box = figure_with_markers(schedule_plot(trace), trace.num_steps)
+        info = [
+            {"t": f"{float(t):g}", "sigma": format_sigma(sig), "alpha": f"{float(a):.3g}"}
+            for t, sig, a in zip(trace.timesteps, trace.sigmas, trace.alphas_cumprod, strict=True)
+        ]
+        self._maps_size = map_size(trace) if trace.attention_layers else size
+        options = ["all"]
+        if trace.attention_mode not in ("none", "per_step"):
+            sizes = sorted({(la.height, la.width) for la in trace.attention_layers}, reverse=True)
+            options += [f"{h}x{w}" for h, w in sizes]
+            options += [la.name for la in trace.attention_layers]
+        cfg = trace.has_uncond
+        with self.hold_sync():
+            self.error = ""
+            self.frames = frames
+            self.final = encode(final, fmt, q)
+            self.display_size = [size[0] * factor, size[1] * factor]
+            self.pixelated = factor > 1
+            self.steps_info = info
+            self.title = html.unescape(f'"{trace.prompt}"  seed {trace.metadata.get("seed")}  g {trace.guidance_scale:g}')
+            self.schedule_png, self.schedule_x, self.schedule_box = png, xs, box
+            self.words = self._chip_groups(trace)
+            self.layer_options = options
+            self.layer_filter = "all"
+            self.range_lo, self.range_hi = 0, trace.num_steps - 1
+            self.selected = [s for s in self.selected if self._valid_key(s)]
+            self.guidance_enabled = cfg
+            self.guidance_recorded = trace.guidance_scale
+            self.guidance_live = trace.guidance_scale
+            self.guidance = trace.guidance_scale
+            self.whatif, self.whatif_label = b"", ""
+            self.detail, self.detail_label = b"", ""
+            self.step = min(self.step, trace.num_steps - 1)
+        self._update_maps()
+
+    def _model_output(self, step: int) -> np.ndarray:
+        tr = self.trace
+        if tr.eps_uncond is None:
+            return tr.eps_cond[step].astype(np.float32)
+        return guided_output(tr.eps_uncond[step], tr.eps_cond[step], tr.guidance_scale)
+
+    @staticmethod
+    def _chip_groups(trace: Trace) -> list[dict[str, Any]]:
+        if trace.attention_mode == "none":
+            return []
+        groups = []
+        for branch, words, tokens in (("cond", trace.words, trace.tokens), ("uncond", trace.negative_words, trace.negative_tokens)):
+            if branch == "uncond" and not trace.has_uncond:
+                continue
+            for w in words:
+                toks = [{"key": token_key(branch, i), "text": tokens[i].removesuffix("</w>")} for i in w.token_indices]
+                groups.append({"text": w.text, "branch": branch, "tokens": toks})
+        return groups
+
+    def _valid_key(self, key: str) -> bool:
+        try:
+            branch, index = parse_token_key(key)
+        except ValueError:
+            return False
+        return self.trace is not None and index < self.trace.recorded_token_count(branch) and (branch == "cond" or self.trace.has_uncond)
+
+    # ------------------------------------------------------------------ kernel-side panels
+
+    def _map_args(self) -> tuple[Any, Any]:
+        layers = None if self.layer_filter == "all" else self.layer_filter
+        if layers is not None and layers in {la.name for la in self.trace.attention_layers}:
+            layers = [layers]  # one layer by name; otherwise a resolution such as "16x16"
+        if self.map_range == "all":
+            return None, layers
+        if self.map_range == "range":
+            lo, hi = sorted((self.range_lo, self.range_hi))
+            lo, hi = max(0, lo), min(self.trace.num_steps - 1, hi)
+            return slice(lo, hi + 1), layers
+        return "step", layers
+
+    def _selected_by_branch(self) -> dict[str, list[int]]:
+        chosen: dict[str, list[int]] = {}
+        for key in self.selected:
+            branch, index = parse_token_key(key)
+            chosen.setdefault(branch, []).append(index)
+        return chosen
+
+    def heat(self, step: int | slice | None) -> np.ndarray | None:
+        """``[H, W]`` map of the selected tokens (both branches averaged) over ``step``, or ``None``."""
+        chosen = self._selected_by_branch()
+        if not chosen or self.trace is None:
+            return None
+        _, layers = self._map_args()
+        maps = [token_heat(self.trace, idx, step, layers, branch) for branch, idx in chosen.items()]
+        total = np.mean(maps, axis=0)
+        peak = float(total.max())
+        return total / peak if peak > 0 else total
+
+    def _update_maps(self) -> None:
+        """Recompute the overlay maps and the emergence curve for the current selection."""
+        tr = self.trace
+        if tr is None:
+            return
+        if not self.selected:
+            with self.hold_sync():
+                self.overlay_maps = []
+                self.emergence_png, self.emergence_x, self.emergence_box = b"", [], []
+            return
+        steps, layers = self._map_args()
+        if steps == "step":
+            maps = [encode_map(self.heat(s), self._maps_size) for s in range(tr.num_steps)]
+        else:
+            maps = [encode_map(self.heat(steps), self._maps_size)]
+        branch, idx = next(iter(self._selected_by_branch().items()))  # the curve shows one branch's tokens
+        fig = emergence_curve(tr, idx, layers=layers, branch=branch)
+        png, xs, box = figure_with_markers(fig, tr.num_steps)
+        with self.hold_sync():
+            self.overlay_maps = maps
+            self.emergence_png, self.emergence_x, self.emergence_box = png, xs, box
+        if self.detail:
+            self._render_detail()
+
+    @traitlets.observe("selected", "map_range", "range_lo", "range_hi", "layer_filter")
+    def _on_selection(self, change: dict[str, Any]) -> None:
+        if self.trace is None:
+            return
+        bad = [k for k in self.selected if not self._valid_key(k)]
+        if bad:
+            self.error = f"selected has unknown token keys {bad}; keys look like 'cond:3' (see the chips)."
+            return
+        self._worker.submit("maps", self._update_maps)
+
+    @traitlets.observe("step")
+    def _on_step(self, change: dict[str, Any]) -> None:
+        if self.trace is None:
+            return
+        if not 0 <= self.step < self.trace.num_steps:
+            self.error = f"step={self.step} is out of range; this trace has steps 0..{self.trace.num_steps - 1}."
+            return
+        if self.guidance_live != self.guidance_recorded and self.trace.has_uncond:
+            self._worker.submit("whatif", self._render_whatif)
+        if self.detail:
+            self._worker.submit("detail", self._render_detail)
+
+    @traitlets.observe("guidance_live")
+    def _on_guidance_live(self, change: dict[str, Any]) -> None:
+        if self.trace is not None and self.trace.has_uncond:
+            self._worker.submit("whatif", self._render_whatif)
+
+    def _render_whatif(self) -> None:
+        tr, step, g = self.trace, self.step, float(self.guidance_live)
+        image = tr.what_if(step, g)
+        with self.hold_sync():
+            self.whatif = encode(image, self.image_format, self.quality)
+            self.whatif_label = f"what-if x\u2080 at g = {g:g}, step {step + 1} (from the recorded \u03b5, no re-run)"
+
+    @traitlets.observe("decode_request")
+    def _on_decode(self, change: dict[str, Any]) -> None:
+        if self.trace is not None:
+            self._worker.submit("detail", self._render_detail)
+
+    def _render_detail(self, method: str | None = None) -> None:
+        """The current step's x0 rendered in the kernel: VAE decode (cached) with a pipeline, else the
+        linear preview at full size; the selected tokens' map overlaid."""
+        tr, step = self.trace, self.step
+        method = method or ("vae" if self.pipe is not None else "linear")
+        image = tr.preview(step, kind="x0", method=method, pipe=self.pipe)
+        steps, _ = self._map_args()
+        heat = self.heat(step if steps == "step" else steps)
+        if heat is not None:
+            image = overlay_heatmap(image, heat, float(self.opacity))
+        label = "VAE decode" if method == "vae" else "linear preview (no pipeline for a VAE decode)"
+        with self.hold_sync():
+            self.detail = encode(image, self.image_format, self.quality)
+            self.detail_label = f"x\u2080 of step {step + 1}: {label}" + (" + token map" if heat is not None else "")
+
+    @traitlets.observe("guidance")
+    def _on_guidance(self, change: dict[str, Any]) -> None:
+        if self.trace is None or abs(change["new"] - self.trace.guidance_scale) < 1e-9:
+            return
+        self._generation += 1
+        generation, g = self._generation, float(change["new"])
+        self._worker.submit("rerun", lambda: self._rerun(g, generation))
+
+    def _rerun(self, guidance_scale: float, generation: int) -> None:
+        from ..tracing import trace as run_trace
+
+        tr = self.trace
+        key = run_key(tr)[:-1] + (round(guidance_scale, 4),)
+        result = self.runs.get(key)
+        if result is not None:
+            self.cache_hits += 1
+        else:
+            if self.pipe is None:
+                raise ValueError("re-running with a new guidance scale needs the pipeline: explore(trace, pipe=pipe).")
+            meta = tr.metadata
+            sched = meta.get("scheduler", {})
+            kwargs = {"record": tr.attention_mode if tr.attention_mode != "none" else "none", **self.trace_kwargs}
+            kwargs.setdefault("scheduler", sched.get("name"))
+            kwargs.setdefault("height", tr.height)
+            kwargs.setdefault("width", tr.width)
+            self.status = f"re-running at guidance {guidance_scale:g}…"
+            result = run_trace(self.pipe, tr.prompt, negative_prompt=tr.negative_prompt,
+                               num_inference_steps=int(meta["num_inference_steps"]), guidance_scale=guidance_scale,
+                               seed=int(meta["seed"]), progress=False, **kwargs)  # fmt: skip
+            if result.latent_rgb is None:
+                result.latent_rgb = tr.latent_rgb
+            self.run_count += 1
+            self.runs[key] = result
+        if generation != self._generation:
+            return  # a newer guidance request superseded this one; its result stays cached
+        self.status = ""
+        self.set_trace(result)
+
+    def _show_error(self, err: BaseException) -> None:
+        self.status = ""
+        self.error = readable(err)
+
+    # ------------------------------------------------------------------ for tests and scripts
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until the kernel-side work queued by the controls has finished."""
+        return self._worker.wait_idle(timeout)
+
+    @property
+    def worker(self) -> LatestWorker:
+        return self._worker
+
+
+def explore(prompt_or_trace: str | Trace, *, pipe: Any = None, **trace_kwargs: Any) -> Explorer:
+    """The one-call dashboard: a displayable widget to scrub steps, map tokens and try guidance.
+
+    Args:
+        prompt_or_trace: a prompt (traced with ``pipe``, or the bundled toy model) or a :class:`Trace`.
+        pipe: the pipeline, for tracing a prompt, VAE decodes and guided re-runs.
+        **trace_kwargs: passed to :func:`explainer.trace` (``num_inference_steps``, ``seed``...).
+
+    Returns:
+        An :class:`Explorer`; errors from a bad prompt or arguments show inside it as a message.
+    """
+    from ..tracing import trace as run_trace
+
+    if isinstance(prompt_or_trace, Trace):
+        return Explorer(prompt_or_trace, pipe=pipe, trace_kwargs=trace_kwargs)
+    if not isinstance(prompt_or_trace, str):
+        return Explorer(error=f"TypeError: prompt_or_trace must be a prompt (str) or an explainer.Trace, "
+                              f"not {type(prompt_or_trace).__name__}.")  # fmt: skip
+    try:
+        pipe = pipe if pipe is not None else default_pipeline()
+        kwargs = {"progress": False, **trace_kwargs}
+        tr = run_trace(pipe, prompt_or_trace, **kwargs)
+        extra = {k: v for k, v in trace_kwargs.items() if k in ("record", "height", "width", "scheduler")}
+        return Explorer(tr, pipe=pipe, trace_kwargs=extra)
+    except (TypeError, ValueError, FileNotFoundError, RuntimeError) as err:
+        return Explorer(pipe=pipe, error=readable(err))

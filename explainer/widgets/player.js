@@ -1,0 +1,300 @@
+// sd-explainer step player (anywidget ESM). Frames arrive once as binary buffers and are swapped here,
+// with no kernel round trip per frame; the step goes back to the kernel throttled, for kernel-side panels.
+const PANELS = [["xt", "x\u209c noisy latent"], ["x0", "x\u2080 predicted"], ["eps", "model output (guided)"]];
+
+function blobUrl(view, mime) {
+  if (!view) return null;
+  const buffer = view.buffer ? view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) : view;
+  return URL.createObjectURL(new Blob([buffer], { type: mime }));
+}
+
+function h(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+  }
+  e.append(...children);
+  return e;
+}
+
+function render({ model, el }) {
+  const root = h("div", { class: "sdx", tabindex: "0" });
+  el.append(root);
+  const urls = { frames: {}, final: null, schedule: null, emergence: null, whatif: null, detail: null };
+  const state = { step: model.get("step"), timer: null, sendTimer: null, lastSent: 0, drawToken: 0 };
+  const revokeAll = (list) => { for (const u of list) if (u) URL.revokeObjectURL(u); };
+
+  const error = h("div", { class: "sdx-error", role: "alert" });
+  const status = h("div", { class: "sdx-status" });
+  const title = h("div", { class: "sdx-title" });
+  const panelsRow = h("div", { class: "sdx-row sdx-panels" });
+  const imgs = {};
+  const overlays = [];
+  function figure(key, label, withOverlay) {
+    const img = h("img", { alt: label, "data-panel": key });
+    const frame = h("div", { class: "sdx-frame" }, img);
+    if (withOverlay) {
+      const canvas = h("canvas", { class: "sdx-overlay", "data-panel": key });
+      canvas.hidden = true;
+      frame.append(canvas);
+      overlays.push(canvas);
+    }
+    panelsRow.append(h("figure", { "data-panel": key }, frame, h("figcaption", { text: label })));
+    imgs[key] = img;
+  }
+  for (const [key, label] of PANELS) figure(key, label, key === "x0");
+  figure("final", "final image", true);
+
+  const play = h("button", { type: "button", class: "sdx-play", "aria-label": "play" });
+  play.textContent = "\u25b6 Play";
+  const slider = h("input", { type: "range", class: "sdx-step", min: "0", max: "0", value: "0", "aria-label": "denoising step" });
+  const readout = h("span", { class: "sdx-readout" });
+  const controls = h("div", { class: "sdx-controls" }, play, slider, readout);
+
+  const plotImg = (name) => h("img", { class: "sdx-plot", alt: name });
+  const schedule = { img: plotImg("schedule"), marker: h("div", { class: "sdx-marker" }) };
+  const emergence = { img: plotImg("emergence"), marker: h("div", { class: "sdx-marker" }) };
+  const plots = h("div", { class: "sdx-row" },
+    h("div", { class: "sdx-plotbox", "data-plot": "schedule" }, schedule.img, schedule.marker),
+    h("div", { class: "sdx-plotbox", "data-plot": "emergence" }, emergence.img, emergence.marker));
+
+  const chips = h("div", { class: "sdx-chips" });
+  const rangeMode = h("select", { class: "sdx-range", "aria-label": "steps of the map" });
+  for (const [v, t] of [["step", "this step"], ["all", "all steps"], ["range", "step range"]]) rangeMode.append(h("option", { value: v, text: t }));
+  const rangeLo = h("input", { type: "number", class: "sdx-range-lo", min: "0", "aria-label": "first step" });
+  const rangeHi = h("input", { type: "number", class: "sdx-range-hi", min: "0", "aria-label": "last step" });
+  const layers = h("select", { class: "sdx-layers", "aria-label": "attention layers" });
+  const opacity = h("input", { type: "range", class: "sdx-opacity", min: "0", max: "100", "aria-label": "overlay opacity" });
+  const tokensRow = h("div", { class: "sdx-tokens" }, chips,
+    h("div", { class: "sdx-controls" }, h("label", { text: "map over " }, rangeMode), rangeLo, rangeHi,
+      h("label", { text: "layers " }, layers), h("label", { text: "opacity " }, opacity)));
+
+  const gSlider = h("input", { type: "range", class: "sdx-guidance", min: "0", max: "20", step: "0.5", "aria-label": "guidance scale" });
+  const gLabel = h("span", { class: "sdx-readout" });
+  const whatif = h("img", { class: "sdx-whatif", alt: "what-if x0" });
+  const whatifCap = h("figcaption");
+  const decode = h("button", { type: "button", class: "sdx-decode" });
+  decode.textContent = "VAE decode this step";
+  const detail = h("img", { class: "sdx-detail", alt: "VAE decode" });
+  const detailCap = h("figcaption");
+  const guidanceRow = h("div", { class: "sdx-guidance-row" },
+    h("div", { class: "sdx-controls" }, h("label", { text: "guidance " }, gSlider), gLabel, decode),
+    h("div", { class: "sdx-row" }, h("figure", {}, h("div", { class: "sdx-frame" }, whatif), whatifCap),
+      h("figure", {}, h("div", { class: "sdx-frame" }, detail), detailCap)));
+
+  root.append(error, status, title, panelsRow, controls, plots, tokensRow, guidanceRow);
+
+  const count = () => (model.get("frames").x0 || []).length;
+  const mime = () => "image/" + model.get("image_format");
+
+  function setPlot(plot, name) {
+    if (urls[name]) URL.revokeObjectURL(urls[name]);
+    urls[name] = blobUrl(model.get(name + "_png"), "image/png");
+    plot.img.hidden = !urls[name];
+    plot.marker.hidden = !urls[name];
+    if (urls[name]) plot.img.src = urls[name];
+    placeMarker(plot, name);
+  }
+  function placeMarker(plot, name) {
+    const xs = model.get(name + "_x"), box = model.get(name + "_box");
+    if (!xs || xs.length <= state.step || !box || box.length < 2) { plot.marker.hidden = true; return; }
+    plot.marker.style.left = (100 * xs[state.step]) + "%";
+    plot.marker.style.top = (100 * box[0]) + "%";
+    plot.marker.style.height = (100 * (box[1] - box[0])) + "%";
+    plot.marker.dataset.step = String(state.step);
+  }
+
+  function loadFrames() {
+    for (const list of Object.values(urls.frames)) revokeAll(list);
+    urls.frames = {};
+    const frames = model.get("frames");
+    for (const [key] of PANELS) urls.frames[key] = (frames[key] || []).map((v) => blobUrl(v, mime()));
+    if (urls.final) URL.revokeObjectURL(urls.final);
+    urls.final = blobUrl(model.get("final"), mime());
+    imgs.final.src = urls.final || "";
+    imgs.final.closest("figure").hidden = !urls.final;
+    for (const [key] of PANELS) imgs[key].closest("figure").hidden = urls.frames[key].length === 0;
+    const size = model.get("display_size");
+    for (const img of Object.values(imgs)) { img.width = size[0]; img.height = size[1]; }
+    for (const c of overlays) { c.width = size[0]; c.height = size[1]; }
+    for (const img of [whatif, detail]) { img.width = size[0]; img.height = size[1]; }
+    root.classList.toggle("sdx-pixelated", model.get("pixelated"));
+    slider.max = String(Math.max(0, count() - 1));
+    for (const list of Object.values(urls.frames)) for (const u of list) { const im = new Image(); im.src = u; }
+    show(Math.min(state.step, Math.max(0, count() - 1)), false);
+  }
+
+  function show(step, send = true) {
+    const n = count();
+    if (n === 0) return;
+    state.step = Math.max(0, Math.min(n - 1, step));
+    slider.value = String(state.step);
+    for (const [key] of PANELS) { const list = urls.frames[key]; if (list.length) imgs[key].src = list[state.step]; }
+    root.dataset.step = String(state.step);
+    const info = model.get("steps_info")[state.step] || {};
+    readout.textContent = `step ${state.step + 1}/${n} \u00b7 t = ${info.t} \u00b7 \u03c3 = ${info.sigma} \u00b7 \u1fb1 = ${info.alpha}`;
+    placeMarker(schedule, "schedule");
+    placeMarker(emergence, "emergence");
+    if (model.get("overlay_maps").length > 1) drawOverlay();
+    if (send) sendStep();
+  }
+
+  // Throttled step sync: at most one message per 60 ms, and always the latest value last.
+  function sendStep() {
+    const wait = 60 - (performance.now() - state.lastSent);
+    if (state.sendTimer !== null) return;
+    state.sendTimer = setTimeout(() => {
+      state.sendTimer = null;
+      state.lastSent = performance.now();
+      if (model.get("step") !== state.step) { model.set("step", state.step); model.save_changes(); }
+    }, Math.max(0, wait));
+  }
+
+  // Token overlay: grayscale map(s) from the kernel, colour-mapped with the LUT, opacity applied here.
+  const small = document.createElement("canvas");
+  const sctx = small.getContext("2d", { willReadFrequently: true });
+  let bitmaps = [];
+  async function loadMaps() {
+    const token = ++state.drawToken;
+    const views = model.get("overlay_maps");
+    const decoded = await Promise.all(views.map((v) => createImageBitmap(new Blob([v.buffer ? v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength) : v], { type: "image/png" }))));
+    if (token !== state.drawToken) return;
+    bitmaps = decoded;
+    drawOverlay();
+  }
+  function drawOverlay() {
+    if (bitmaps.length === 0) {
+      for (const c of overlays) { c.hidden = true; delete c.dataset.shown; }
+      return;
+    }
+    const bm = bitmaps.length > 1 ? bitmaps[Math.min(state.step, bitmaps.length - 1)] : bitmaps[0];
+    small.width = bm.width; small.height = bm.height;
+    sctx.drawImage(bm, 0, 0);
+    const pixels = sctx.getImageData(0, 0, small.width, small.height);
+    const px = pixels.data, lut = model.get("colormap");
+    const alpha = Math.round(255 * model.get("opacity"));
+    for (let i = 0; i < px.length; i += 4) {
+      const v = px[i];
+      px[i] = lut[3 * v]; px[i + 1] = lut[3 * v + 1]; px[i + 2] = lut[3 * v + 2]; px[i + 3] = alpha;
+    }
+    sctx.putImageData(pixels, 0, 0);
+    for (const c of overlays) {
+      const ctx = c.getContext("2d");
+      ctx.imageSmoothingEnabled = true;
+      ctx.clearRect(0, 0, c.width, c.height);
+      ctx.drawImage(small, 0, 0, c.width, c.height);
+      c.dataset.shown = model.get("selected").join(",") + "@" + (bitmaps.length > 1 ? state.step : model.get("map_range"));
+      c.hidden = false;
+    }
+  }
+
+  function loadChips() {
+    chips.replaceChildren();
+    const selected = new Set(model.get("selected"));
+    for (const group of model.get("words")) {
+      const word = h("span", { class: "sdx-word" + (group.branch === "uncond" ? " sdx-negative" : ""), title: group.text });
+      for (const tok of group.tokens) {
+        const chip = h("button", { type: "button", class: "sdx-chip", "data-key": tok.key, text: tok.text });
+        chip.setAttribute("aria-pressed", String(selected.has(tok.key)));
+        chip.addEventListener("click", () => {
+          const now = new Set(model.get("selected"));
+          if (now.has(tok.key)) now.delete(tok.key); else now.add(tok.key);
+          model.set("selected", [...now]);
+          model.save_changes();
+          loadChips();
+        });
+        word.append(chip);
+      }
+      chips.append(word);
+    }
+    tokensRow.hidden = model.get("words").length === 0;
+  }
+  function loadControls() {
+    rangeMode.value = model.get("map_range");
+    rangeLo.value = String(model.get("range_lo")); rangeHi.value = String(model.get("range_hi"));
+    rangeLo.hidden = rangeHi.hidden = model.get("map_range") !== "range";
+    layers.replaceChildren(...model.get("layer_options").map((v) => h("option", { value: v, text: v })));
+    layers.value = model.get("layer_filter");
+    opacity.value = String(Math.round(100 * model.get("opacity")));
+    gSlider.value = String(model.get("guidance_live"));
+    gLabel.textContent = "g = " + Number(model.get("guidance_live")).toFixed(1) + " (recorded " + model.get("guidance_recorded") + ")";
+    guidanceRow.hidden = !model.get("guidance_enabled");
+  }
+  function loadImage(img, name, cap) {
+    if (urls[name]) URL.revokeObjectURL(urls[name]);
+    urls[name] = blobUrl(model.get(name), mime());
+    img.closest("figure").hidden = !urls[name];
+    if (urls[name]) img.src = urls[name];
+    cap.textContent = model.get(name + "_label");
+  }
+  function loadText() {
+    error.textContent = model.get("error");
+    error.hidden = !model.get("error");
+    status.textContent = model.get("status");
+    status.hidden = !model.get("status");
+    title.textContent = model.get("title");
+  }
+
+  slider.addEventListener("input", () => { pause(); show(Number(slider.value)); });
+  function pause() {
+    if (state.timer !== null) clearInterval(state.timer);
+    state.timer = null;
+    play.textContent = "\u25b6 Play"; play.setAttribute("aria-label", "play");
+  }
+  function start() {
+    if (state.step >= count() - 1) show(0);
+    state.timer = setInterval(() => (state.step < count() - 1 ? show(state.step + 1) : pause()), 1000 / model.get("fps"));
+    play.textContent = "\u275a\u275a Pause"; play.setAttribute("aria-label", "pause");
+  }
+  play.addEventListener("click", () => (state.timer === null ? start() : pause()));
+  root.addEventListener("keydown", (event) => {
+    if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement) return;
+    const moves = { ArrowRight: 1, ArrowLeft: -1, PageUp: 5, PageDown: -5 };
+    if (event.key in moves) show(state.step + moves[event.key]);
+    else if (event.key === "Home") show(0);
+    else if (event.key === "End") show(count() - 1);
+    else if (event.key === " ") { state.timer === null ? start() : pause(); }
+    else return;
+    event.preventDefault(); event.stopPropagation();
+    if (event.key !== " ") pause();
+  });
+  const commit = (name, value) => { model.set(name, value); model.save_changes(); };
+  rangeMode.addEventListener("change", () => commit("map_range", rangeMode.value));
+  rangeLo.addEventListener("change", () => commit("range_lo", Number(rangeLo.value)));
+  rangeHi.addEventListener("change", () => commit("range_hi", Number(rangeHi.value)));
+  layers.addEventListener("change", () => commit("layer_filter", layers.value));
+  opacity.addEventListener("input", () => { model.set("opacity", Number(opacity.value) / 100); drawOverlay(); });
+  opacity.addEventListener("change", () => model.save_changes());
+  gSlider.addEventListener("input", () => commit("guidance_live", Number(gSlider.value)));
+  gSlider.addEventListener("change", () => commit("guidance", Number(gSlider.value)));
+  decode.addEventListener("click", () => commit("decode_request", model.get("decode_request") + 1));
+
+  model.on("change:frames", loadFrames);
+  model.on("change:final", loadFrames);
+  model.on("change:step", () => { if (model.get("step") !== state.step) show(model.get("step"), false); });
+  model.on("change:schedule_png", () => setPlot(schedule, "schedule"));
+  model.on("change:emergence_png", () => setPlot(emergence, "emergence"));
+  model.on("change:emergence_x", () => placeMarker(emergence, "emergence"));
+  model.on("change:overlay_maps", loadMaps);
+  model.on("change:words", loadChips);
+  model.on("change:selected", loadChips);
+  for (const name of ["map_range", "range_lo", "range_hi", "layer_options", "layer_filter", "guidance_live", "guidance_enabled"])
+    model.on("change:" + name, loadControls);
+  model.on("change:opacity", () => { loadControls(); drawOverlay(); });
+  model.on("change:whatif", () => loadImage(whatif, "whatif", whatifCap));
+  model.on("change:detail", () => loadImage(detail, "detail", detailCap));
+  for (const name of ["error", "status", "title"]) model.on("change:" + name, loadText);
+
+  loadText(); loadControls(); loadChips(); loadFrames();
+  setPlot(schedule, "schedule"); setPlot(emergence, "emergence");
+  loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap);
+  loadMaps();
+  return () => {
+    pause();
+    if (state.sendTimer !== null) clearTimeout(state.sendTimer);
+    for (const list of Object.values(urls.frames)) revokeAll(list);
+    revokeAll([urls.final, urls.schedule, urls.emergence, urls.whatif, urls.detail]);
+  };
+}
+
+export default { render };

@@ -1,0 +1,165 @@
+"""The explorer widget, headless: frames in its state, token overlays, guidance re-runs and their cache,
+rapid slider events, compare in sync, errors as messages."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import explainer
+from explainer.widgets import Explorer, compare, explore
+from explainer.widgets.panels import encode
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def tr(pipe):
+    result = explainer.trace(pipe, "a red cube beside a blue sphere", num_inference_steps=STEPS, scheduler="ddim",
+                             guidance_scale=5.0, progress=False)  # fmt: skip
+    assert result.latent_rgb is not None
+    return result
+
+
+@pytest.fixture()
+def w(tr, pipe):
+    widget = Explorer(tr, pipe=pipe, trace_kwargs={"scheduler": "ddim"})
+    yield widget
+    widget.wait_idle()
+    widget.close()
+
+
+def test_frames_pushed_once_and_match_previews(w, tr):
+    assert [len(w.frames[k]) for k in ("xt", "x0", "eps")] == [STEPS] * 3
+    for s in (0, 3, STEPS - 1):
+        assert w.frames["x0"][s] == encode(tr.preview(s, kind="x0"), "jpeg", 85)
+        assert w.frames["xt"][s] == encode(tr.preview(s, kind="xt"), "jpeg", 85)
+    assert len({bytes(f) for f in w.frames["xt"]}) == STEPS  # every step its own picture
+    assert len(w.schedule_x) == STEPS and w.schedule_x == sorted(w.schedule_x)
+    assert 0 <= w.schedule_box[0] < w.schedule_box[1] <= 1
+
+
+def test_step_puts_that_frames_bytes_in_the_detail_image(w, tr):
+    w.decode_request += 1
+    assert w.wait_idle()
+    for s in (4, 1):
+        w.step = s
+        assert w.wait_idle()
+        assert w.detail == encode(tr.preview(s, kind="x0", method="vae", pipe=w.pipe), "jpeg", 85)
+        assert f"step {s + 1}" in w.detail_label
+    assert w.detail != encode(tr.preview(4, kind="x0", method="vae", pipe=w.pipe), "jpeg", 85)
+
+
+def test_token_click_changes_the_overlay(w, tr):
+    assert w.overlay_maps == [] and w.emergence_png == b""
+    w.selected = ["cond:2"]  # "red"
+    assert w.wait_idle()
+    first = list(w.overlay_maps)
+    assert len(first) == STEPS and w.emergence_png and len(w.emergence_x) == STEPS
+    w.selected = ["cond:5"]  # "blue"
+    assert w.wait_idle()
+    assert list(w.overlay_maps) != first
+    w.map_range = "all"
+    assert w.wait_idle()
+    assert len(w.overlay_maps) == 1
+    heat = np.asarray(Image.open(io.BytesIO(w.overlay_maps[0])), np.float32) / 255
+    expected = tr.heatmap(5, step=None)
+    small = np.asarray(Image.fromarray((expected * 255).astype(np.uint8)).resize(heat.shape[::-1], Image.BOX)) / 255
+    assert np.abs(heat - small).max() < 0.02
+    w.selected = []
+    assert w.wait_idle()
+    assert w.overlay_maps == []
+
+
+def test_range_layers_and_negative_chips(pipe):
+    tr = explainer.trace(pipe, "a red cube", negative_prompt="blurry", num_inference_steps=3, scheduler="ddim", progress=False)
+    w = Explorer(tr)
+    assert any(g["branch"] == "uncond" and g["text"] == "blurry" for g in w.words)
+    w.selected = ["uncond:1"]
+    w.map_range, w.range_lo, w.range_hi = "range", 1, 2
+    w.layer_filter = "16x16"
+    assert w.wait_idle() and w.error == ""
+    heat = np.asarray(Image.open(io.BytesIO(w.overlay_maps[0])), np.float32) / 255
+    assert heat.max() > 0.9 and len(w.overlay_maps) == 1
+    w.selected = ["cond:99"]
+    assert "unknown token keys" in w.error
+
+
+def test_guidance_preview_is_what_if_without_a_run(w, tr):
+    w.step = 2
+    w.guidance_live = 1.0
+    assert w.wait_idle()
+    assert w.whatif == encode(tr.what_if(2, 1.0), "jpeg", 85)
+    assert w.whatif != encode(tr.preview(2), "jpeg", 85)
+    assert w.run_count == 0
+
+
+def test_guidance_release_runs_once_then_hits_the_cache(w, tr):
+    w.guidance = 2.0
+    assert w.wait_idle(60)
+    assert w.error == "" and w.run_count == 1 and w.trace.guidance_scale == 2.0
+    assert w.guidance_recorded == 2.0 and w.frames["x0"][0] != encode(tr.preview(0), "jpeg", 85)
+    w.guidance = 5.0  # the original run, cached
+    assert w.wait_idle()
+    w.guidance = 2.0
+    assert w.wait_idle()
+    assert w.run_count == 1 and w.cache_hits == 2 and w.trace.guidance_scale == 2.0
+
+
+def test_newer_guidance_request_supersedes_older(w):
+    w.guidance = 3.0
+    w.guidance = 4.0  # queued while 3.0 runs (or replaces it before it starts)
+    w.guidance = 6.0
+    assert w.wait_idle(60)
+    assert w.trace.guidance_scale == 6.0 and w.run_count <= 2
+
+
+def test_thousand_rapid_slider_events(w):
+    w.decode_request += 1
+    w.guidance_live = 2.5
+    assert w.wait_idle()
+    ran = w.worker.ran
+    start = time.perf_counter()
+    for i in range(1000):
+        w.step = i % STEPS
+    assert w.worker.pending <= 2  # newest request per kind only: no backlog
+    assert w.wait_idle(20)
+    assert time.perf_counter() - start < 10
+    assert w.error == "" and w.worker.ran - ran < 100
+    assert f"step {999 % STEPS + 1}" in w.detail_label and f"step {999 % STEPS + 1}" in w.whatif_label
+
+
+def test_compare_stays_in_sync(tr, pipe):
+    other = explainer.trace(pipe, "a green cone", num_inference_steps=STEPS, scheduler="ddim", seed=1, progress=False)
+    box = compare(tr, other)
+    left, right = box.explorers
+    before = box.trajectory.value
+    left.step = 4
+    assert right.step == 4 and box.trajectory.value != before
+    right.step = 1
+    assert left.step == 1
+
+
+def test_errors_show_as_messages(pipe):
+    w = explore("a red cube", pipe=pipe, num_inference_steps=0)
+    assert w.trace is None and w.error.startswith("ValueError: num_inference_steps=0")
+    assert "Traceback" not in w.error
+    assert explore(42).error.startswith("TypeError: prompt_or_trace")
+    box = compare("a", "b", pipe=pipe, num_inference_steps=2, b_kwargs={"num_inference_steps": 3})
+    assert "same number of steps" in box.children[0].error
+
+
+def test_rerun_without_pipeline_is_a_message(tr):
+    w = Explorer(tr)
+    w.guidance = 2.0
+    assert w.wait_idle()
+    assert "needs the pipeline" in w.error and w.trace is tr
+
+
+def test_explore_default_toy_model():
+    w = explore("a red circle", num_inference_steps=4)
+    assert w.error == "" and len(w.frames["x0"]) == 4 and w.display_size == [256, 256] and w.pixelated
