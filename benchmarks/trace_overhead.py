@@ -1,0 +1,210 @@
+"""Trace overhead: plain ``pipe()`` against ``explainer.trace()``, interleaved A/B runs, median ratios.
+
+Pipelines (random weights, built from configs, nothing downloaded):
+
+- ``tiny``: the test suite's tiny pipeline (32x32 images).
+- ``toy``: the bundled toy model (``explainer.load_pipeline("toy")``), if installed.
+- ``sd15``: the Stable Diffusion 1.x architecture: diffusers' default ``UNet2DConditionModel()``
+  config, the standard SD VAE config and a CLIP ViT-L/14 text tower config.
+
+Usage::
+
+    python benchmarks/trace_overhead.py                      # CPU, both pipelines, 256x256, 10 steps
+    python benchmarks/trace_overhead.py --device cuda --pairs 5
+    python benchmarks/trace_overhead.py --which sd15 --size 512 --steps 50   # also measures a full-size trace
+
+Each pair runs plain, traced (default recording) and traced (``record="none"``) in a rotating order;
+the ratio of each traced run to the plain run of the same pair is taken, and the median reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import explainer  # noqa: E402
+
+PROMPT = "a photograph of an astronaut riding a horse"
+TOKENIZER = REPO / "assets" / "toy" / "tokenizer"
+
+
+def sd15_components() -> dict:
+    """SD 1.x architecture with random weights."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    # diffusers' default config is the SD 1.x UNet except for two fields, set to SD 1.x's values here
+    unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1,
+        set_alpha_to_one=False,
+    )  # fmt: skip
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(str(TOKENIZER)),
+                scheduler=scheduler)  # fmt: skip
+
+
+def tiny_components() -> dict:
+    sys.path.insert(0, str(REPO / "tests"))
+    onednn = torch.backends.mkldnn.enabled
+    from conftest import build_components  # the test suite's tiny pipeline
+
+    torch.backends.mkldnn.enabled = onednn  # conftest turns oneDNN off for test speed; benchmark the default
+    parts = build_components()
+    for key in ("safety_checker", "feature_extractor", "requires_safety_checker"):
+        parts.pop(key)
+    return parts
+
+
+def build(which: str, device: str, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    if which == "toy":
+        pipe = explainer.load_pipeline("toy", device=device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    with torch.device(device):  # initialise the random weights on the target device (fast on GPUs)
+        parts = sd15_components() if which == "sd15" else tiny_components()
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def timed(fn, device: str) -> tuple[float, float, object]:
+    """Wall-clock and process CPU seconds of one call (CPU time is steadier on a shared machine)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - cpu, result
+
+
+def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: int, pairs: int) -> dict:
+    pipe = build(which, device, dtype)
+    size = size if which == "sd15" else None  # the tiny and toy pipelines run at their native size
+    kwargs = dict(num_inference_steps=steps, height=size, width=size)
+
+    def plain():
+        gen = torch.Generator(device).manual_seed(0)
+        return pipe(PROMPT, generator=gen, **kwargs).images[0]
+
+    def traced(record):
+        return lambda: explainer.trace(pipe, PROMPT, seed=0, record=record, progress=False, **kwargs)
+
+    runs = {"plain": plain, "default": traced("default"), "none": traced("none")}
+    for fn in runs.values():  # warm-up (kernel selection, allocator)
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    last: dict[str, object] = {}
+    names = list(runs)
+    for r in range(pairs):
+        for name in names[r % 3 :] + names[: r % 3]:  # rotate the order every pair
+            t, c, last[name] = timed(runs[name], device)
+            times[name].append(t)
+            cpu[name].append(c)
+    ratio = {k: statistics.median(a / b for a, b in zip(times[k], times["plain"])) for k in ("default", "none")}
+    cpu_ratio = {k: statistics.median(a / b for a, b in zip(cpu[k], cpu["plain"])) for k in ("default", "none")}
+    tr = last["default"]
+    same = last["plain"].tobytes() == tr.final_image.tobytes()
+    out = {
+        "which": which,
+        "size": f"{tr.width}x{tr.height}",
+        "steps": steps,
+        "plain_s": statistics.median(times["plain"]),
+        "default_s": statistics.median(times["default"]),
+        "none_s": statistics.median(times["none"]),
+        "overhead_default_pct": 100 * (ratio["default"] - 1),
+        "overhead_none_pct": 100 * (ratio["none"] - 1),
+        "cpu_overhead_default_pct": 100 * (cpu_ratio["default"] - 1),
+        "cpu_overhead_none_pct": 100 * (cpu_ratio["none"] - 1),
+        "pairs": pairs,
+        "wall": times,
+        "trace_bytes": tr.nbytes,
+        "trace_none_bytes": last["none"].nbytes,
+        "tokens": len(tr.tokens) + len(tr.negative_tokens),
+        "same_image": same,
+    }
+    if which == "sd15":
+        out["bytes_50_steps_512"] = explainer.estimate_trace_bytes(
+            pipe, PROMPT, num_inference_steps=50, height=512, width=512
+        )
+    del pipe
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--which", default="tiny,sd15", help="comma list of: tiny, toy, sd15")
+    parser.add_argument("--size", type=int, default=256, help="image side for sd15 (default 256)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved A/B rounds (default 3)")
+    parser.add_argument("--dtype", default=None, help="float32 / float16 (default: float16 on cuda, float32 on cpu)")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device.startswith("cuda") else torch.float32)
+    if args.device.startswith("cuda"):
+        machine = torch.cuda.get_device_name()
+    else:
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+    print(f"# trace overhead on {args.device} ({machine}), {dtype}, torch {torch.__version__}, pairs={args.pairs}")
+    print(f"# prompt: {PROMPT!r}")
+    for which in args.which.split(","):
+        r = bench(which.strip(), args.device, dtype, args.size, args.steps, args.pairs)
+        print(
+            f"{r['which']:>5} {r['size']:>8} {r['steps']:>3} steps | plain {r['plain_s']:.3f}s | "
+            f"trace {r['default_s']:.3f}s ({r['overhead_default_pct']:+.1f}%) | "
+            f"record=none {r['none_s']:.3f}s ({r['overhead_none_pct']:+.1f}%) | "
+            f"trace {r['trace_bytes']:,} B (none: {r['trace_none_bytes']:,} B), {r['tokens']} tokens | "
+            f"same image: {r['same_image']}"
+        )
+        if not args.device.startswith("cuda"):
+            print(f"      process CPU time overhead: trace {r['cpu_overhead_default_pct']:+.1f}%, "
+                  f"record=none {r['cpu_overhead_none_pct']:+.1f}%")  # fmt: skip
+        print("      wall seconds per run: " + ", ".join(f"{k}={[round(v, 2) for v in vs]}" for k, vs in r["wall"].items()))
+        if "bytes_50_steps_512" in r:
+            print(f"      default trace, 50 steps at 512x512, this prompt: {r['bytes_50_steps_512']:,} B "
+                  f"({r['bytes_50_steps_512'] / 1e6:.1f} MB)")  # fmt: skip
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
