@@ -32,7 +32,7 @@ SD1_LATENT_RGB_FACTORS = (
 SD1_SCALING_FACTOR = 0.18215
 #: The SD 1.x factors are kept only if they explain at least this share of the final image's variance.
 PRESET_MIN_R2 = 0.5
-_CACHE_SIZE = 64
+_CACHE_SIZE = 100  # decoded images kept per VAE
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[tuple, Image.Image]] = weakref.WeakKeyDictionary()
 
 

@@ -18,6 +18,7 @@ TOKEN_MODES = ("prompt", "all")
 TENSOR_DTYPES = ("float16", "float32")
 #: Default memory budget for one trace (bytes); change it with ``record={"max_bytes": ...}``.
 DEFAULT_MAX_BYTES = 1 << 30
+_MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF  # torch.Generator.manual_seed accepts unsigned 64-bit seeds
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,6 @@ def check_seed(seed: Any, generator: Any) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an integer, not {type(seed).__name__}.")
     seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed={seed} is not allowed; use an integer from 0 to 2**64 - 1.")
+    if not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"seed={seed} is not allowed; use an integer from 0 to {_MAX_SEED} (torch.Generator's range).")
     return seed
