@@ -18,7 +18,7 @@ TOKEN_MODES = ("prompt", "all")
 TENSOR_DTYPES = ("float16", "float32")
 #: Default memory budget for one trace (bytes); change it with ``record={"max_bytes": ...}``.
 DEFAULT_MAX_BYTES = 1 << 30
-_MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF  # torch.Generator.manual_seed accepts unsigned 64-bit seeds
+_MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF  # torch.Generator.manual_seed accepts any unsigned 8-byte seed
 
 
 @dataclass(frozen=True)
