@@ -15,7 +15,6 @@ from .tracing import (
     load_trace,
     trace,
 )
-
 from .widgets import compare, explore
 
 __version__ = "0.1.0"
