@@ -58,10 +58,10 @@ def export_all(tag: str) -> None:
     shutil.copy(exp / "unet" / "diffusion_pytorch_model.safetensors", OUT / "unet.safetensors")
     shutil.copy(exp / "text_encoder" / "model.safetensors", OUT / "text_encoder.safetensors")
     with tarfile.open(OUT / "rest.tar.gz", "w:gz") as tf:
-        for p in sorted(exp.rglob("*")):
-            if p.is_file() and p.name not in ("diffusion_pytorch_model.safetensors", "model.safetensors") or p.parent.name == "vae":
-                if p.is_file() and p.parent.name != "tokenizer":
-                    tf.add(p, arcname=str(p.relative_to(exp)))
+        copied = {("unet", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")}
+        for p in sorted(exp.rglob("*")):  # the rest of the model; the tokenizer is in the repository
+            if p.is_file() and p.parent.name != "tokenizer" and (p.parent.name, p.name) not in copied:
+                tf.add(p, arcname=str(p.relative_to(exp)))
         for name in ("train_log.jsonl", "eval_log.jsonl"):
             if (RUN / name).exists():
                 tf.add(RUN / name, arcname=name)
