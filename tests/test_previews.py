@@ -185,3 +185,45 @@ def test_sd1_factors_chosen_only_when_they_explain_the_image():
     noise = previews.to_pil(rng.uniform(-1, 1, size=(64, 64, 3)))
     assert previews.choose_latent_rgb(cfg, latent, noise).source == "fit:final-image"
     assert previews.preset_latent_rgb({"latent_channels": 16, "scaling_factor": 0.18215}) is None
+
+
+def test_decode_steps_batches_into_the_preview_cache(pipe, basic_trace):
+    tr = basic_trace
+    previews.clear_preview_cache()
+    images = previews.decode_steps(tr, pipe, "x0", batch_size=2)
+    assert len(images) == tr.num_steps and previews.preview_cache_size(pipe) == tr.num_steps
+    for s, image in enumerate(images):
+        assert tr.preview(s, kind="x0", method="vae", pipe=pipe) is image  # served from the cache
+        alone = previews.decode_latents(pipe.vae, tr.latent(s, "x0")[None])[0].permute(1, 2, 0).numpy()
+        assert np.abs(np.asarray(image, np.int16) - np.asarray(previews.to_pil(alone), np.int16)).max() <= 1
+    xt = previews.decode_steps(tr, pipe.vae, "xt", steps=[-1, 0])
+    assert xt[0] is tr.preview(tr.num_steps, kind="xt", method="vae", pipe=pipe)
+    assert previews.decode_steps(tr, pipe, "x0", steps=[1])[0] is images[1]
+    with pytest.raises(ValueError, match="batch_size=0"):
+        previews.decode_steps(tr, pipe, batch_size=0)
+    with pytest.raises(ValueError, match="kind='eps'"):
+        previews.decode_steps(tr, pipe, "eps")
+
+
+def test_vae_decode_is_cheap_rule(pipe, basic_trace):
+    toy = explainer.load_pipeline()
+    toy_trace = explainer.trace(toy, "a red circle", num_inference_steps=50, progress=False, record="none")
+    assert previews.vae_decode_is_cheap(toy, toy_trace)  # the toy at 50 steps
+    assert previews.vae_decode_is_cheap(pipe, basic_trace)
+
+    class Big(torch.nn.Module):  # SD 1.x's decoder size, without allocating it
+        config: dict = {}
+
+        def decode(self, z):  # pragma: no cover - never called
+            raise AssertionError
+
+        def parameters(self, recurse=True):
+            yield torch.zeros(49_490_000 // 1000, 1000)
+
+    class SD512:
+        width = height = 512
+        num_steps = 25
+
+    assert previews.decode_cost(Big(), SD512()) > 1e14
+    assert not previews.vae_decode_is_cheap(Big(), SD512())
+    assert previews.vae_decode_is_cheap(Big(), SD512(), budget=1e16)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -238,3 +239,94 @@ def clear_preview_cache() -> None:
 def preview_cache_size(pipe_or_vae: Any) -> int:
     """Number of cached decodes for this pipeline's VAE."""
     return len(_CACHE.get(_vae_of(pipe_or_vae), ()))
+
+
+#: Work allowed for decoding a whole trace on a CPU, in decoder parameters × image pixels summed over
+#: the decodes (a proxy for multiply-adds). The toy model (0.59 M decoder parameters, 64×64) decodes
+#: 100 frames for 2.4e11; one SD 1.x decode at 512×512 (49 M parameters) is 1.3e13 alone.
+CHEAP_DECODE_BUDGET = 1e12
+#: Factor by which the budget grows when the VAE is on an accelerator (CUDA, MPS).
+ACCELERATOR_SPEEDUP = 100.0
+
+
+def decode_cost(pipe_or_vae: Any, trace: Trace, kinds: int = 2) -> float:
+    """Estimated work of VAE-decoding every step of ``trace``: decoder parameters × image pixels × decodes.
+
+    Args:
+        pipe_or_vae: a pipeline (its ``vae`` is used) or an ``AutoencoderKL``.
+        trace: the trace whose steps would be decoded.
+        kinds: frames per step (2: x0 and x_t).
+
+    Returns:
+        The estimate, comparable with :data:`CHEAP_DECODE_BUDGET`.
+    """
+    vae = _vae_of(pipe_or_vae)
+    decoder = getattr(vae, "decoder", vae)
+    params = sum(p.numel() for p in decoder.parameters())
+    return float(params) * trace.width * trace.height * (trace.num_steps + 1) * kinds
+
+
+def vae_decode_is_cheap(pipe_or_vae: Any, trace: Trace, budget: float = CHEAP_DECODE_BUDGET) -> bool:
+    """Whether VAE-decoding every step's x0 and x_t of ``trace`` is affordable (a fraction of a second to a few seconds).
+
+    The rule: :func:`decode_cost` <= ``budget``, with the budget multiplied by
+    :data:`ACCELERATOR_SPEEDUP` when the VAE sits on an accelerator. The bundled toy model passes;
+    SD 1.x at 512×512 on a CPU does not (one decode there takes seconds).
+
+    Args:
+        pipe_or_vae: a pipeline or an ``AutoencoderKL``.
+        trace: the trace to decode.
+        budget: the allowed work on a CPU.
+
+    Returns:
+        ``True`` when decoding all steps is cheap.
+    """
+    vae = _vae_of(pipe_or_vae)
+    device = next(vae.parameters()).device
+    allowed = budget * (ACCELERATOR_SPEEDUP if device.type != "cpu" else 1.0)
+    return decode_cost(vae, trace) <= allowed
+
+
+def decode_steps(
+    trace: Trace,
+    pipe_or_vae: Any,
+    kind: str = "x0",
+    steps: Sequence[int] | None = None,
+    batch_size: int = 16,
+) -> list[Image.Image]:
+    """VAE-decode many steps of ``trace`` in batches, filling the cache that ``trace.preview(method="vae")`` reads.
+
+    Args:
+        trace: the trace.
+        pipe_or_vae: a pipeline (its ``vae`` is used) or an ``AutoencoderKL``.
+        kind: ``"x0"`` (predicted clean latent) or ``"xt"`` (noisy latent, steps ``0..num_steps``).
+        steps: the steps to decode; ``None`` for all of them.
+        batch_size: latents per decode call (>= 1).
+
+    Returns:
+        The decoded images, one per step in ``steps`` order (also cached, up to the cache size).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; use an int >= 1.")
+    if kind not in ("x0", "xt"):
+        raise ValueError(f"kind={kind!r} is not allowed; use 'x0' (predicted clean) or 'xt' (noisy latent).")
+    vae = _vae_of(pipe_or_vae)
+    count = trace.num_steps + 1 if kind == "xt" else trace.num_steps
+    wanted = list(range(count)) if steps is None else [trace._check_step(s, kind) for s in steps]
+    latents = {s: trace.latent(s, kind) for s in wanted}
+    cache = _CACHE.setdefault(vae, OrderedDict())
+    found: dict[int, Image.Image] = {}
+    for s in dict.fromkeys(wanted):
+        key = (trace.uid, s, kind)
+        if key in cache:
+            cache.move_to_end(key)
+            found[s] = cache[key]
+    missing = [s for s in dict.fromkeys(wanted) if s not in found]
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start : start + batch_size]
+        images = decode_latents(vae, np.stack([latents[s] for s in chunk])).permute(0, 2, 3, 1).numpy()
+        for s, image in zip(chunk, images, strict=True):
+            found[s] = cache[(trace.uid, s, kind)] = to_pil(image)
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return [found[s] for s in wanted]
