@@ -35,9 +35,10 @@ def w(tr, pipe):
 
 def test_frames_pushed_once_and_match_previews(w, tr):
     assert [len(w.frames[k]) for k in ("xt", "x0", "eps")] == [STEPS] * 3
+    assert w.preview_method == "vae" and "VAE decodes" in w.preview_label  # a pipeline, and decoding is cheap
     for s in (0, 3, STEPS - 1):
-        assert w.frames["x0"][s] == encode(tr.preview(s, kind="x0"), "jpeg", 85)
-        assert w.frames["xt"][s] == encode(tr.preview(s, kind="xt"), "jpeg", 85)
+        assert w.frames["x0"][s] == encode(tr.preview(s, kind="x0", method="vae", pipe=w.pipe), "jpeg", 85)
+        assert w.frames["xt"][s] == encode(tr.preview(s, kind="xt", method="vae", pipe=w.pipe), "jpeg", 85)
     assert len({bytes(f) for f in w.frames["xt"]}) == STEPS  # every step its own picture
     assert len(w.schedule_x) == STEPS and w.schedule_x == sorted(w.schedule_x)
     assert 0 <= w.schedule_box[0] < w.schedule_box[1] <= 1
@@ -75,6 +76,29 @@ def test_token_click_changes_the_overlay(w, tr):
     assert w.overlay_maps == []
 
 
+def test_without_a_pipeline_frames_are_linear_previews(tr):
+    w = Explorer(tr)
+    assert w.preview_method == "linear" and "linear" in w.preview_label
+    assert w.frames["x0"][2] == encode(tr.preview(2, kind="x0"), "jpeg", 85)
+    assert w.frames["xt"][1] == encode(tr.preview(1, kind="xt"), "jpeg", 85)
+
+
+def test_costly_decodes_fall_back_to_linear(tr, pipe, monkeypatch):
+    monkeypatch.setattr("explainer.tracing.previews.CHEAP_DECODE_BUDGET", 1.0)
+    w = Explorer(tr, pipe=pipe)
+    assert w.preview_method == "linear" and w.frames["x0"][0] == encode(tr.preview(0, kind="x0"), "jpeg", 85)
+
+
+def test_toy_x0_frames_are_vae_decodes_close_to_the_final_image():
+    w = explore("a red circle above a blue square", num_inference_steps=8)
+    assert w.error == "" and w.preview_method == "vae"
+    final = np.asarray(w.trace.final_image.convert("RGB"), np.float32)
+    shown = np.asarray(Image.open(io.BytesIO(w.frames["x0"][-1])).convert("RGB"), np.float32)
+    linear = np.asarray(w.trace.preview(w.trace.num_steps - 1, kind="x0"), np.float32)
+    vae_err, linear_err = np.abs(shown - final).mean(), np.abs(linear - final).mean()
+    assert vae_err < 4 and vae_err < linear_err / 3, (vae_err, linear_err)
+
+
 def test_range_layers_and_negative_chips(pipe):
     tr = explainer.trace(pipe, "a red cube", negative_prompt="blurry", num_inference_steps=3, scheduler="ddim", progress=False)
     w = Explorer(tr)
@@ -93,8 +117,8 @@ def test_guidance_preview_is_what_if_without_a_run(w, tr):
     w.step = 2
     w.guidance_live = 1.0
     assert w.wait_idle()
-    assert w.whatif == encode(tr.what_if(2, 1.0), "jpeg", 85)
-    assert w.whatif != encode(tr.preview(2), "jpeg", 85)
+    assert w.whatif == encode(tr.what_if(2, 1.0, method="vae", pipe=w.pipe), "jpeg", 85)
+    assert w.whatif != encode(tr.preview(2, method="vae", pipe=w.pipe), "jpeg", 85)
     assert w.run_count == 0
 
 

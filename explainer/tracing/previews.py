@@ -266,7 +266,7 @@ def decode_cost(pipe_or_vae: Any, trace: Trace, kinds: int = 2) -> float:
     return float(params) * trace.width * trace.height * (trace.num_steps + 1) * kinds
 
 
-def vae_decode_is_cheap(pipe_or_vae: Any, trace: Trace, budget: float = CHEAP_DECODE_BUDGET) -> bool:
+def vae_decode_is_cheap(pipe_or_vae: Any, trace: Trace, budget: float | None = None) -> bool:
     """Whether VAE-decoding every step's x0 and x_t of ``trace`` is affordable (a fraction of a second to a few seconds).
 
     The rule: :func:`decode_cost` <= ``budget``, with the budget multiplied by
@@ -276,14 +276,14 @@ def vae_decode_is_cheap(pipe_or_vae: Any, trace: Trace, budget: float = CHEAP_DE
     Args:
         pipe_or_vae: a pipeline or an ``AutoencoderKL``.
         trace: the trace to decode.
-        budget: the allowed work on a CPU.
+        budget: the allowed work on a CPU (default :data:`CHEAP_DECODE_BUDGET`).
 
     Returns:
         ``True`` when decoding all steps is cheap.
     """
     vae = _vae_of(pipe_or_vae)
     device = next(vae.parameters()).device
-    allowed = budget * (ACCELERATOR_SPEEDUP if device.type != "cpu" else 1.0)
+    allowed = (CHEAP_DECODE_BUDGET if budget is None else budget) * (ACCELERATOR_SPEEDUP if device.type != "cpu" else 1.0)
     return decode_cost(vae, trace) <= allowed
 
 

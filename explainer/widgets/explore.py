@@ -20,7 +20,7 @@ import traitlets
 from ..export.frames import OVERLAY_ALPHA, colormap_lut, format_sigma, overlay_heatmap
 from ..tracing import Trace
 from ..tracing.guidance import guided_output
-from ..tracing.previews import linear_preview
+from ..tracing.previews import decode_steps, linear_preview, vae_decode_is_cheap
 from ..views import emergence_curve, schedule_plot
 from ..views.tokens import token_heat
 from .panels import LatestWorker, encode, encode_map, figure_with_markers, map_size, parse_token_key, token_key
@@ -29,6 +29,11 @@ _HERE = Path(__file__).parent
 MAP_RANGES = ("step", "all", "range")
 #: Frames smaller than this (longest side) are shown scaled up, pixelated.
 MIN_DISPLAY = 256
+#: The label shown above the frames for each way of making them.
+PREVIEW_LABELS = {
+    "vae": "x\u2080 / x\u209c frames: full VAE decodes",
+    "linear": "x\u2080 / x\u209c frames: linear latent\u2192RGB previews (approximate colours)",
+}
 _PIPELINES: dict[str, Any] = {}
 
 
@@ -73,6 +78,8 @@ class Explorer(anywidget.AnyWidget):
         layer_filter: ``"all"``, a resolution such as ``"16x16"``, or a layer name.
         opacity: overlay opacity in [0, 1]. guidance_live: the guidance slider while it moves (what-if
         preview); guidance: its value on release (re-run). decode_request: increment to VAE-decode the step.
+        preview_method: ``"vae"`` when the x0 / x_t frames (and what-if previews) are VAE decodes (a
+        pipeline is given and decoding every step is cheap), else ``"linear"``; preview_label says so.
     """
 
     _esm = _HERE / "player.js"
@@ -87,6 +94,8 @@ class Explorer(anywidget.AnyWidget):
     steps_info = traitlets.List().tag(sync=True)
     step = traitlets.Int(0).tag(sync=True)
     title = traitlets.Unicode("").tag(sync=True)
+    preview_method = traitlets.Unicode("linear").tag(sync=True)  # how the x0 / x_t frames were made
+    preview_label = traitlets.Unicode("").tag(sync=True)
     status = traitlets.Unicode("").tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
 
@@ -162,10 +171,15 @@ class Explorer(anywidget.AnyWidget):
         self.runs.setdefault(run_key(trace), trace)
         fmt, q = self.image_format, self.quality
         size = (trace.width, trace.height)
+        method = self.choose_preview_method(trace)
         frames: dict[str, list[bytes]] = {"xt": [], "x0": [], "eps": []}
+        for kind in ("xt", "x0"):
+            if method == "vae":
+                images = decode_steps(trace, self.pipe, kind, steps=range(trace.num_steps))
+            else:
+                images = [trace.preview(s, kind=kind) for s in range(trace.num_steps)]
+            frames[kind] = [encode(image, fmt, q) for image in images]
         for s in range(trace.num_steps):
-            frames["xt"].append(encode(trace.preview(s, kind="xt"), fmt, q))
-            frames["x0"].append(encode(trace.preview(s, kind="x0"), fmt, q))
             frames["eps"].append(encode(linear_preview(self._model_output(s), trace.latent_rgb, size), fmt, q))
         final = trace.final_image if trace.final_image is not None else trace.preview(trace.num_steps, kind="xt")
         factor = max(1, -(-MIN_DISPLAY // max(size)))
@@ -183,6 +197,8 @@ class Explorer(anywidget.AnyWidget):
         cfg = trace.has_uncond
         with self.hold_sync():
             self.error = ""
+            self.preview_method = method
+            self.preview_label = PREVIEW_LABELS[method]
             self.frames = frames
             self.final = encode(final, fmt, q)
             self.display_size = [size[0] * factor, size[1] * factor]
@@ -203,6 +219,13 @@ class Explorer(anywidget.AnyWidget):
             self.detail, self.detail_label = b"", ""
             self.step = min(self.step, trace.num_steps - 1)
         self._update_maps()
+
+    def choose_preview_method(self, trace: Trace) -> str:
+        """``"vae"`` when there is a pipeline and decoding every step of ``trace`` is cheap
+        (:func:`~explainer.tracing.previews.vae_decode_is_cheap`), else ``"linear"``."""
+        if self.pipe is not None and vae_decode_is_cheap(self.pipe, trace):
+            return "vae"
+        return "linear"
 
     def _model_output(self, step: int) -> np.ndarray:
         tr = self.trace
@@ -315,7 +338,7 @@ class Explorer(anywidget.AnyWidget):
 
     def _render_whatif(self) -> None:
         tr, step, g = self.trace, self.step, float(self.guidance_live)
-        image = tr.what_if(step, g)
+        image = tr.what_if(step, g, method=self.preview_method, pipe=self.pipe)
         with self.hold_sync():
             self.whatif = encode(image, self.image_format, self.quality)
             self.whatif_label = f"what-if x\u2080 at g = {g:g}, step {step + 1} (from the recorded \u03b5, no re-run)"

@@ -27,6 +27,7 @@ function render({ model, el }) {
   const error = h("div", { class: "sdx-error", role: "alert" });
   const status = h("div", { class: "sdx-status" });
   const title = h("div", { class: "sdx-title" });
+  const previewKind = h("div", { class: "sdx-preview-kind" });
   const panelsRow = h("div", { class: "sdx-row sdx-panels" });
   const imgs = {};
   const overlays = [];
@@ -82,7 +83,7 @@ function render({ model, el }) {
     h("div", { class: "sdx-row" }, h("figure", {}, h("div", { class: "sdx-frame" }, whatif), whatifCap),
       h("figure", {}, h("div", { class: "sdx-frame" }, detail), detailCap)));
 
-  root.append(error, status, title, panelsRow, controls, plots, tokensRow, guidanceRow);
+  root.append(error, status, title, previewKind, panelsRow, controls, plots, tokensRow, guidanceRow);
 
   const count = () => (model.get("frames").x0 || []).length;
   const mime = () => "image/" + model.get("image_format");
@@ -233,6 +234,8 @@ function render({ model, el }) {
     status.textContent = model.get("status");
     status.hidden = !model.get("status");
     title.textContent = model.get("title");
+    previewKind.textContent = model.get("preview_label");
+    previewKind.dataset.method = model.get("preview_method");
   }
 
   slider.addEventListener("input", () => { pause(); show(Number(slider.value)); });
@@ -283,7 +286,7 @@ function render({ model, el }) {
   model.on("change:opacity", () => { loadControls(); drawOverlay(); });
   model.on("change:whatif", () => loadImage(whatif, "whatif", whatifCap));
   model.on("change:detail", () => loadImage(detail, "detail", detailCap));
-  for (const name of ["error", "status", "title"]) model.on("change:" + name, loadText);
+  for (const name of ["error", "status", "title", "preview_label"]) model.on("change:" + name, loadText);
 
   loadText(); loadControls(); loadChips(); loadFrames();
   setPlot(schedule, "schedule"); setPlot(emergence, "emergence");
