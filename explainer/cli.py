@@ -214,6 +214,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .export import export
     from .models import load_pipeline
     from .tracing import trace
+    from .tracing.previews import vae_decode_is_cheap
 
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a folder")
@@ -247,10 +248,12 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"wrote {image_path}")
     if not result.complete:
         print(f"warning: the run stopped early ({result.error}); exports show the finished steps.", file=sys.stderr)
+    # frames are VAE decodes when decoding every step is cheap (the toy model), else linear previews
+    decoder = pipe if (args.gif or args.html) and vae_decode_is_cheap(pipe, result) else None
     if args.gif:
-        export(result, args.out / RUN_FILES["gif"], panels=RUN_GIF_PANELS, progress=not args.quiet)
+        export(result, args.out / RUN_FILES["gif"], panels=RUN_GIF_PANELS, progress=not args.quiet, pipe=decoder)
     if args.html:
-        export(result, args.out / RUN_FILES["html"], progress=not args.quiet)
+        export(result, args.out / RUN_FILES["html"], progress=not args.quiet, pipe=decoder)
     return 0
 
 

@@ -105,6 +105,7 @@ def test_toy_model_end_to_end(tmp_path, capsys):
     assert "scheduler  DDIMScheduler" in text  # the toy's own: trailing spacing, zero terminal SNR
     page = (out / RUN_FILES["html"]).read_text(encoding="utf-8")
     assert '"sigma":"\u221e"' in page  # its first step is pure noise: sigma = infinity
+    assert "predicted image x\u2080 (VAE decode)" in page  # decoding the toy is cheap: frames are VAE decodes
 
 
 # ------------------------------------------------------------------------------------ help

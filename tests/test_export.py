@@ -391,3 +391,25 @@ def test_incomplete_trace_exports_its_finished_steps(smooth, tmp_path):
     data = _embedded(export(partial, tmp_path / "partial.html", size=SIZE, verbose=False).read_text(encoding="utf-8"))
     assert ["status", "incomplete (KeyboardInterrupt)"] in data["settings"]
     assert mad(_decode(data["final"]), last) < 6.0
+
+
+def test_pipe_makes_latent_panels_vae_decodes(tr, pipe, tmp_path):
+    panels, side = ["x0", "xt", "guided"], tr.width  # size = the image size: no resampling
+    path = export(tr, tmp_path / "vae.webp", panels=panels, size=side, steps=[0, 5], captions=False, lossless=True,
+                  verbose=False, pipe=pipe)  # fmt: skip
+    layout = FrameRenderer(tr, panels=panels, size=side, captions=False).layout
+    with Image.open(path) as webp:
+        for k, step in enumerate([0, 5]):
+            webp.seek(k)
+            frame = webp.convert("RGB")
+            for i, kind in enumerate(["x0", "xt", "x0"]):
+                cell = frame.crop(layout.box(i))
+                assert mad(cell, tr.preview(step, kind=kind, method="vae", pipe=pipe)) == 0
+                assert mad(cell, tr.preview(step, kind=kind)) > 10  # not the linear preview
+    cond = render_panel(tr, Panel("cond"), 2, pipe=pipe)
+    assert mad(cond, tr.what_if(2, 1.0, method="vae", pipe=pipe)) == 0
+    page = export(tr, tmp_path / "vae.html", size=side, verbose=False, pipe=pipe).read_text(encoding="utf-8")
+    data = _embedded(page)
+    assert [v["label"] for v in data["views"]] == ["noisy latent x\u209c (VAE decode)", "predicted image x\u2080 (VAE decode)"]
+    assert "Previews are full VAE decodes" in data["footer"]
+    assert "pipe" in format_options(".png") and "pipe" in format_options(".mp4")

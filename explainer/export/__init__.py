@@ -54,7 +54,8 @@ def export(trace: Trace, path: str | Path, *, verbose: bool = True, **options: A
         verbose: print the path, the frame count and the file size when done.
         **options: the format's options, among ``panels`` (``"xt"``, ``"x0"``, ``"final"``, ``"overlay"``,
             ``"guidance"``...), ``words``, ``size``, ``steps``, ``every``, ``captions``, ``fps``, ``loop``,
-            ``hold``, ``quality``; see :func:`format_options` and the writers.
+            ``hold``, ``quality``; see :func:`format_options` and the writers. ``pipe=`` (the pipeline or
+            its VAE) makes every latent panel a full VAE decode (batched, cached) instead of a linear preview.
 
     Returns:
         The path written.

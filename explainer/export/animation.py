@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -68,9 +68,11 @@ def _frames(
     captions: bool,
     resample: str,
     progress: bool,
+    pipe: Any = None,
 ) -> list[Image.Image]:
-    renderer = FrameRenderer(trace, panels, words, size, captions, resample)
+    renderer = FrameRenderer(trace, panels, words, size, captions, resample, pipe=pipe)
     chosen = select_steps(trace.num_steps, steps, every)
+    renderer.predecode(chosen)
     return render_frames(renderer, chosen, progress)
 
 
@@ -106,6 +108,7 @@ def save_gif(
     loop: bool = True,
     hold: float = 1.0,
     progress: bool = False,
+    pipe: Any = None,
 ) -> int:
     """Write an animated GIF, one frame per chosen step.
 
@@ -118,13 +121,14 @@ def save_gif(
         loop: loop forever (``True``) or play once.
         hold: extra seconds on the last frame.
         progress: show a tqdm bar while rendering.
+        pipe: a pipeline (or its VAE): frames show VAE decodes instead of linear previews.
 
     Returns:
         The number of frames written.
     """
     fps, hold = check_timing(fps, hold)
     _check_bool(loop, "loop")
-    frames = _frames(trace, panels, words, size, steps, every, captions, resample, progress)
+    frames = _frames(trace, panels, words, size, steps, every, captions, resample, progress, pipe)
     palette = _shared_palette(frames)
     indexed = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     extra = {"loop": 0} if loop else {}
@@ -158,6 +162,7 @@ def save_webp(
     quality: int = 90,
     lossless: bool = False,
     progress: bool = False,
+    pipe: Any = None,
 ) -> int:
     """Write an animated WebP, one frame per chosen step.
 
@@ -172,6 +177,7 @@ def save_webp(
         quality: 0..100 (lossy), or compression effort with ``lossless``.
         lossless: lossless WebP.
         progress: show a tqdm bar while rendering.
+        pipe: a pipeline (or its VAE): frames show VAE decodes instead of linear previews.
 
     Returns:
         The number of frames written.
@@ -180,7 +186,7 @@ def save_webp(
     _check_bool(loop, "loop")
     _check_bool(lossless, "lossless")
     quality = _check_quality(quality, 0, 100)
-    frames = _frames(trace, panels, words, size, steps, every, captions, resample, progress)
+    frames = _frames(trace, panels, words, size, steps, every, captions, resample, progress, pipe)
     frames[0].save(
         path,
         format="WEBP",
@@ -210,6 +216,7 @@ def save_mp4(
     hold: float = 1.0,
     quality: int = 8,
     progress: bool = False,
+    pipe: Any = None,
 ) -> int:
     """Write an H.264 MP4 (yuv420p, plays in browsers and slide software), one frame per chosen step.
 
@@ -222,6 +229,7 @@ def save_mp4(
         hold: extra seconds on the last frame (it is repeated ``round(hold * fps)`` times).
         quality: 1..10 (imageio-ffmpeg's scale; 8 is x264 CRF 10).
         progress: show a tqdm bar while rendering.
+        pipe: a pipeline (or its VAE): frames show VAE decodes instead of linear previews.
 
     Returns:
         The number of video frames written (held frames included).
@@ -232,7 +240,7 @@ def save_mp4(
         raise ImportError("MP4 export needs imageio-ffmpeg: pip install imageio-ffmpeg") from err
     fps, hold = check_timing(fps, hold)
     quality = _check_quality(quality, 1, 10)
-    frames = _frames(trace, panels, words, size, steps, every, captions, resample, progress)
+    frames = _frames(trace, panels, words, size, steps, every, captions, resample, progress, pipe)
     frames += [frames[-1]] * round(hold * fps)
     width, height = frames[0].size  # even by construction (Layout rounds up), as yuv420p needs
     writer = imageio_ffmpeg.write_frames(

@@ -4,6 +4,8 @@ A *panel* is one picture of one step at the trace's image size:
 
 - ``"xt"``: linear preview of the noisy latent before the step (scaled to unit variance);
 - ``"x0"``: linear preview of the step's predicted clean latent;
+
+(with ``pipe=`` every latent panel is a full VAE decode instead, decoded in batches;)
 - ``"final"``: the pipeline's output image (the same in every frame);
 - ``"overlay"``: a word's cross-attention map of that step, colour-mapped over the x0 preview
   (one panel per word in ``words``);
@@ -21,7 +23,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -256,26 +258,32 @@ def overlay_heatmap(base: Image.Image, heat: np.ndarray, alpha: float = OVERLAY_
     return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
-def render_panel(trace: Trace, panel: Panel, step: int) -> Image.Image:
-    """The panel's picture of ``step`` at the trace's image size (RGB)."""
+def render_panel(trace: Trace, panel: Panel, step: int, pipe: Any = None) -> Image.Image:
+    """The panel's picture of ``step`` at the trace's image size (RGB).
+
+    Args:
+        trace: the trace.
+        panel: what to show.
+        step: the step.
+        pipe: a pipeline (or its VAE) to VAE-decode latents (cached); ``None`` for linear previews.
+    """
     kind = panel.kind
+    method = "linear" if pipe is None else "vae"
     if kind == "xt":
-        return trace.preview(step, kind="xt", method="linear")
-    if kind == "x0":
-        return trace.preview(step, kind="x0", method="linear")
+        return trace.preview(step, kind="xt", method=method, pipe=pipe)
+    if kind in ("x0", "guided"):
+        return trace.preview(step, kind="x0", method=method, pipe=pipe)
     if kind == "final":
         if trace.final_image is not None:
             return trace.final_image.convert("RGB")
-        return trace.preview(trace.num_steps, kind="xt", method="linear")
+        return trace.preview(trace.num_steps, kind="xt", method=method, pipe=pipe)
     if kind == "overlay":
-        base = trace.preview(step, kind="x0", method="linear")
+        base = trace.preview(step, kind="x0", method=method, pipe=pipe)
         return overlay_heatmap(base, trace.heatmap(panel.word, step=step))
     if kind == "uncond":
-        return trace.what_if(step, 0.0, method="linear")  # scale 0: the unconditional output alone
+        return trace.what_if(step, 0.0, method=method, pipe=pipe)  # scale 0: the unconditional output alone
     if kind == "cond":
-        return trace.what_if(step, 1.0, method="linear")  # scale 1: the conditional output alone
-    if kind == "guided":
-        return trace.preview(step, kind="x0", method="linear")
+        return trace.what_if(step, 1.0, method=method, pipe=pipe)  # scale 1: the conditional output alone
     raise ValueError(f"panel kind {kind!r} is not known; choose from {list(PANELS)}.")
 
 
@@ -319,6 +327,7 @@ class FrameRenderer:
         size: longest side of each panel in pixels (default: the image size, upscaled to >= 256).
         captions: draw the step / timestep / sigma caption and panel labels.
         resample: upscaling filter, one of :data:`RESAMPLE`.
+        pipe: a pipeline (or its VAE): latent panels become VAE decodes instead of linear previews.
     """
 
     def __init__(
@@ -329,6 +338,7 @@ class FrameRenderer:
         size: int | None = None,
         captions: bool = True,
         resample: str = "nearest",
+        pipe: Any = None,
     ) -> None:
         if not isinstance(captions, bool):
             raise TypeError(f"captions must be True or False, not {type(captions).__name__}.")
@@ -337,6 +347,8 @@ class FrameRenderer:
         self.panel_wh = panel_size(trace, size)
         self.resample = check_resample(resample)
         self.captions = captions
+        self.pipe = pipe
+        self._decoded: dict[tuple[str, int], Image.Image] = {}
         self.layout = make_layout(len(self.panels), self.panel_wh, captions, labels=captions)
         self._static: dict[Panel, Image.Image] = {}
         self._background = self._make_background()
@@ -357,12 +369,27 @@ class FrameRenderer:
         """One panel of ``step``, upscaled to the panel size."""
         if panel.kind == "final" and panel in self._static:
             return self._static[panel]
-        image = render_panel(self.trace, panel, step)
+        latent_kind = {"xt": "xt", "x0": "x0", "guided": "x0"}.get(panel.kind)
+        if (latent_kind, step) in self._decoded:
+            image = self._decoded[(latent_kind, step)]
+        else:
+            image = render_panel(self.trace, panel, step, self.pipe)
         if image.size != self.panel_wh:
             image = image.resize(self.panel_wh, self.resample)
         if panel.kind == "final":
             self._static[panel] = image
         return image
+
+    def predecode(self, steps: Sequence[int], batch_size: int = 16) -> None:
+        """With a pipeline, VAE-decode the latent panels of ``steps`` in batches ahead of rendering."""
+        from ..tracing.previews import decode_steps
+
+        if self.pipe is None:
+            return
+        kinds = {{"xt": "xt", "x0": "x0", "guided": "x0", "overlay": "x0"}.get(p.kind) for p in self.panels} - {None}
+        for kind in sorted(kinds):
+            images = decode_steps(self.trace, self.pipe, kind, steps=list(steps), batch_size=batch_size)
+            self._decoded.update({(kind, s): image for s, image in zip(steps, images, strict=True)})
 
     def frame(self, step: int) -> Image.Image:
         """The composed frame of ``step``."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -81,6 +81,7 @@ def save_grid(
     captions: bool = True,
     resample: str = "nearest",
     progress: bool = False,
+    pipe: Any = None,
 ) -> int:
     """Write a PNG grid: a column per chosen step, a row per panel, with step / timestep / sigma headers.
 
@@ -92,13 +93,14 @@ def save_grid(
         every: show every k-th step (the last included) instead of the default choice.
         columns: steps per band before wrapping (default: all chosen steps, at most 10).
         progress: show a tqdm bar while rendering.
+        pipe: a pipeline (or its VAE): cells show VAE decodes instead of linear previews.
 
     Returns:
         The number of steps shown.
     """
     from tqdm.auto import tqdm
 
-    renderer = FrameRenderer(trace, panels, words, size, captions=False, resample=resample)
+    renderer = FrameRenderer(trace, panels, words, size, captions=False, resample=resample, pipe=pipe)
     if not isinstance(captions, bool):
         raise TypeError(f"captions must be True or False, not {type(captions).__name__}.")
     if steps is None and every is None:
@@ -110,6 +112,7 @@ def save_grid(
     if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
         raise ValueError(f"columns={columns!r} must be a whole number >= 1.")
     columns = min(int(columns), len(chosen))
+    renderer.predecode(chosen)
     bands = -(-len(chosen) // columns)
     pw, ph = renderer.panel_wh
     f = font(max(11, min(20, round(max(pw, ph) / 12))))

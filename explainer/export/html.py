@@ -135,6 +135,7 @@ def build_html(
     quality: int = 80,
     image_format: str = "jpeg",
     progress: bool = False,
+    pipe: Any = None,
 ) -> tuple[str, int]:
     """The standalone page as a string, and the number of steps it holds.
 
@@ -161,12 +162,16 @@ def build_html(
     if not names and not show_final:
         raise ValueError("nothing to show: panels selects neither a step view nor 'final'.")
     word_list = _words(trace, words)
-    renderer = FrameRenderer(trace, names, None, size, captions=False, resample=resample) if names else None
-    stills = renderer or FrameRenderer(trace, ["final"], None, size, captions=False, resample=resample)
+    renderer = FrameRenderer(trace, names, None, size, False, resample, pipe=pipe) if names else None
+    stills = renderer or FrameRenderer(trace, ["final"], None, size, captions=False, resample=resample, pipe=pipe)
     chosen = select_steps(trace.num_steps, steps, every)
     stepped = renderer.panels if renderer is not None else []
-    views = [{"key": p.kind, "label": _VIEW_LABELS.get(p.kind, f"guided x\u2080 (scale {trace.guidance_scale:g})"),
-              "frames": []} for p in stepped]  # fmt: skip
+    if renderer is not None:
+        renderer.predecode(chosen)
+    method = "linear preview" if pipe is None else "VAE decode"
+    labels = [_VIEW_LABELS.get(p.kind, f"guided x\u2080 (scale {trace.guidance_scale:g})") for p in stepped]
+    views = [{"key": p.kind, "label": label.replace("linear preview", method), "frames": []}
+             for p, label in zip(stepped, labels, strict=True)]  # fmt: skip
     map_wh = _map_size(trace)
     word_data = [{"text": w, "maps": [], "mean": _map_uri(trace.heatmap(w), map_wh)} for w in word_list]
     for step in tqdm(chosen, desc="html", unit="step", disable=not progress, leave=False):
@@ -199,8 +204,9 @@ def build_html(
         "colormap": colormap_lut(COLORMAP).reshape(-1).tolist(),
         "fps": fps,
         "hold": hold,
-        "footer": f"Made with sd-explainer {__version__}. Previews are linear latent\u2192RGB maps; "
-        "attention maps are averaged over heads and layers. This page works offline.",
+        "footer": f"Made with sd-explainer {__version__}. "
+        + ("Previews are linear latent\u2192RGB maps; " if pipe is None else "Previews are full VAE decodes; ")
+        + "attention maps are averaged over heads and layers. This page works offline.",
     }
     # "<" only occurs inside JSON strings; \u003c keeps "</script>" and "<!--" in a prompt from ending the block.
     text = json.dumps(_finite(payload), ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
@@ -235,6 +241,7 @@ def save_html(
     quality: int = 80,
     image_format: str = "jpeg",
     progress: bool = False,
+    pipe: Any = None,
 ) -> int:
     """Write the standalone interactive page.
 
@@ -252,12 +259,13 @@ def save_html(
         quality: JPEG/WebP quality 1..100 (80 keeps 50 steps at 512x512 under 10 MB).
         image_format: ``"jpeg"`` or ``"webp"`` for the frames.
         progress: show a tqdm bar while encoding.
+        pipe: a pipeline (or its VAE): views show VAE decodes instead of linear previews.
 
     Returns:
         The number of steps in the page.
     """
     page, count = build_html(trace, panels=panels, words=words, size=size, steps=steps, every=every,
                              resample=resample, fps=fps, hold=hold, quality=quality, image_format=image_format,
-                             progress=progress)  # fmt: skip
+                             progress=progress, pipe=pipe)  # fmt: skip
     Path(path).write_text(page, encoding="utf-8")
     return count
