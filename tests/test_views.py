@@ -40,6 +40,11 @@ def test_guidance_views(tr, pipe):
     assert len(fig.axes[0].images) == 1 and len(fig.axes) == 5  # 4 panels + colour bar
     fig = views.guidance_sweep(tr, scales=(1, 7.5))
     assert [ax.get_title() for ax in fig.axes] == ["g 1", "g 7.5"]
+    vae = views.guidance_sweep(tr, 2, scales=(1,), method="vae", pipe=pipe)
+    shown = np.asarray(vae.axes[0].images[0].get_array())
+    assert np.array_equal(shown, np.asarray(tr.what_if(2, 1.0, method="vae", pipe=pipe)))
+    fig = views.guidance_decomposition(tr, 1, method="vae", pipe=pipe)
+    assert np.array_equal(np.asarray(fig.axes[2].images[0].get_array()), np.asarray(tr.preview(1, method="vae", pipe=pipe)))
     no_cfg = explainer.trace(pipe, "a cube", num_inference_steps=2, guidance_scale=1.0, progress=False)
     with pytest.raises(ValueError, match="without classifier-free guidance"):
         views.guidance_sweep(no_cfg)

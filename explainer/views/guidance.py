@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,17 +33,24 @@ def guidance_difference(trace: Trace, step: int) -> np.ndarray:
     return np.sqrt((diff**2).sum(axis=0))
 
 
-def guidance_decomposition(trace: Trace, step: int) -> Figure:
+def guidance_decomposition(trace: Trace, step: int, *, method: str = "linear", pipe: Any = None) -> Figure:
     """Unconditional, conditional and guided x0 of ``step`` side by side, and |ε_cond − ε_uncond|.
+
+    Args:
+        trace: a trace recorded with classifier-free guidance.
+        step: the step.
+        method: ``"linear"`` previews or ``"vae"`` decodes (needs ``pipe``).
+        pipe: the pipeline or its VAE, for ``method="vae"``.
 
     Returns:
         A matplotlib figure with four panels.
     """
     _need_uncond(trace)
     fig, axes = new_figure(8.8, 2.6, ncols=4)
-    image_axes(axes[0, 0], trace.what_if(step, 0.0), "x0 unconditional")
-    image_axes(axes[0, 1], trace.what_if(step, 1.0), "x0 conditional")
-    image_axes(axes[0, 2], trace.preview(step, kind="x0"), f"x0 guided (g {trace.guidance_scale:g})")
+    image_axes(axes[0, 0], trace.what_if(step, 0.0, method=method, pipe=pipe), "x0 unconditional")
+    image_axes(axes[0, 1], trace.what_if(step, 1.0, method=method, pipe=pipe), "x0 conditional")
+    guided = trace.preview(step, kind="x0", method=method, pipe=pipe)
+    image_axes(axes[0, 2], guided, f"x0 guided (g {trace.guidance_scale:g})")
     ax = axes[0, 3]
     shown = ax.imshow(guidance_difference(trace, step), cmap="magma", interpolation="nearest")
     ax.set_title("|ε_cond − ε_uncond|", fontsize=9)
@@ -52,8 +59,22 @@ def guidance_decomposition(trace: Trace, step: int) -> Figure:
     return fig
 
 
-def guidance_sweep(trace: Trace, step: int | None = None, scales: Sequence[float] = DEFAULT_SWEEP) -> Figure:
+def guidance_sweep(
+    trace: Trace,
+    step: int | None = None,
+    scales: Sequence[float] = DEFAULT_SWEEP,
+    *,
+    method: str = "linear",
+    pipe: Any = None,
+) -> Figure:
     """What-if x0 of one step (default: the last) at several guidance scales, from the recorded ε.
+
+    Args:
+        trace: a trace recorded with classifier-free guidance.
+        step: the step; ``None`` for the last.
+        scales: the guidance scales, one panel each.
+        method: ``"linear"`` previews or ``"vae"`` decodes (needs ``pipe``).
+        pipe: the pipeline or its VAE, for ``method="vae"``.
 
     Returns:
         A matplotlib figure with one panel per scale.
@@ -65,5 +86,5 @@ def guidance_sweep(trace: Trace, step: int | None = None, scales: Sequence[float
     step = trace.num_steps - 1 if step is None else step
     fig, axes = new_figure(2.0 * len(scales), 2.3, ncols=len(scales))
     for i, g in enumerate(scales):
-        image_axes(axes[0, i], trace.what_if(step, float(g)), f"g {float(g):g}")
+        image_axes(axes[0, i], trace.what_if(step, float(g), method=method, pipe=pipe), f"g {float(g):g}")
     return fig
