@@ -99,6 +99,58 @@ def test_toy_x0_frames_are_vae_decodes_close_to_the_final_image():
     assert vae_err < 4 and vae_err < linear_err / 3, (vae_err, linear_err)
 
 
+def _png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_guidance_panels_follow_the_step(w, tr):
+    from explainer.views import guidance_decomposition, guidance_sweep
+    from explainer.views._common import figure_png
+
+    assert w.panel_png == b""  # nothing computed until a panel is opened
+    w.step = 2
+    w.panel = "guidance"
+    assert w.wait_idle() and w.error == ""
+    assert "step 3" in w.panel_label and "VAE decodes" in w.panel_label
+    want = figure_png(guidance_decomposition(tr, 2, method="vae", pipe=w.pipe))
+    assert np.array_equal(_png(w.panel_png), _png(want))
+    first = w.panel_png
+    w.step = 4
+    assert w.wait_idle() and "step 5" in w.panel_label and w.panel_png != first
+    w.panel = "sweep"
+    assert w.wait_idle() and "sweep of step 5" in w.panel_label
+    want = figure_png(guidance_sweep(tr, 4, method="vae", pipe=w.pipe))
+    assert np.array_equal(_png(w.panel_png), _png(want))
+    assert Image.open(io.BytesIO(w.panel_png)).width > Image.open(io.BytesIO(first)).width  # six scales
+    w.panel = ""
+    assert w.wait_idle() and w.panel_png == b"" and w.panel_label == ""
+    w.panel = "nope"
+    assert "panel='nope' is not allowed" in w.error
+
+
+def test_trajectory_panel_overlays_seeds_and_follows_the_step(w, tr):
+    w.panel = "trajectory"
+    assert w.wait_idle(60) and w.error == ""
+    assert "4 seed(s)" in w.panel_label and "step 1 circled" in w.panel_label
+    assert len(w.seed_runs) == 3 and sorted(t.metadata["seed"] for t in w.seed_runs.values()) == [1, 2, 3]
+    assert all(t.attention_mode == "none" and t.num_steps == STEPS for t in w.seed_runs.values())
+    first = w.panel_png
+    w.step = 5
+    assert w.wait_idle() and "step 6 circled" in w.panel_label and w.panel_png != first
+    assert w.run_count == 0 and len(w.seed_runs) == 3  # seeds cached, the main run untouched
+    alone = Explorer(tr)  # without a pipeline: only the trace's own path
+    alone.panel = "trajectory"
+    assert alone.wait_idle() and "1 seed(s)" in alone.panel_label and "need the pipeline" in alone.panel_label
+    alone.close()
+
+
+def test_guidance_panels_without_cfg_say_so(pipe):
+    tr = explainer.trace(pipe, "a cube", num_inference_steps=2, guidance_scale=1.0, progress=False)
+    w = Explorer(tr, pipe=pipe)
+    w.panel = "sweep"
+    assert w.wait_idle() and w.error == "" and w.panel_png == b"" and "no unconditional branch" in w.panel_label
+
+
 def test_range_layers_and_negative_chips(pipe):
     tr = explainer.trace(pipe, "a red cube", negative_prompt="blurry", num_inference_steps=3, scheduler="ddim", progress=False)
     w = Explorer(tr)

@@ -1,9 +1,11 @@
 """``explore()``: the one-call dashboard of a trace, an anywidget step player with kernel-side panels.
 
 The browser gets every step's x_t, x0 and model-output frames once and swaps them itself as the
-slider moves (``player.js``). The kernel computes what needs the data or the model: token maps
-for the selected chips, the emergence curve, what-if guidance previews, full VAE decodes (cached),
-and guided re-runs (cached by prompt, negative, seed, steps, scheduler and guidance). These run
+slider moves (``player.js``); with a pipeline whose VAE is cheap to run (the toy model) those x_t and
+x0 frames are VAE decodes, else linear previews. The kernel computes what needs the data or the
+model: token maps for the selected chips, the emergence curve, what-if guidance previews, full VAE
+decodes (cached), the open panel (guidance decomposition, guidance sweep, latent trajectory over
+seeds) for the current step, and guided re-runs (cached by prompt, negative, seed, steps, scheduler and guidance). These run
 on a background thread that keeps only the newest request of each kind.
 """
 
@@ -21,7 +23,9 @@ from ..export.frames import OVERLAY_ALPHA, colormap_lut, format_sigma, overlay_h
 from ..tracing import Trace
 from ..tracing.guidance import guided_output
 from ..tracing.previews import decode_steps, linear_preview, vae_decode_is_cheap
-from ..views import emergence_curve, schedule_plot
+from ..views import emergence_curve, guidance_decomposition, guidance_sweep, latent_trajectory, schedule_plot
+from ..views._common import figure_png
+from ..views.guidance import DEFAULT_SWEEP
 from ..views.tokens import token_heat
 from .panels import LatestWorker, encode, encode_map, figure_with_markers, map_size, parse_token_key, token_key
 
@@ -35,6 +39,10 @@ PREVIEW_LABELS = {
     "linear": "x\u2080 / x\u209c frames: linear latent\u2192RGB previews (approximate colours)",
 }
 _PIPELINES: dict[str, Any] = {}
+#: The explorer's on-demand panels (``""``: none open).
+PANELS = ("", "guidance", "sweep", "trajectory")
+#: Seeds besides the trace's own that the trajectory panel traces (with a pipeline) and overlays.
+TRAJECTORY_EXTRA_SEEDS = 3
 
 
 def default_pipeline() -> Any:
@@ -78,6 +86,9 @@ class Explorer(anywidget.AnyWidget):
         layer_filter: ``"all"``, a resolution such as ``"16x16"``, or a layer name.
         opacity: overlay opacity in [0, 1]. guidance_live: the guidance slider while it moves (what-if
         preview); guidance: its value on release (re-run). decode_request: increment to VAE-decode the step.
+        panel: the open on-demand panel: ``"guidance"`` (decomposition of the step), ``"sweep"`` (what-if
+        grid over guidance scales), ``"trajectory"`` (PCA of the latent path, several seeds), or ``""``;
+        panel_png / panel_label: its picture of the current step.
         preview_method: ``"vae"`` when the x0 / x_t frames (and what-if previews) are VAE decodes (a
         pipeline is given and decoding every step is cheap), else ``"linear"``; preview_label says so.
     """
@@ -127,6 +138,10 @@ class Explorer(anywidget.AnyWidget):
     detail = traitlets.Bytes(b"").tag(sync=True)
     detail_label = traitlets.Unicode("").tag(sync=True)
 
+    panel = traitlets.Unicode("").tag(sync=True)  # the open on-demand panel, one of PANELS
+    panel_png = traitlets.Bytes(b"").tag(sync=True)
+    panel_label = traitlets.Unicode("").tag(sync=True)
+
     def __init__(
         self,
         trace: Trace | None = None,
@@ -151,6 +166,7 @@ class Explorer(anywidget.AnyWidget):
         self.quality = int(quality)
         self.trace: Trace | None = None
         self.runs: dict[tuple, Trace] = {}
+        self.seed_runs: dict[tuple, Trace] = {}  # trajectory-only runs (no attention), by run_key
         self.run_count = 0
         self.cache_hits = 0
         self._generation = 0
@@ -217,8 +233,11 @@ class Explorer(anywidget.AnyWidget):
             self.guidance = trace.guidance_scale
             self.whatif, self.whatif_label = b"", ""
             self.detail, self.detail_label = b"", ""
+            self.panel_png, self.panel_label = b"", ""
             self.step = min(self.step, trace.num_steps - 1)
         self._update_maps()
+        if self.panel:
+            self._worker.submit("panel", self._render_panel)
 
     def choose_preview_method(self, trace: Trace) -> str:
         """``"vae"`` when there is a pipeline and decoding every step of ``trace`` is cheap
@@ -330,6 +349,8 @@ class Explorer(anywidget.AnyWidget):
             self._worker.submit("whatif", self._render_whatif)
         if self.detail:
             self._worker.submit("detail", self._render_detail)
+        if self.panel:
+            self._worker.submit("panel", self._render_panel)
 
     @traitlets.observe("guidance_live")
     def _on_guidance_live(self, change: dict[str, Any]) -> None:
@@ -363,6 +384,73 @@ class Explorer(anywidget.AnyWidget):
             self.detail = encode(image, self.image_format, self.quality)
             self.detail_label = f"x\u2080 of step {step + 1}: {label}" + (" + token map" if heat is not None else "")
 
+    @traitlets.observe("panel")
+    def _on_panel(self, change: dict[str, Any]) -> None:
+        if self.panel not in PANELS:
+            self.error = f"panel={self.panel!r} is not allowed; use one of {list(PANELS)}."
+            return
+        if not self.panel:
+            self.panel_png, self.panel_label = b"", ""
+        elif self.trace is not None:
+            self._worker.submit("panel", self._render_panel)
+
+    def _render_panel(self) -> None:
+        """Draw the open panel for the current step (matplotlib figure → PNG)."""
+        tr, step, name = self.trace, self.step, self.panel
+        pipe = self.pipe if self.preview_method == "vae" else None
+        how = "VAE decodes" if pipe is not None else "linear previews"
+        if name in ("guidance", "sweep") and not tr.has_uncond:
+            png, label = b"", f"{name}: this trace has no unconditional branch (guidance_scale {tr.guidance_scale:g})."
+        elif name == "guidance":
+            png = figure_png(guidance_decomposition(tr, step, method=self.preview_method, pipe=pipe))
+            label = f"guidance decomposition of step {step + 1}: x\u2080 uncond / cond / guided and |\u03b5_cond \u2212 \u03b5_uncond| ({how})"
+        elif name == "sweep":
+            png = figure_png(guidance_sweep(tr, step, DEFAULT_SWEEP, method=self.preview_method, pipe=pipe))
+            label = f"guidance sweep of step {step + 1}: what-if x\u2080 from the recorded \u03b5 ({how})"
+        elif name == "trajectory":
+            traces = [tr, *self.seed_traces(tr)]
+            labels = [f"seed {t.metadata.get('seed')}" for t in traces]
+            png = figure_png(latent_trajectory(traces, step, labels=labels))
+            label = f"latent trajectory (PCA), {len(traces)} seed(s), step {step + 1} circled"
+            if self.pipe is None:
+                label += "; other seeds need the pipeline"
+        else:
+            return
+        if self.trace is not tr or self.panel != name:
+            return  # superseded while drawing
+        with self.hold_sync():
+            self.panel_png, self.panel_label = png, label
+
+    def seed_traces(self, trace: Trace, count: int = TRAJECTORY_EXTRA_SEEDS) -> list[Trace]:
+        """``trace`` re-run (without attention) at the next ``count`` seeds, cached; ``[]`` without a pipeline."""
+        if self.pipe is None:
+            return []
+        from ..tracing import trace as run_trace
+
+        seed = int(trace.metadata.get("seed") or 0)
+        results = []
+        for other in range(seed + 1, seed + 1 + count):
+            key = run_key(trace)[:2] + (other,) + run_key(trace)[3:]
+            if key not in self.seed_runs:
+                self.status = f"tracing seed {other} for the trajectory…"
+                kwargs = {**self._run_kwargs(trace), "record": "none"}
+                self.seed_runs[key] = run_trace(self.pipe, trace.prompt, negative_prompt=trace.negative_prompt,
+                                                num_inference_steps=int(trace.metadata["num_inference_steps"]),
+                                                guidance_scale=trace.guidance_scale, seed=other, progress=False,
+                                                **kwargs)  # fmt: skip
+            results.append(self.seed_runs[key])
+        self.status = ""
+        return results
+
+    def _run_kwargs(self, trace: Trace) -> dict[str, Any]:
+        """Keyword arguments re-creating ``trace``'s run (record mode, scheduler, size) besides prompt and seed."""
+        sched = trace.metadata.get("scheduler", {})
+        kwargs = {"record": trace.attention_mode if trace.attention_mode != "none" else "none", **self.trace_kwargs}
+        kwargs.setdefault("scheduler", sched.get("name"))
+        kwargs.setdefault("height", trace.height)
+        kwargs.setdefault("width", trace.width)
+        return kwargs
+
     @traitlets.observe("guidance")
     def _on_guidance(self, change: dict[str, Any]) -> None:
         if self.trace is None or abs(change["new"] - self.trace.guidance_scale) < 1e-9:
@@ -383,11 +471,7 @@ class Explorer(anywidget.AnyWidget):
             if self.pipe is None:
                 raise ValueError("re-running with a new guidance scale needs the pipeline: explore(trace, pipe=pipe).")
             meta = tr.metadata
-            sched = meta.get("scheduler", {})
-            kwargs = {"record": tr.attention_mode if tr.attention_mode != "none" else "none", **self.trace_kwargs}
-            kwargs.setdefault("scheduler", sched.get("name"))
-            kwargs.setdefault("height", tr.height)
-            kwargs.setdefault("width", tr.width)
+            kwargs = self._run_kwargs(tr)
             self.status = f"re-running at guidance {guidance_scale:g}…"
             result = run_trace(self.pipe, tr.prompt, negative_prompt=tr.negative_prompt,
                                num_inference_steps=int(meta["num_inference_steps"]), guidance_scale=guidance_scale,

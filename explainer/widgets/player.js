@@ -20,7 +20,7 @@ function h(tag, attrs = {}, ...children) {
 function render({ model, el }) {
   const root = h("div", { class: "sdx", tabindex: "0" });
   el.append(root);
-  const urls = { frames: {}, final: null, schedule: null, emergence: null, whatif: null, detail: null };
+  const urls = { frames: {}, final: null, schedule: null, emergence: null, whatif: null, detail: null, panel: null };
   const state = { step: model.get("step"), timer: null, sendTimer: null, lastSent: 0, drawToken: 0 };
   const revokeAll = (list) => { for (const u of list) if (u) URL.revokeObjectURL(u); };
 
@@ -83,7 +83,20 @@ function render({ model, el }) {
     h("div", { class: "sdx-row" }, h("figure", {}, h("div", { class: "sdx-frame" }, whatif), whatifCap),
       h("figure", {}, h("div", { class: "sdx-frame" }, detail), detailCap)));
 
-  root.append(error, status, title, previewKind, panelsRow, controls, plots, tokensRow, guidanceRow);
+  const tabs = h("div", { class: "sdx-controls sdx-tabs", role: "tablist" });
+  const tabButtons = {};
+  for (const [key, text] of [["guidance", "guidance decomposition"], ["sweep", "guidance sweep"], ["trajectory", "latent trajectory"]]) {
+    const b = h("button", { type: "button", role: "tab", "data-tab": key, text });
+    b.addEventListener("click", () => commit("panel", model.get("panel") === key ? "" : key));
+    tabButtons[key] = b;
+    tabs.append(b);
+  }
+  const panelImg = h("img", { class: "sdx-panel-img", alt: "panel" });
+  const panelCap = h("figcaption");
+  const panelFig = h("figure", { class: "sdx-panel" }, h("div", { class: "sdx-frame" }, panelImg), panelCap);
+  const panelBox = h("div", { class: "sdx-panel-box" }, tabs, panelFig);
+
+  root.append(error, status, title, previewKind, panelsRow, controls, plots, tokensRow, guidanceRow, panelBox);
 
   const count = () => (model.get("frames").x0 || []).length;
   const mime = () => "image/" + model.get("image_format");
@@ -228,6 +241,16 @@ function render({ model, el }) {
     if (urls[name]) img.src = urls[name];
     cap.textContent = model.get(name + "_label");
   }
+  function loadPanel() {
+    for (const [key, b] of Object.entries(tabButtons)) b.setAttribute("aria-pressed", String(model.get("panel") === key));
+    if (urls.panel) URL.revokeObjectURL(urls.panel);
+    const png = model.get("panel_png");
+    urls.panel = png && png.byteLength ? blobUrl(png, "image/png") : null;
+    if (urls.panel) panelImg.src = urls.panel;
+    panelImg.hidden = !urls.panel;
+    panelCap.textContent = model.get("panel_label");
+    panelFig.hidden = !model.get("panel");
+  }
   function loadText() {
     error.textContent = model.get("error");
     error.hidden = !model.get("error");
@@ -286,17 +309,18 @@ function render({ model, el }) {
   model.on("change:opacity", () => { loadControls(); drawOverlay(); });
   model.on("change:whatif", () => loadImage(whatif, "whatif", whatifCap));
   model.on("change:detail", () => loadImage(detail, "detail", detailCap));
+  for (const name of ["panel", "panel_png", "panel_label"]) model.on("change:" + name, loadPanel);
   for (const name of ["error", "status", "title", "preview_label"]) model.on("change:" + name, loadText);
 
   loadText(); loadControls(); loadChips(); loadFrames();
   setPlot(schedule, "schedule"); setPlot(emergence, "emergence");
   loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap);
-  loadMaps();
+  loadMaps(); loadPanel();
   return () => {
     pause();
     if (state.sendTimer !== null) clearTimeout(state.sendTimer);
     for (const list of Object.values(urls.frames)) revokeAll(list);
-    revokeAll([urls.final, urls.schedule, urls.emergence, urls.whatif, urls.detail]);
+    revokeAll([urls.final, urls.schedule, urls.emergence, urls.whatif, urls.detail, urls.panel]);
   };
 }
 
