@@ -236,7 +236,8 @@ function render({ model, el }) {
   }
   function loadImage(img, name, cap) {
     if (urls[name]) URL.revokeObjectURL(urls[name]);
-    urls[name] = blobUrl(model.get(name), mime());
+    const data = model.get(name);
+    urls[name] = data && data.byteLength ? blobUrl(data, mime()) : null;  // empty bytes: nothing to show
     img.closest("figure").hidden = !urls[name];
     if (urls[name]) img.src = urls[name];
     cap.textContent = model.get(name + "_label");
