@@ -172,6 +172,10 @@ def test_guidance_preview_is_what_if_without_a_run(w, tr):
     assert w.whatif == encode(tr.what_if(2, 1.0, method="vae", pipe=w.pipe), "jpeg", 85)
     assert w.whatif != encode(tr.preview(2, method="vae", pipe=w.pipe), "jpeg", 85)
     assert w.run_count == 0
+    w.guidance_live = tr.guidance_scale  # back to the recorded scale: the shown what-if still follows the step
+    w.step = 4
+    assert w.wait_idle() and "step 5" in w.whatif_label
+    assert w.whatif == encode(tr.what_if(4, tr.guidance_scale, method="vae", pipe=w.pipe), "jpeg", 85)
 
 
 def test_guidance_release_runs_once_then_hits_the_cache(w, tr):

@@ -345,8 +345,8 @@ class Explorer(anywidget.AnyWidget):
         if not 0 <= self.step < self.trace.num_steps:
             self.error = f"step={self.step} is out of range; this trace has steps 0..{self.trace.num_steps - 1}."
             return
-        if self.guidance_live != self.guidance_recorded and self.trace.has_uncond:
-            self._worker.submit("whatif", self._render_whatif)
+        if (self.whatif or self.guidance_live != self.guidance_recorded) and self.trace.has_uncond:
+            self._worker.submit("whatif", self._render_whatif)  # a shown what-if follows the step
         if self.detail:
             self._worker.submit("detail", self._render_detail)
         if self.panel:
