@@ -60,3 +60,31 @@ def test_export_is_a_diffusers_folder(tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.scheduler.config.timestep_spacing == "trailing"
     assert pipe.unet.dtype == torch.float32
+
+
+def test_grounding_loss_scores_attention_against_object_masks():
+    from explainer.toy.train import grounding_loss, object_token_indices
+
+    assert object_token_indices("a red circle above a blue square") == [(2, 3), (6, 7)]
+    assert object_token_indices("a red circle on the left") == [(2, 3)]
+    cover = torch.zeros(1, 1, 8, 8)
+    cover[0, 0, :4, :4] = 1.0  # the object fills the top-left quarter
+    inside = torch.full((1, 16, 77), 1e-6)  # [batch*heads, pixels (4x4), tokens]
+    outside = inside.clone()
+    inside[0, 0, 2:4] = 1.0  # pixel (0, 0) of the 4x4 map lies in the object
+    outside[0, 15, 2:4] = 1.0  # pixel (3, 3) does not
+    caps = ["a red circle on the left"]
+    assert grounding_loss([(1, inside)], caps, cover).item() < 0.01
+    assert grounding_loss([(1, outside)], caps, cover).item() > 0.99
+    assert grounding_loss([(1, inside)], [""], cover).item() == 0.0  # dropped captions are skipped
+
+
+def test_grounding_term_changes_training_and_leaves_processors_as_they_were(tmp_path):
+    plain = Trainer(tmp_path / "a", TrainConfig(vae_steps=1, steps=1, **TINY), "cpu")
+    grounded = Trainer(tmp_path / "b", TrainConfig(vae_steps=1, steps=1, grounding_weight=1.0, **TINY), "cpu")
+    before = {n: type(p) for n, p in grounded.unet.attn_processors.items()}
+    for tr in (plain, grounded):
+        tr.train_vae(progress=False)
+    with torch.no_grad():
+        assert grounded.diffusion_loss(0).item() > plain.diffusion_loss(0).item()
+    assert {n: type(p) for n, p in grounded.unet.attn_processors.items()} == before

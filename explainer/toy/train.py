@@ -56,6 +56,7 @@ class TrainConfig:
     high_noise_fraction: float = 0.5  # this share of each batch draws t >= high_noise_min_t
     high_noise_min_t: int = 400
     min_snr_gamma: float = 5.0
+    grounding_weight: float = 0.0  # attention grounding of object words (TokenCompose-style); 0: off
     ema_decay: float = 0.999
     pad_to: int | None = None  # pad captions to this many tokens in training (None: the tokenizer's max)
     # Model sizes
@@ -216,6 +217,92 @@ class _Log:
             f.write(json.dumps(row) + "\n")
 
 
+# ------------------------------------------------------------------------------------- grounding
+class _RecordingAttnProcessor:
+    """Cross-attention processor that keeps the attention probabilities for a loss.
+
+    The layer's output comes from diffusers' classic ``AttnProcessor``; the probabilities
+    (``[batch * heads, pixels, tokens]``) are computed beside it with ``attn.get_attention_scores``.
+    """
+
+    def __init__(self, store: list):
+        from diffusers.models.attention_processor import AttnProcessor
+
+        self.store, self.inner = store, AttnProcessor()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        self.store.append((attn.heads, attn.get_attention_scores(q, k, None)))
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+class _attention_recorder:
+    """Context manager: record the UNet's cross-attention probabilities (``enabled``) for one call,
+    then put the original processors back."""
+
+    def __init__(self, unet, enabled: bool):
+        self.unet, self.enabled, self.probs = unet, enabled, []
+
+    def __enter__(self) -> list:
+        if self.enabled:
+            self.saved = dict(self.unet.attn_processors)
+            procs = {n: (_RecordingAttnProcessor(self.probs) if ".attn2." in n else p) for n, p in self.saved.items()}
+            self.unet.set_attn_processor(procs)
+        return self.probs
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.unet.set_attn_processor(dict(self.saved))
+
+
+def object_token_indices(caption: str) -> list[tuple[int, int]]:
+    """Token positions ``(colour, shape)`` of each object named in a world caption.
+
+    Every colour and shape word is one CLIP BPE token, so word ``i`` of the caption is token ``i + 1``
+    (after BOS): ``a red circle above a blue square`` → ``[(2, 3), (6, 7)]``.
+    """
+    from .world import parse_caption
+
+    n = len(parse_caption(caption))
+    return [(2, 3)] if n == 1 else [(2, 3), (6, 7)]
+
+
+def grounding_loss(probs: list, captions: list[str], cover: torch.Tensor) -> torch.Tensor:
+    """Mean share of each object word's cross-attention that falls outside its object.
+
+    Args:
+        probs: ``(heads, [batch * heads, pixels, tokens])`` per cross-attention call.
+        captions: the batch's captions (``""`` for dropped ones, which are skipped).
+        cover: ``[batch, K, H, W]`` object coverage at image resolution.
+
+    Returns:
+        A scalar in [0, 1] (0 when no caption names an object).
+    """
+    rows, tokens, objects = [], [], []
+    for i, c in enumerate(captions):
+        if c:
+            for j, (tc, ts) in enumerate(object_token_indices(c)):
+                rows += [i, i]
+                tokens += [tc, ts]
+                objects += [j, j]
+    if not rows:
+        return cover.new_zeros(())
+    rows_t = torch.tensor(rows, device=cover.device)
+    tok_t = torch.tensor(tokens, device=cover.device)
+    obj_t = torch.tensor(objects, device=cover.device)
+    terms = []
+    for heads, p in probs:
+        b = p.shape[0] // heads
+        side = int(round(p.shape[1] ** 0.5))
+        a = p.float().view(b, heads, p.shape[1], p.shape[2]).mean(1)  # [batch, pixels, tokens]
+        m = F.adaptive_avg_pool2d(cover, (side, side)).flatten(2)  # [batch, K, pixels]
+        att = a[rows_t, :, tok_t]  # [word, pixels]
+        inside = (att * m[rows_t, obj_t]).sum(-1) / att.sum(-1).clamp_min(1e-8)
+        terms.append(1 - inside.mean())
+    return torch.stack(terms).mean()
+
+
 # ------------------------------------------------------------------------------------------ train
 class Trainer:
     """Two-stage trainer with full-state checkpoints in ``out/``.
@@ -295,9 +382,15 @@ class Trainer:
 
     # -- data
     def images(self, n: int, stage: int, step: int) -> tuple[torch.Tensor, list[str]]:
+        x, captions, _ = self.images_and_masks(n, stage, step)
+        return x, captions
+
+    def images_and_masks(self, n: int, stage: int, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """The batch of ``(stage, step)``: images ``[N, 3, H, W]`` in [-1, 1], captions, and each
+        object's coverage ``[N, K, H, W]``."""
         scenes = sample_scenes(n, self.cfg.seed * 1000 + stage, step)
-        x = render(scenes, self.cfg.image_size, device=self.device) * 2 - 1  # [N, 3, H, W] in [-1, 1]
-        return x, [s.caption for s in scenes]
+        x, cover = render(scenes, self.cfg.image_size, device=self.device, masks=True)
+        return x * 2 - 1, [s.caption for s in scenes], cover
 
     # -- stage 1
     def train_vae(self, deadline: float | None = None, progress: bool = True) -> None:
@@ -391,7 +484,7 @@ class Trainer:
         # min-SNR-γ weighting in x0 units, floored at 1 so that pure noise (SNR 0) still trains.
         weight = snr.clamp(1.0, cfg.min_snr_gamma) / (snr + 1)  # [T], for the v-prediction loss
         T = self.noise.config.num_train_timesteps
-        x, captions = self.images(cfg.batch, 2, step)
+        x, captions, cover = self.images_and_masks(cfg.batch, 2, step)
         gen = _step_generator(cfg.seed, 2, step)
         drop = torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
@@ -410,9 +503,13 @@ class Trainer:
         ids = self.tokens(captions).to(self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             cond = self.text(ids)[0]
-            pred = self.unet(noisy, t, cond).sample
+            with _attention_recorder(self.unet, cfg.grounding_weight > 0) as probs:
+                pred = self.unet(noisy, t, cond).sample
         per = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
-        return (per * weight[t]).mean()
+        loss = (per * weight[t]).mean()
+        if cfg.grounding_weight > 0:
+            loss = loss + cfg.grounding_weight * grounding_loss(probs, captions, cover)
+        return loss
 
     def vae_loss(self, step: int) -> torch.Tensor:
         """Stage 1's loss (MSE reconstruction + a small KL) on the batch of ``step``."""
@@ -521,6 +618,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="stage-2 steps in total")
     p.add_argument("--vae-steps", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--grounding-weight", type=float, default=None,
+                   help="weight of the attention-grounding term for object words (default 0: off)")
     p.add_argument("--export", default=None, help="write the EMA model as a diffusers folder here and exit")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -530,6 +629,10 @@ def main(argv: list[str] | None = None) -> None:
             if val < 0:
                 p.error(f"--{name.replace('_', '-')} must be >= 0, got {val}")
             overrides[name] = val
+    if a.grounding_weight is not None:
+        if not a.grounding_weight >= 0:
+            p.error(f"--grounding-weight must be >= 0, got {a.grounding_weight}")
+        overrides["grounding_weight"] = a.grounding_weight
     tr = Trainer(a.out, TrainConfig(seed=a.seed), a.device, overrides)
     if a.export:
         print(tr.export(a.export))

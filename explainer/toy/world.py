@@ -191,27 +191,13 @@ def scene_tensors(scenes: list[Scene], device: str | torch.device = "cpu") -> di
     return {name: torch.from_numpy(np.ascontiguousarray(v)).to(device) for name, v in t.items()}
 
 
-def render(scenes: list[Scene], size: int = IMAGE_SIZE, supersample: int = 2, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Render scenes as images, all at once.
-
-    Args:
-        scenes: the scenes to draw.
-        size: output side in pixels.
-        supersample: anti-aliasing factor (each pixel averages ``supersample**2`` samples).
-        device: where to render.
-
-    Returns:
-        float tensor ``[N, 3, size, size]`` in ``[0, 1]``.
-    """
-    if not scenes:
-        return torch.zeros(0, 3, size, size, device=device)
-    p = scene_tensors(scenes, device)
-    n, big = len(scenes), size * supersample
+def _object_masks(p: dict[str, torch.Tensor], big: int, device: str | torch.device) -> torch.Tensor:
+    """``[N, K, big, big]`` bool: where each object slot of packed scenes lies."""
+    n = p["present"].shape[0]
     coords = (torch.arange(big, device=device, dtype=torch.float32) + 0.5) / big
     v, u = torch.meshgrid(coords, coords, indexing="ij")  # v: rows (y), u: columns (x), [big, big]
-    bg = torch.tensor(BACKGROUND, device=device, dtype=torch.float32) / 255.0
-    img = bg.view(1, 3, 1, 1).expand(n, 3, big, big).clone()  # [N, 3, big, big]
-    for j in range(p["present"].shape[1]):  # later objects are drawn over earlier ones
+    out = []
+    for j in range(p["present"].shape[1]):
         cx, cy, r = (p[name][:, j].view(n, 1, 1) for name in ("cx", "cy", "size"))
         du, dv = u - cx, v - cy  # [N, big, big]
         circle = du * du + dv * dv <= r * r
@@ -220,12 +206,46 @@ def render(scenes: list[Scene], size: int = IMAGE_SIZE, supersample: int = 2, de
         t = (dv + r) / (2 * r)  # upward triangle: 0 at the apex (top centre), 1 at the base
         triangle = (t >= 0) & (t <= 1) & (du.abs() <= r * t)
         masks = torch.stack([circle, square, triangle], 1)  # [N, shape, big, big], same order as SHAPES
-        mask = masks.gather(1, p["shape"][:, j].view(n, 1, 1, 1).expand(n, 1, big, big))  # [N, 1, big, big]
-        mask &= p["present"][:, j].view(n, 1, 1, 1)
-        img = torch.where(mask, p["rgb"][:, j].view(n, 3, 1, 1), img)
+        mask = masks.gather(1, p["shape"][:, j].view(n, 1, 1, 1).expand(n, 1, big, big))[:, 0]  # [N, big, big]
+        out.append(mask & p["present"][:, j].view(n, 1, 1))
+    return torch.stack(out, 1)
+
+
+def render(
+    scenes: list[Scene],
+    size: int = IMAGE_SIZE,
+    supersample: int = 2,
+    device: str | torch.device = "cpu",
+    masks: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Render scenes as images, all at once.
+
+    Args:
+        scenes: the scenes to draw.
+        size: output side in pixels.
+        supersample: anti-aliasing factor (each pixel averages ``supersample**2`` samples).
+        device: where to render.
+        masks: also return each object's coverage.
+
+    Returns:
+        float tensor ``[N, 3, size, size]`` in ``[0, 1]``; with ``masks``, also ``[N, K, size, size]``
+        coverage in ``[0, 1]`` per object slot (K: the most objects in a scene; empty slots are 0).
+    """
+    if not scenes:
+        img = torch.zeros(0, 3, size, size, device=device)
+        return (img, torch.zeros(0, 0, size, size, device=device)) if masks else img
+    p = scene_tensors(scenes, device)
+    n, big = len(scenes), size * supersample
+    obj = _object_masks(p, big, device)  # [N, K, big, big]
+    bg = torch.tensor(BACKGROUND, device=device, dtype=torch.float32) / 255.0
+    img = bg.view(1, 3, 1, 1).expand(n, 3, big, big).clone()  # [N, 3, big, big]
+    for j in range(obj.shape[1]):  # later objects are drawn over earlier ones
+        img = torch.where(obj[:, j : j + 1], p["rgb"][:, j].view(n, 3, 1, 1), img)
+    cover = obj.float()
     if supersample > 1:
         img = torch.nn.functional.avg_pool2d(img, supersample)
-    return img
+        cover = torch.nn.functional.avg_pool2d(cover, supersample)
+    return (img, cover) if masks else img
 
 
 def render_pil(scene: Scene, size: int = IMAGE_SIZE):
