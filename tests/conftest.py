@@ -119,3 +119,32 @@ def basic_trace(pipe):
     import explainer
 
     return explainer.trace(pipe, "a red cube beside a blue sphere", num_inference_steps=3, scheduler="ddim", progress=False)
+
+
+def _smooth_latents(steps: int) -> tuple:
+    """Smooth synthetic 4x16x16 latents whose pattern shifts from step to step.
+
+    Random-weight latents decode to pixel noise, the worst case for any image encoder; these give
+    natural-image-like frames that are each clearly different from the others.
+
+    Returns:
+        ``(latents [steps+1, 4, 16, 16], x0 [steps, 4, 16, 16], input_scale [steps+1])``, float32.
+    """
+    import numpy as np
+
+    yy, xx = np.mgrid[0:1:16j, 0:1:16j]
+
+    def field(phase: float) -> np.ndarray:
+        return np.stack(
+            [0.8 * np.sin(2 * np.pi * (xx * (1 + c % 2) + yy * (0.5 + c // 2)) + phase + c) for c in range(4)]
+        )
+
+    latents = np.stack([field(0.9 * i) for i in range(steps + 1)]).astype(np.float32)
+    x0 = np.stack([field(0.9 * i + 2.0) for i in range(steps)]).astype(np.float32)
+    return latents, x0, np.ones(steps + 1, np.float32)
+
+
+@pytest.fixture(scope="session")
+def smooth_latents():
+    """The function ``steps -> (latents, x0, input_scale)`` of smooth synthetic latents (export tests)."""
+    return _smooth_latents

@@ -36,22 +36,10 @@ def tr(pipe):
 
 
 @pytest.fixture(scope="module")
-def smooth(tr):
-    """The trace with smooth synthetic latents whose pattern shifts from step to step.
-
-    Random-weight latents decode to saturated pixel noise, the worst case for any encoder; these
-    give natural-image-like content, and every step looks clearly different from the others.
-    """
-    yy, xx = np.mgrid[0:1:16j, 0:1:16j]
-
-    def field(phase: float) -> np.ndarray:
-        return np.stack(
-            [0.8 * np.sin(2 * np.pi * (xx * (1 + c % 2) + yy * (0.5 + c // 2)) + phase + c) for c in range(4)]
-        )
-
-    latents = np.stack([field(0.9 * i) for i in range(STEPS + 1)]).astype(np.float32)
-    x0 = np.stack([field(0.9 * i + 2.0) for i in range(STEPS)]).astype(np.float32)
-    return dataclasses.replace(tr, latents=latents, x0=x0, input_scale=np.ones(STEPS + 1, np.float32))
+def smooth(tr, smooth_latents):
+    """The trace with smooth synthetic latents whose pattern shifts from step to step."""
+    latents, x0, scale = smooth_latents(STEPS)
+    return dataclasses.replace(tr, latents=latents, x0=x0, input_scale=scale)
 
 
 def mad(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> float:

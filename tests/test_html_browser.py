@@ -44,7 +44,7 @@ PIXELS_JS = """async (el) => {
 
 
 @pytest.fixture(scope="module")
-def tr(pipe):
+def tr(pipe, smooth_latents):
     """A real trace of the tiny pipeline (its attention maps), with smooth synthetic latents.
 
     Random weights give pixel-noise previews, the worst case for JPEG; smooth latents that shift
@@ -53,18 +53,8 @@ def tr(pipe):
     prompt = "a red circle above a blue square"
     result = explainer.trace(pipe, prompt, num_inference_steps=STEPS, scheduler="ddim", progress=False)
     rgb = explainer.LatentRGB(np.asarray(SD1_LATENT_RGB_FACTORS, np.float32), np.zeros(3, np.float32), "test:sd1")
-    yy, xx = np.mgrid[0:1:16j, 0:1:16j]
-
-    def field(phase: float) -> np.ndarray:
-        return np.stack(
-            [0.8 * np.sin(2 * np.pi * (xx * (1 + c % 2) + yy * (0.5 + c // 2)) + phase + c) for c in range(4)]
-        )
-
-    latents = np.stack([field(0.9 * i) for i in range(STEPS + 1)]).astype(np.float32)
-    x0 = np.stack([field(0.9 * i + 2.0) for i in range(STEPS)]).astype(np.float32)
-    return dataclasses.replace(
-        result, latent_rgb=rgb, latents=latents, x0=x0, input_scale=np.ones(STEPS + 1, np.float32)
-    )
+    latents, x0, scale = smooth_latents(STEPS)
+    return dataclasses.replace(result, latent_rgb=rgb, latents=latents, x0=x0, input_scale=scale)
 
 
 @pytest.fixture(scope="module")
