@@ -88,3 +88,28 @@ def test_grounding_term_changes_training_and_leaves_processors_as_they_were(tmp_
     with torch.no_grad():
         assert grounded.diffusion_loss(0).item() > plain.diffusion_loss(0).item()
     assert {n: type(p) for n, p in grounded.unet.attn_processors.items()} == before
+
+
+def test_fine_tune_starts_from_an_exported_model(tmp_path):
+    import pytest
+
+    src = Trainer(tmp_path / "src", TrainConfig(vae_steps=2, steps=2, **TINY), "cpu")
+    src.train_vae(progress=False)
+    src.train_diffusion(progress=False)
+    model = src.export(tmp_path / "model", dtype=torch.float32)
+
+    # sizes come from the exported model, not from the (default-sized) config passed in
+    ft = Trainer(tmp_path / "ft", TrainConfig(grounding_weight=0.5), "cpu", init_from=model)
+    assert ft.cfg.unet_channels == TINY["unet_channels"] and ft.cfg.grounding_weight == 0.5
+    assert ft.step == 0 and ft.vae_step == ft.cfg.vae_steps and ft.scaling_factor == src.scaling_factor
+    for k, v in ft.unet.state_dict().items():
+        assert torch.equal(v, src.ema[f"unet.{k}"]), k  # the export holds the EMA weights
+        assert torch.equal(ft.ema[f"unet.{k}"], v), k
+    ft.cfg.steps = 1
+    ft.train_diffusion(progress=False)
+    assert ft.step == 1
+    again = Trainer(tmp_path / "ft", None, "cpu", init_from=model)  # a checkpoint wins over init_from
+    assert again.step == 1
+
+    with pytest.raises(ValueError, match="init_from"):
+        Trainer(tmp_path / "bad", None, "cpu", init_from=tmp_path / "src")

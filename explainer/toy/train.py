@@ -313,12 +313,17 @@ class Trainer:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     """
 
-    def __init__(self, out: str | Path, cfg: TrainConfig | None = None, device: str = "auto", overrides: dict | None = None):
+    def __init__(self, out: str | Path, cfg: TrainConfig | None = None, device: str = "auto",
+                 overrides: dict | None = None, init_from: str | Path | None = None):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = _device(device)
         ckpt = self.out / "checkpoint.pt"
         state = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt.exists() else None
+        init = None
+        if state is None and init_from is not None:
+            init = _read_init(init_from)
+            cfg = TrainConfig.from_dict({**asdict(cfg or TrainConfig()), **init["sizes"]})
         self.cfg = TrainConfig.from_dict(json.loads(state["config"])) if state else (cfg or TrainConfig())
         for k, v in (overrides or {}).items():  # e.g. more steps for a resumed run
             setattr(self.cfg, k, v)
@@ -340,6 +345,8 @@ class Trainer:
         self.ema.update({f"text_encoder.{k}": v.detach().clone() for k, v in self.text.state_dict().items()})
         if state:
             self._load(state)
+        elif init is not None:
+            self._init_from(init)
         for mod in (self.vae, self.text, self.unet):
             mod.to(self.device)
         self.ema = {k: v.to(self.device) for k, v in self.ema.items()}
@@ -349,6 +356,16 @@ class Trainer:
         self.tokens = _TokenCache(self.tokenizer, length)
 
     # -- checkpoints
+    def _init_from(self, init: dict) -> None:
+        """Start stage 2 from an exported model: its VAE (stage 1 counts as done), its scaling factor,
+        and its text encoder and UNet as both the live and the EMA weights."""
+        self.vae.load_state_dict(init["vae"])
+        self.unet.load_state_dict(init["unet"])
+        self.text.load_state_dict(init["text_encoder"])
+        self.vae_step, self.scaling_factor = self.cfg.vae_steps, init["scaling_factor"]
+        self.ema = {f"unet.{k}": v.detach().clone() for k, v in self.unet.state_dict().items()}
+        self.ema.update({f"text_encoder.{k}": v.detach().clone() for k, v in self.text.state_dict().items()})
+
     def _load(self, s: dict) -> None:
         self.vae.load_state_dict(s["vae"])
         self.unet.load_state_dict(s["unet"])
@@ -607,6 +624,23 @@ class Trainer:
         return Path(path)
 
 
+def _read_init(path: str | Path) -> dict:
+    """Weights, model sizes and scaling factor of an exported toy model (a diffusers folder with the
+    ``training.json`` that :meth:`Trainer.export` writes), in fp32."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info_file = path / "training.json"
+    if not info_file.is_file():
+        raise ValueError(f"init_from={str(path)!r} is not an exported toy model: it has no training.json")
+    info = json.loads(info_file.read_text())
+    size_keys = ("image_size", "unet_channels", "unet_heads", "text_width", "text_layers", "vae_channels", "vae_steps")
+    out = {"sizes": {k: info["train_config"][k] for k in size_keys}, "scaling_factor": float(info["scaling_factor"])}
+    for part, fname in (("vae", "diffusion_pytorch_model"), ("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        out[part] = {k: v.float() for k, v in load_file(str(path / part / f"{fname}.safetensors")).items()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m explainer.toy.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/toy", help="run folder (resumes from its checkpoint)")
@@ -620,6 +654,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--grounding-weight", type=float, default=None,
                    help="weight of the attention-grounding term for object words (default 0: off)")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune: start a new run from an exported model folder (e.g. assets/toy)")
+    p.add_argument("--unet-lr", type=float, default=None)
+    p.add_argument("--text-lr", type=float, default=None)
     p.add_argument("--export", default=None, help="write the EMA model as a diffusers folder here and exit")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -633,7 +671,15 @@ def main(argv: list[str] | None = None) -> None:
         if not a.grounding_weight >= 0:
             p.error(f"--grounding-weight must be >= 0, got {a.grounding_weight}")
         overrides["grounding_weight"] = a.grounding_weight
-    tr = Trainer(a.out, TrainConfig(seed=a.seed), a.device, overrides)
+    for name, val in (("unet_lr", a.unet_lr), ("text_lr", a.text_lr)):
+        if val is not None:
+            if not val > 0:
+                p.error(f"--{name.replace('_', '-')} must be > 0, got {val}")
+            overrides[name] = val
+    try:
+        tr = Trainer(a.out, TrainConfig(seed=a.seed), a.device, overrides, init_from=a.init_from)
+    except ValueError as e:
+        p.error(str(e))
     if a.export:
         print(tr.export(a.export))
         return
