@@ -243,3 +243,111 @@ def test_rerun_without_pipeline_is_a_message(tr):
 def test_explore_default_toy_model():
     w = explore("a red circle", num_inference_steps=4)
     assert w.error == "" and len(w.frames["x0"]) == 4 and w.display_size == [256, 256] and w.pixelated
+
+
+def test_superseded_rerun_stops_before_finishing(w, tr):
+    """A guidance request arriving while a re-run diffuses stops that run at its next UNet call."""
+    calls = []
+
+    def newer_request(module, args, output):
+        calls.append(w.guidance)
+        if len(calls) == 1:
+            w.guidance = 4.0  # arrives while the run at 3.0 is on its first step
+
+    handle = w.pipe.unet.register_forward_hook(newer_request)
+    try:
+        w.guidance = 3.0
+        assert w.wait_idle(60)
+    finally:
+        handle.remove()
+    assert w.error == "" and w.cancelled == [{"guidance": 3.0, "steps_done": 1, "steps": STEPS}]
+    assert len(calls) == 1 + STEPS  # one UNet call of the run at 3.0, then the whole run at 4.0
+    assert w.run_count == 1 and w.trace.guidance_scale == 4.0 and w.guidance_recorded == 4.0
+    assert not any(key[-1] == 3.0 for key in w.runs)  # the stopped run is not cached
+    w.guidance = 3.0  # asked again: it runs in full this time
+    assert w.wait_idle(60) and w.run_count == 2 and w.trace.guidance_scale == 3.0 and w.trace.complete
+
+
+def test_emergence_curve_has_prompt_and_negative_tokens(pipe):
+    from explainer.views import concentration
+    from explainer.widgets.panels import emergence_figure
+
+    tr = explainer.trace(pipe, "a red cube", negative_prompt="blurry", num_inference_steps=3, scheduler="ddim", progress=False)
+    w = Explorer(tr)
+    w.selected = ["uncond:1", "cond:2"]
+    assert w.wait_idle() and w.error == ""
+    assert w.emergence_labels == ["red (prompt)", "blurry (negative)"] and len(w.emergence_x) == 3
+    fig = emergence_figure(tr, {"cond": [2], "uncond": [1]})
+    lines = fig.axes[0].get_lines()
+    assert [ln.get_label() for ln in lines] == w.emergence_labels
+    assert np.allclose(lines[1].get_ydata(), concentration(tr, 1, branch="uncond"))
+    assert lines[0].get_linestyle() == "-" and lines[1].get_linestyle() == "--"
+    only_prompt = w.emergence_png
+    w.selected = ["cond:2"]
+    assert w.wait_idle() and w.emergence_labels == ["red (prompt)"] and w.emergence_png != only_prompt
+
+
+def _as_application(tr, mode: str, mask: bool = False):
+    """A copy of ``tr`` carrying the fields of an img2img / inpaint trace."""
+    import copy
+
+    out = copy.copy(tr)
+    out.metadata = {**tr.metadata, "mode": mode, "strength": 0.6, "start_step": 2}
+    yy, xx = np.mgrid[0 : tr.height, 0 : tr.width]
+    out.input_image = np.stack([xx * 8 % 256, yy * 8 % 256, np.full_like(xx, 90)], axis=-1).astype(np.uint8)
+    out.mask = ((abs(xx - tr.width / 2) < 8) & (abs(yy - tr.height / 2) < 6)).astype(np.float32) if mask else None
+    return out
+
+
+def test_img2img_shows_the_input_and_the_start(tr, pipe):
+    plain = Explorer(tr)
+    assert plain.mode == "txt2img" and plain.input_frame == b"" and plain.start_label == ""
+    w = Explorer(_as_application(tr, "img2img"), pipe=pipe)
+    assert w.error == "" and w.mode == "img2img" and w.input_frame_label == "input image"
+    assert w.start_label == f"img2img start, t = {float(tr.timesteps[0]):g}, strength 0.6"
+    shown = _png(w.input_frame).astype(int)
+    assert np.abs(shown - w.trace.input_image).mean() < 3  # the input image itself (JPEG)
+    assert w.schedule_png != plain.schedule_png and w.schedule_x == plain.schedule_x  # the start is marked
+    w.panel = "trajectory"  # other seeds are not traced for img2img: no error, a note
+    assert w.wait_idle() and w.error == "" and "txt2img only" in w.panel_label
+    w.guidance = 2.0  # re-runs are txt2img only so far: a message, not a wrong run
+    assert w.wait_idle() and "re-running an img2img trace" in w.error and w.run_count == 0
+
+
+def test_inpaint_input_has_the_mask_outline(tr):
+    from explainer.widgets.panels import MASK_OUTLINE, input_picture, mask_outline
+
+    app = _as_application(tr, "inpaint", mask=True)
+    w = Explorer(app)
+    assert w.mode == "inpaint" and "mask" in w.input_frame_label and w.start_label.startswith("inpaint start")
+    picture = np.asarray(input_picture(app))
+    edge = mask_outline(app.mask >= 0.5)
+    assert edge.sum() == 2 * (15 + 11) - 4  # the 16x12 box's border pixels (x in 9..23, y in 11..21: 15x11)
+    assert (picture[edge] == MASK_OUTLINE).all() and (picture[~edge] == app.input_image[~edge]).all()
+    bad = _as_application(tr, "outpaint")
+    with pytest.raises(ValueError, match=r"mode.*'outpaint' is not allowed; use one of \['txt2img', 'img2img', 'inpaint'\]"):
+        Explorer(bad)
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    for name in ("explainer.widgets.explore", "explainer.widgets.compare"):
+        module = importlib.import_module(name)
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, name
+
+
+def test_player_uses_only_the_anywidget_model_api():
+    """player.js is a self-contained anywidget ESM: no imports (so no CDN), no Jupyter globals, and
+    only the model calls every anywidget host (JupyterLab, Notebook 7, VS Code) provides."""
+    import re
+    from pathlib import Path
+
+    src = (Path(explainer.__file__).parent / "widgets" / "player.js").read_text()
+    assert not re.search(r"^\s*import\b|\bimport\s*\(|\brequire\s*\(", src, re.MULTILINE)
+    assert not re.search(r"https?://", src)
+    assert not re.search(r"\b(jupyterlab|JupyterLab|_jupyter|IPython|Jupyter|require\.js|define\()", src)
+    assert set(re.findall(r"\bmodel\.(\w+)\(", src)) <= {"get", "set", "on", "off", "save_changes", "send"}
+    assert re.search(r"^export default \{ render \};?$", src, re.MULTILINE)

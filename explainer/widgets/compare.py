@@ -42,6 +42,14 @@ def compare(
 
     Returns:
         A VBox; ``.explorers`` holds the two :class:`Explorer` widgets.
+
+    Example:
+        >>> import explainer
+        >>> box = explainer.compare("a red circle", "a red circle", num_inference_steps=6, b_kwargs={"seed": 1})
+        >>> left, right = box.explorers
+        >>> left.step = 4  # moving one side's slider moves the other
+        >>> right.step
+        4
     """
     try:
         ta = _as_trace(a, pipe, {**trace_kwargs, **(a_kwargs or {})})

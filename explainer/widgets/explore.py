@@ -5,8 +5,11 @@ slider moves (``player.js``); with a pipeline whose VAE is cheap to run (the toy
 x0 frames are VAE decodes, else linear previews. The kernel computes what needs the data or the
 model: token maps for the selected chips, the emergence curve, what-if guidance previews, full VAE
 decodes (cached), the open panel (guidance decomposition, guidance sweep, latent trajectory over
-seeds) for the current step, and guided re-runs (cached by prompt, negative, seed, steps, scheduler and guidance). These run
-on a background thread that keeps only the newest request of each kind.
+seeds) for the current step, and guided re-runs (cached by prompt, negative, seed, steps, scheduler and
+guidance). These run on a background thread that keeps only the newest request of each kind; a re-run
+that a newer guidance request supersedes stops at its next UNet call. img2img and inpaint traces
+(``trace.metadata["mode"]``) also show their input image (with the mask's outline) and their start
+on the schedule plot.
 """
 
 from __future__ import annotations
@@ -23,11 +26,30 @@ from ..export.frames import OVERLAY_ALPHA, colormap_lut, format_sigma, overlay_h
 from ..tracing import Trace
 from ..tracing.guidance import guided_output
 from ..tracing.previews import decode_steps, linear_preview, vae_decode_is_cheap
-from ..views import emergence_curve, guidance_decomposition, guidance_sweep, latent_trajectory, schedule_plot
+from ..views import (
+    guidance_decomposition,
+    guidance_sweep,
+    latent_trajectory,
+    schedule_plot,
+)
 from ..views._common import figure_png
 from ..views.guidance import DEFAULT_SWEEP
 from ..views.tokens import token_heat
-from .panels import LatestWorker, encode, encode_map, figure_with_markers, map_size, parse_token_key, token_key
+from .panels import (
+    LatestWorker,
+    RunSuperseded,
+    emergence_figure,
+    emergence_lines,
+    encode,
+    encode_map,
+    figure_with_markers,
+    input_picture,
+    map_size,
+    parse_token_key,
+    stop_when,
+    token_key,
+    trace_mode,
+)
 
 _HERE = Path(__file__).parent
 MAP_RANGES = ("step", "all", "range")
@@ -116,6 +138,12 @@ class Explorer(anywidget.AnyWidget):
     emergence_png = traitlets.Bytes(b"").tag(sync=True)
     emergence_x = traitlets.List().tag(sync=True)
     emergence_box = traitlets.List().tag(sync=True)
+    emergence_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)  # one per line, "red (prompt)"
+
+    mode = traitlets.Unicode("txt2img").tag(sync=True)  # trace.metadata["mode"]
+    input_frame = traitlets.Bytes(b"").tag(sync=True)  # img2img / inpaint input image (mask outlined)
+    input_frame_label = traitlets.Unicode("").tag(sync=True)
+    start_label = traitlets.Unicode("").tag(sync=True)  # where an img2img / inpaint run started
 
     words = traitlets.List().tag(sync=True)
     selected = traitlets.List(traitlets.Unicode()).tag(sync=True)
@@ -169,6 +197,9 @@ class Explorer(anywidget.AnyWidget):
         self.seed_runs: dict[tuple, Trace] = {}  # trajectory-only runs (no attention), by run_key
         self.run_count = 0
         self.cache_hits = 0
+        #: Re-runs stopped early because a newer guidance request superseded them:
+        #: ``{"guidance": g, "steps_done": n, "steps": total}`` each.
+        self.cancelled: list[dict[str, Any]] = []
         self._generation = 0
         self._worker = LatestWorker(self._show_error)
         self._maps_size = (1, 1)
@@ -187,6 +218,7 @@ class Explorer(anywidget.AnyWidget):
         self.runs.setdefault(run_key(trace), trace)
         fmt, q = self.image_format, self.quality
         size = (trace.width, trace.height)
+        mode = trace_mode(trace)
         method = self.choose_preview_method(trace)
         frames: dict[str, list[bytes]] = {"xt": [], "x0": [], "eps": []}
         for kind in ("xt", "x0"):
@@ -199,7 +231,15 @@ class Explorer(anywidget.AnyWidget):
             frames["eps"].append(encode(linear_preview(self._model_output(s), trace.latent_rgb, size), fmt, q))
         final = trace.final_image if trace.final_image is not None else trace.preview(trace.num_steps, kind="xt")
         factor = max(1, -(-MIN_DISPLAY // max(size)))
-        png, xs, box = figure_with_markers(schedule_plot(trace), trace.num_steps)
+        start = self._start_label(trace, mode)
+        fig = schedule_plot(trace)
+        if start:
+            ax = fig.axes[0]
+            ax.axvline(0, color="#b04040", lw=1.2, ls="--")
+            ax.annotate(start, xy=(0, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                        textcoords="offset points", ha="left", va="top", fontsize=7, color="#b04040")  # fmt: skip
+        png, xs, box = figure_with_markers(fig, trace.num_steps)
+        picture = input_picture(trace) if mode != "txt2img" else None
         info = [
             {"t": f"{float(t):g}", "sigma": format_sigma(sig), "alpha": f"{float(a):.3g}"}
             for t, sig, a in zip(trace.timesteps, trace.sigmas, trace.alphas_cumprod, strict=True)
@@ -222,6 +262,9 @@ class Explorer(anywidget.AnyWidget):
             self.steps_info = info
             self.title = html.unescape(f'"{trace.prompt}"  seed {trace.metadata.get("seed")}  g {trace.guidance_scale:g}')
             self.schedule_png, self.schedule_x, self.schedule_box = png, xs, box
+            self.mode, self.start_label = mode, start
+            self.input_frame = encode(picture, fmt, q) if picture is not None else b""
+            self.input_frame_label = self._input_label(trace, mode) if picture is not None else ""
             self.words = self._chip_groups(trace)
             self.layer_options = options
             self.layer_filter = "all"
@@ -238,6 +281,21 @@ class Explorer(anywidget.AnyWidget):
         self._update_maps()
         if self.panel:
             self._worker.submit("panel", self._render_panel)
+
+    @staticmethod
+    def _start_label(trace: Trace, mode: str) -> str:
+        """``"start t=601, strength 0.6"`` for img2img / inpaint traces (their first recorded step), else ``""``."""
+        if mode == "txt2img":
+            return ""
+        strength = trace.metadata.get("strength")
+        text = f"{mode} start, t = {float(trace.timesteps[0]):g}"
+        return text + (f", strength {float(strength):g}" if strength is not None else "")
+
+    @staticmethod
+    def _input_label(trace: Trace, mode: str) -> str:
+        if mode == "inpaint" and getattr(trace, "mask", None) is not None:
+            return "input image (outline: the repainted mask)"
+        return "input image"
 
     def choose_preview_method(self, trace: Trace) -> str:
         """``"vae"`` when there is a pipeline and decoding every step of ``trace`` is cheap
@@ -313,18 +371,19 @@ class Explorer(anywidget.AnyWidget):
             with self.hold_sync():
                 self.overlay_maps = []
                 self.emergence_png, self.emergence_x, self.emergence_box = b"", [], []
+                self.emergence_labels = []
             return
         steps, layers = self._map_args()
         if steps == "step":
             maps = [encode_map(self.heat(s), self._maps_size) for s in range(tr.num_steps)]
         else:
             maps = [encode_map(self.heat(steps), self._maps_size)]
-        branch, idx = next(iter(self._selected_by_branch().items()))  # the curve shows one branch's tokens
-        fig = emergence_curve(tr, idx, layers=layers, branch=branch)
-        png, xs, box = figure_with_markers(fig, tr.num_steps)
+        chosen = self._selected_by_branch()  # the curve shows the prompt's and the negative prompt's tokens
+        png, xs, box = figure_with_markers(emergence_figure(tr, chosen, layers), tr.num_steps)
         with self.hold_sync():
             self.overlay_maps = maps
             self.emergence_png, self.emergence_x, self.emergence_box = png, xs, box
+            self.emergence_labels = [label for label, _, _ in emergence_lines(tr, chosen)]
         if self.detail:
             self._render_detail()
 
@@ -414,6 +473,8 @@ class Explorer(anywidget.AnyWidget):
             label = f"latent trajectory (PCA), {len(traces)} seed(s), step {step + 1} circled"
             if self.pipe is None:
                 label += "; other seeds need the pipeline"
+            elif trace_mode(tr) != "txt2img":
+                label += f"; other seeds are traced for txt2img only, not {trace_mode(tr)}"
         else:
             return
         if self.trace is not tr or self.panel != name:
@@ -422,8 +483,9 @@ class Explorer(anywidget.AnyWidget):
             self.panel_png, self.panel_label = png, label
 
     def seed_traces(self, trace: Trace, count: int = TRAJECTORY_EXTRA_SEEDS) -> list[Trace]:
-        """``trace`` re-run (without attention) at the next ``count`` seeds, cached; ``[]`` without a pipeline."""
-        if self.pipe is None:
+        """``trace`` re-run (without attention) at the next ``count`` seeds, cached; ``[]`` without a
+        pipeline or for an img2img / inpaint trace."""
+        if self.pipe is None or trace_mode(trace) != "txt2img":
             return []
         from ..tracing import trace as run_trace
 
@@ -444,6 +506,10 @@ class Explorer(anywidget.AnyWidget):
 
     def _run_kwargs(self, trace: Trace) -> dict[str, Any]:
         """Keyword arguments re-creating ``trace``'s run (record mode, scheduler, size) besides prompt and seed."""
+        mode = trace_mode(trace)
+        if mode != "txt2img":
+            raise ValueError(f"re-running an {mode} trace (other guidance scales or seeds) is not supported yet; "
+                             "the explorer re-runs txt2img traces only.")  # fmt: skip
         sched = trace.metadata.get("scheduler", {})
         kwargs = {"record": trace.attention_mode if trace.attention_mode != "none" else "none", **self.trace_kwargs}
         kwargs.setdefault("scheduler", sched.get("name"))
@@ -473,15 +539,23 @@ class Explorer(anywidget.AnyWidget):
             meta = tr.metadata
             kwargs = self._run_kwargs(tr)
             self.status = f"re-running at guidance {guidance_scale:g}…"
-            result = run_trace(self.pipe, tr.prompt, negative_prompt=tr.negative_prompt,
-                               num_inference_steps=int(meta["num_inference_steps"]), guidance_scale=guidance_scale,
-                               seed=int(meta["seed"]), progress=False, **kwargs)  # fmt: skip
+            try:
+                with stop_when(self.pipe, lambda: generation != self._generation):
+                    result = run_trace(self.pipe, tr.prompt, negative_prompt=tr.negative_prompt,
+                                       num_inference_steps=int(meta["num_inference_steps"]),
+                                       guidance_scale=guidance_scale, seed=int(meta["seed"]), progress=False,
+                                       **kwargs)  # fmt: skip
+            except RunSuperseded as err:
+                partial = getattr(err, "partial_trace", None)
+                self.cancelled.append({"guidance": guidance_scale, "steps_done": partial.num_steps if partial else 0,
+                                       "steps": int(meta["num_inference_steps"])})  # fmt: skip
+                return  # stopped early, not cached: the newer request runs next
             if result.latent_rgb is None:
                 result.latent_rgb = tr.latent_rgb
             self.run_count += 1
             self.runs[key] = result
         if generation != self._generation:
-            return  # a newer guidance request superseded this one; its result stays cached
+            return  # superseded after its last step: the result stays cached, not shown
         self.status = ""
         self.set_trace(result)
 
@@ -510,6 +584,18 @@ def explore(prompt_or_trace: str | Trace, *, pipe: Any = None, **trace_kwargs: A
 
     Returns:
         An :class:`Explorer`; errors from a bad prompt or arguments show inside it as a message.
+
+    Example:
+        >>> import explainer
+        >>> w = explainer.explore("a red circle above a blue square", num_inference_steps=8, seed=0)
+        >>> w.error, len(w.frames["x0"])  # the bundled toy model; one frame per step
+        ('', 8)
+        >>> w.step = 7  # what the slider does; display ``w`` in a notebook cell to scrub it
+        >>> w.selected = ["cond:3"]  # the chip of "circle": its attention map over x0
+        >>> w.wait_idle()
+        True
+
+        A walk-through is in ``notebooks/00_quickstart.ipynb``.
     """
     from ..tracing import trace as run_trace
 

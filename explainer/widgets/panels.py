@@ -1,12 +1,14 @@
 """Kernel-side pieces of the explorer: frame encoding, figures as PNG with per-step marker positions,
-token keys, and a worker that runs only the newest request of each kind."""
+token keys, the emergence figure of prompt and negative tokens, the input image of img2img / inpaint
+traces, a worker that runs only the newest request of each kind, and cancelling a superseded run."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -20,6 +22,11 @@ IMAGE_FORMATS = ("jpeg", "webp", "png")
 MIME = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
 #: Attention maps go to the browser at most this many pixels on a side (the finest layer is coarser).
 MAX_MAP_SIDE = 64
+#: Trace modes (``trace.metadata["mode"]``); all but txt2img start from an input image.
+MODES = ("txt2img", "img2img", "inpaint")
+#: Colour of the inpainting mask's outline on the input image.
+MASK_OUTLINE = (240, 160, 48)
+BRANCH_NAMES = {"cond": "prompt", "uncond": "negative"}
 
 
 def encode(image: Image.Image, image_format: str = "jpeg", quality: int = 85) -> bytes:
@@ -74,6 +81,111 @@ def figure_with_markers(fig: Figure, steps: int) -> tuple[bytes, list[float], li
         [float(x / width) for x in xs],
         [float(1.0 - box.y1 / height), float(1.0 - box.y0 / height)],
     )
+
+
+def emergence_figure(trace: Trace, chosen: dict[str, list[int]], layers: Any = None) -> Figure:
+    """Concentration over the steps of the chosen tokens of both prompts, one labelled line each.
+
+    Args:
+        trace: the trace. chosen: token indices by branch, e.g. ``{"cond": [2], "uncond": [1]}``.
+        layers: as for :meth:`Trace.heatmap` (``None``: all layers).
+
+    Returns:
+        A matplotlib figure; prompt tokens are solid lines ("red (prompt)"), negative ones dashed
+        ("blurry (negative)").
+    """
+    from ..views import concentration
+    from ..views._common import new_figure
+
+    fig, axes = new_figure(4.0, 2.2)
+    ax = axes[0, 0]
+    for label, branch, index in emergence_lines(trace, chosen):
+        ax.plot(np.arange(trace.num_steps), concentration(trace, index, layers, branch), label=label,
+                linestyle="-" if branch == "cond" else "--")  # fmt: skip
+    ax.set_xlim(-0.5, trace.num_steps - 0.5)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("concentration", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def emergence_lines(trace: Trace, chosen: dict[str, list[int]]) -> list[tuple[str, str, int]]:
+    """``(label, branch, index)`` of each line of :func:`emergence_figure`, prompt tokens first."""
+    lines = []
+    for branch in ("cond", "uncond"):
+        tokens = trace.tokens if branch == "cond" else trace.negative_tokens
+        for index in chosen.get(branch, []):
+            lines.append((f"{tokens[index].removesuffix('</w>')} ({BRANCH_NAMES[branch]})", branch, index))
+    return lines
+
+
+def trace_mode(trace: Trace) -> str:
+    """``trace.metadata["mode"]``: ``"txt2img"`` (the default), ``"img2img"`` or ``"inpaint"``."""
+    mode = trace.metadata.get("mode") or "txt2img"
+    if mode not in MODES:
+        raise ValueError(f"trace.metadata['mode']={mode!r} is not allowed; use one of {list(MODES)}.")
+    return mode
+
+
+def input_picture(trace: Trace) -> Image.Image | None:
+    """The trace's input image (img2img / inpaint) at the trace's size, with the inpainting mask's
+    outline drawn on it; ``None`` when the trace has no input image."""
+    image = getattr(trace, "input_image", None)
+    if image is None:
+        return None
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"trace.input_image must be uint8 [H, W, 3], not {image.dtype} {list(image.shape)}.")
+    size = (trace.width, trace.height)
+    picture = Image.fromarray(image, "RGB")
+    if picture.size != size:
+        picture = picture.resize(size, Image.BICUBIC)
+    mask = getattr(trace, "mask", None)
+    if mask is None:
+        return picture
+    mask = np.asarray(mask, np.float32)
+    if mask.ndim != 2:
+        raise ValueError(f"trace.mask must be float32 [H, W], not shape {list(mask.shape)}.")
+    inside = Image.fromarray(mask >= 0.5).resize(size, Image.NEAREST)
+    pixels = np.asarray(picture).copy()
+    pixels[mask_outline(np.asarray(inside))] = MASK_OUTLINE
+    return Image.fromarray(pixels, "RGB")
+
+
+def mask_outline(inside: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a boolean region (inside pixels with a 4-neighbour outside it, or on the edge)."""
+    padded = np.pad(inside, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return inside & ~interior
+
+
+class RunSuperseded(Exception):
+    """Raised inside a re-run's UNet call once a newer request has replaced it (stops the run early)."""
+
+
+@contextlib.contextmanager
+def stop_when(pipe: Any, superseded: Callable[[], bool]) -> Iterator[None]:
+    """While inside, a call of ``pipe.unet`` on this thread raises :class:`RunSuperseded` once
+    ``superseded()`` is true, so the diffusion loop stops before its next step.
+
+    Calls from other threads (another explorer sharing the pipeline) are left alone.
+    """
+    unet = getattr(pipe, "unet", None)
+    if unet is None or not hasattr(unet, "register_forward_pre_hook"):
+        yield
+        return
+    owner = threading.get_ident()
+
+    def check(module: Any, args: Any) -> None:
+        if threading.get_ident() == owner and superseded():
+            raise RunSuperseded("a newer request superseded this run")
+
+    handle = unet.register_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def token_key(branch: str, index: int) -> str:

@@ -20,7 +20,7 @@ function h(tag, attrs = {}, ...children) {
 function render({ model, el }) {
   const root = h("div", { class: "sdx", tabindex: "0" });
   el.append(root);
-  const urls = { frames: {}, final: null, schedule: null, emergence: null, whatif: null, detail: null, panel: null };
+  const urls = { frames: {}, final: null, schedule: null, emergence: null, whatif: null, detail: null, panel: null, input_frame: null };
   const state = { step: model.get("step"), timer: null, sendTimer: null, lastSent: 0, drawToken: 0 };
   const revokeAll = (list) => { for (const u of list) if (u) URL.revokeObjectURL(u); };
 
@@ -45,6 +45,10 @@ function render({ model, el }) {
   }
   for (const [key, label] of PANELS) figure(key, label, key === "x0");
   figure("final", "final image", true);
+  // img2img / inpaint: the input image (mask outlined in the kernel), hidden for txt2img traces.
+  const inputImg = h("img", { alt: "input image", "data-panel": "input" });
+  const inputCap = h("figcaption");
+  panelsRow.append(h("figure", { "data-panel": "input" }, h("div", { class: "sdx-frame" }, inputImg), inputCap));
 
   const play = h("button", { type: "button", class: "sdx-play", "aria-label": "play" });
   play.textContent = "\u25b6 Play";
@@ -55,9 +59,11 @@ function render({ model, el }) {
   const plotImg = (name) => h("img", { class: "sdx-plot", alt: name });
   const schedule = { img: plotImg("schedule"), marker: h("div", { class: "sdx-marker" }) };
   const emergence = { img: plotImg("emergence"), marker: h("div", { class: "sdx-marker" }) };
+  const startLabel = h("div", { class: "sdx-start" });
+  const emergenceLabels = h("div", { class: "sdx-emergence-labels" });
   const plots = h("div", { class: "sdx-row" },
-    h("div", { class: "sdx-plotbox", "data-plot": "schedule" }, schedule.img, schedule.marker),
-    h("div", { class: "sdx-plotbox", "data-plot": "emergence" }, emergence.img, emergence.marker));
+    h("figure", {}, h("div", { class: "sdx-plotbox", "data-plot": "schedule" }, schedule.img, schedule.marker), startLabel),
+    h("figure", {}, h("div", { class: "sdx-plotbox", "data-plot": "emergence" }, emergence.img, emergence.marker), emergenceLabels));
 
   const chips = h("div", { class: "sdx-chips" });
   const rangeMode = h("select", { class: "sdx-range", "aria-label": "steps of the map" });
@@ -131,7 +137,7 @@ function render({ model, el }) {
     const size = model.get("display_size");
     for (const img of Object.values(imgs)) { img.width = size[0]; img.height = size[1]; }
     for (const c of overlays) { c.width = size[0]; c.height = size[1]; }
-    for (const img of [whatif, detail]) { img.width = size[0]; img.height = size[1]; }
+    for (const img of [whatif, detail, inputImg]) { img.width = size[0]; img.height = size[1]; }
     root.classList.toggle("sdx-pixelated", model.get("pixelated"));
     slider.max = String(Math.max(0, count() - 1));
     for (const list of Object.values(urls.frames)) for (const u of list) { const im = new Image(); im.src = u; }
@@ -260,6 +266,10 @@ function render({ model, el }) {
     title.textContent = model.get("title");
     previewKind.textContent = model.get("preview_label");
     previewKind.dataset.method = model.get("preview_method");
+    startLabel.textContent = model.get("start_label");
+    startLabel.hidden = !model.get("start_label");
+    root.dataset.mode = model.get("mode");
+    emergenceLabels.textContent = (model.get("emergence_labels") || []).join(" \u00b7 ");
   }
 
   slider.addEventListener("input", () => { pause(); show(Number(slider.value)); });
@@ -311,17 +321,19 @@ function render({ model, el }) {
   model.on("change:whatif", () => loadImage(whatif, "whatif", whatifCap));
   model.on("change:detail", () => loadImage(detail, "detail", detailCap));
   for (const name of ["panel", "panel_png", "panel_label"]) model.on("change:" + name, loadPanel);
-  for (const name of ["error", "status", "title", "preview_label"]) model.on("change:" + name, loadText);
+  for (const name of ["error", "status", "title", "preview_label", "start_label", "mode", "emergence_labels"]) model.on("change:" + name, loadText);
+  model.on("change:input_frame", () => loadImage(inputImg, "input_frame", inputCap));
+  model.on("change:input_frame_label", () => loadImage(inputImg, "input_frame", inputCap));
 
   loadText(); loadControls(); loadChips(); loadFrames();
   setPlot(schedule, "schedule"); setPlot(emergence, "emergence");
-  loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap);
+  loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap); loadImage(inputImg, "input_frame", inputCap);
   loadMaps(); loadPanel();
   return () => {
     pause();
     if (state.sendTimer !== null) clearTimeout(state.sendTimer);
     for (const list of Object.values(urls.frames)) revokeAll(list);
-    revokeAll([urls.final, urls.schedule, urls.emergence, urls.whatif, urls.detail, urls.panel]);
+    revokeAll([urls.final, urls.schedule, urls.emergence, urls.whatif, urls.detail, urls.panel, urls.input_frame]);
   };
 }
 
