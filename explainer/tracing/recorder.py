@@ -14,6 +14,17 @@ through diffusers' and torch's public swap points, and detached in a ``finally``
    the scheduler's own x0 where it exposes one, else its parameterisation (``schedulers.py``).
 5. ``callback_on_step_end`` marks a step complete and keeps the latent after it.
 
+Image-to-image and inpainting run diffusers' own ``StableDiffusionImg2ImgPipeline`` /
+``StableDiffusionInpaintPipeline``, derived from the given pipeline's components with ``from_pipe``.
+Three more public swap points record what they add:
+
+6. ``pipe.prepare_latents`` (wrapped, as for text-to-image) gives the starting latent, and during it a
+   wrapped ``scheduler.add_noise`` sees the encoded input image and the noised start.
+7. ``pipe.prepare_mask_latents`` (inpainting) gives the mask at image and at latent resolution.
+8. With a 4-channel UNet the inpainting pipeline blends the known region back after ``scheduler.step``:
+   the wrapped step keeps the scheduler's output (before blending) and ``callback_on_step_end`` the
+   blended latent (after).
+
 Everything stays on the pipeline's device until the run ends, then moves to the CPU once.
 """
 
@@ -24,6 +35,7 @@ import importlib.metadata
 import platform
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,14 +44,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from diffusers.models.attention_processor import Attention
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL import Image
 from tqdm.auto import tqdm
 
 from . import previews
 from .attention import AttentionLayer, PromptTokens, attention_probs, cross_attention_modules, level_size, tokenize_prompt
-from .errors import TraceBudgetError
+from .errors import TraceBudgetError, UnsupportedPipelineError
 from .schedulers import (
     SCHEDULERS,
     current_sigma,
@@ -54,12 +67,16 @@ from .trace import Trace, json_safe
 from .validation import (
     RecordSpec,
     check_guidance,
+    check_image,
+    check_mask,
     check_pipeline,
     check_prompt,
     check_seed,
     check_size,
     check_steps,
+    check_strength,
     parse_record,
+    round_size,
 )
 
 BRANCHES = ("uncond", "cond")
@@ -81,6 +98,10 @@ class Plan:
     groups: dict[str, list[AttentionLayer]] = field(default_factory=dict)
     initial_scale: float = 1.0  # input scale of the initial latent
     modules: dict[str, Attention] = field(default_factory=dict, repr=False)  # attn2 modules by name
+    mode: str = "txt2img"  # "txt2img" | "img2img" | "inpaint"
+    inpaint_mode: str | None = None  # "unet9" | "blend4" for inpainting
+    start_index: int = 0  # index in the full scheduler.timesteps of the first step run (strength < 1)
+    image_size: tuple[int, int] = (0, 0)  # (H, W) in pixels
 
     def estimate_bytes(self) -> int:
         """Bytes the finished trace will hold (arrays only; the image adds ``H * W * 3``)."""
@@ -88,6 +109,13 @@ class Plan:
         item = 2 if self.spec.dtype == "float16" else 4
         s = self.num_steps
         tensors = (s + 1) * c * h * w * item + s * c * h * w * item * (2 + int(self.cfg)) + 6 * s * 8 + 8
+        if self.mode != "txt2img":  # input image, image and start latents; mask at two resolutions
+            big_h, big_w = self.image_size
+            tensors += big_h * big_w * 3 + 2 * c * h * w * item
+            if self.mode == "inpaint":
+                tensors += (big_h * big_w + h * w) * 4
+            if self.inpaint_mode == "blend4":
+                tensors += 2 * s * c * h * w * item
         attn = 0
         mode = self.spec.attention
         for branch, t in self.tokens.items():
@@ -99,6 +127,14 @@ class Plan:
         return int(tensors + attn)
 
 
+def start_step(num_inference_steps: int, strength: float) -> int:
+    """Steps of the full schedule that image-to-image and inpainting skip (diffusers' ``get_timesteps``).
+
+    The pipelines run the last ``min(int(num_inference_steps * strength), num_inference_steps)`` steps.
+    """
+    return max(num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps), 0)
+
+
 def _plan(
     pipe: StableDiffusionPipeline,
     scheduler: SchedulerMixin,
@@ -108,12 +144,15 @@ def _plan(
     spec: RecordSpec,
     cfg: bool,
     tokens: dict[str, PromptTokens],
+    mode: str = "txt2img",
+    strength: float = 1.0,
 ) -> Plan:
     probe = _copy_scheduler(scheduler)
     probe.set_timesteps(steps, device="cpu")
-    num_steps = len(probe.timesteps)
+    start_index = 0 if mode == "txt2img" else start_step(steps, strength) * int(getattr(probe, "order", 1))
+    num_steps = len(probe.timesteps) - start_index
     space = scheduler_space(probe)
-    initial_scale = model_input_scale(space, float(probe.sigmas[0])) if space == "ve" else 1.0
+    initial_scale = model_input_scale(space, float(probe.sigmas[start_index])) if space == "ve" else 1.0
     h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
     layers: list[AttentionLayer] = []
     groups: dict[str, list[AttentionLayer]] = {}
@@ -127,8 +166,11 @@ def _plan(
         layers.append(layer)
     max_len = pipe.tokenizer.model_max_length
     counts = {b: (max_len if spec.tokens == "all" else len(t.ids)) for b, t in tokens.items()}
-    return Plan(num_steps, (pipe.unet.config.in_channels, h, w), layers, counts, cfg, spec, groups, initial_scale,
-                modules)  # fmt: skip
+    inpaint_mode = None
+    if mode == "inpaint":
+        inpaint_mode = "unet9" if pipe.unet.config.in_channels == 9 else "blend4"
+    return Plan(num_steps, (pipe.vae.config.latent_channels, h, w), layers, counts, cfg, spec, groups, initial_scale,
+                modules, mode, inpaint_mode, start_index, (height, width))  # fmt: skip
 
 
 def _copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
@@ -219,9 +261,16 @@ class Recorder:
         self._pending_attn: dict[str, dict[int, torch.Tensor]] = {b: {} for b in BRANCHES}
         self.captured: dict[int, tuple[Attention, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self._undo: list[Callable[[], None]] = []
-        self._timesteps = torch.zeros(0, dtype=torch.float64)  # host copy of scheduler.timesteps
+        self._timesteps = torch.zeros(0, dtype=torch.float64)  # host copy of the timesteps the loop runs
         self._step_calls = 0
         self._bar: Any = None
+        # image-to-image and inpainting (device tensors until the end)
+        self.blend = plan.inpaint_mode == "blend4"
+        self.unblended: list[torch.Tensor] = []  # blend4: each [C, h, w], the scheduler's output before blending
+        self.image_latent: torch.Tensor | None = None  # [C, h, w]
+        self.mask: torch.Tensor | None = None  # [H, W]
+        self.mask_latent: torch.Tensor | None = None  # [h, w]
+        self._preparing = False  # inside pipe.prepare_latents (its add_noise call sees the encoded image)
 
     # -------------------------------------------------------------- attach / detach
 
@@ -235,6 +284,10 @@ class Recorder:
         self._wrap_attribute(pipe, "encode_prompt", self._wrap_encode_prompt(pipe.encode_prompt))
         self._wrap_attribute(pipe, "prepare_latents", self._wrap_prepare_latents(pipe.prepare_latents))
         self._wrap_attribute(self.scheduler, "step", self._wrap_step(self.scheduler.step))
+        if self.plan.mode != "txt2img":
+            self._wrap_attribute(self.scheduler, "add_noise", self._wrap_add_noise(self.scheduler.add_noise))
+        if self.plan.mode == "inpaint":
+            self._wrap_attribute(pipe, "prepare_mask_latents", self._wrap_prepare_mask(pipe.prepare_mask_latents))
         unet = pipe.unet
         pre = unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)
         post = unet.register_forward_hook(self._unet_post_hook, with_kwargs=True)
@@ -291,15 +344,44 @@ class Recorder:
 
     def _wrap_prepare_latents(self, prepare: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(prepare)
-        def prepare_latents(*args: Any, **kwargs: Any) -> torch.Tensor:
-            latents = prepare(*args, **kwargs)
+        def prepare_latents(*args: Any, **kwargs: Any) -> Any:
+            self._preparing = True
+            try:
+                out = prepare(*args, **kwargs)
+            finally:
+                self._preparing = False
             if self.active:
+                # text-to-image and img2img return the latents; inpaint (latents, noise[, image_latents])
+                latents = out[0] if isinstance(out, tuple) else out
                 self.latents = [latents[0].to(self.dtype, copy=True)]  # the state before step 0
+                if isinstance(out, tuple) and len(out) > 2:
+                    self.image_latent = out[2][0].to(self.dtype, copy=True)
                 # The timesteps are set by now; one host copy here spares a device sync at every step.
-                self._timesteps = self.scheduler.timesteps.detach().to("cpu", torch.float64)
-            return latents
+                # Image-to-image and inpainting run the schedule from plan.start_index on.
+                self._timesteps = self.scheduler.timesteps.detach().to("cpu", torch.float64)[self.plan.start_index :]
+            return out
 
         return prepare_latents
+
+    def _wrap_add_noise(self, add_noise: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        @functools.wraps(add_noise)
+        def wrapped(original_samples: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if self.active and self._preparing and self.image_latent is None:
+                self.image_latent = original_samples[0].to(self.dtype, copy=True)  # the encoded input image
+            return add_noise(original_samples, *args, **kwargs)
+
+        return wrapped
+
+    def _wrap_prepare_mask(self, prepare: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(prepare)
+        def prepare_mask_latents(mask: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            out = prepare(mask, *args, **kwargs)
+            if self.active:
+                self.mask = mask[0, 0].to(torch.float32, copy=True)  # [H, W], as the pipeline binarised it
+                self.mask_latent = out[0][0, 0].to(torch.float32, copy=True)  # [h, w]
+            return out
+
+        return prepare_mask_latents
 
     def _unet_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if not self.active or self.cond_index is not None or not self.plan.cfg:
@@ -416,6 +498,8 @@ class Recorder:
             scalars=(t, sigma, a, b, model_input_scale(self.space, sigma)),
             next_scale=model_input_scale(self.space, next_sigma),
         )
+        if self.blend:  # the inpainting pipeline blends the known region back into this output next
+            self._pending["unblended"] = output.prev_sample[0].to(self.dtype, copy=True)
 
     def on_step_end(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         """``callback_on_step_end``: commit the step's records; the latents are left unchanged."""
@@ -425,6 +509,8 @@ class Recorder:
         self.latents.append(callback_kwargs["latents"][0].to(self.dtype, copy=True))
         self.next_scale = p["next_scale"]
         self.x0.append(p["x0"])
+        if self.blend:
+            self.unblended.append(p["unblended"])
         self.scalars.append(p["scalars"])
         self.eps["cond"].append(p["eps_cond"])
         if self.plan.cfg:
@@ -442,8 +528,12 @@ class Recorder:
     # -------------------------------------------------------------- result
 
     def build(self, *, final_image: Any, meta: dict[str, Any], tokens: dict[str, PromptTokens], complete: bool,
-              error: str | None) -> Trace:  # fmt: skip
-        """Move everything to the CPU once and assemble the Trace (valid for interrupted runs too)."""
+              error: str | None, input_image: np.ndarray | None = None) -> Trace:  # fmt: skip
+        """Move everything to the CPU once and assemble the Trace (valid for interrupted runs too).
+
+        Args:
+            input_image: ``[H, W, 3]`` uint8, the image given to an image-to-image or inpainting pipeline.
+        """
         c, h, w = self.plan.latent_shape
         n = len(self.x0)
         np_dtype = np.float16 if self.spec.dtype == "float16" else np.float32
@@ -487,6 +577,25 @@ class Recorder:
         meta["x0_source"] = self.x0_source
         meta["batch_order"] = self.batch_order
         meta["num_steps_recorded"] = n
+
+        def host(tensor: torch.Tensor | None, dtype: Any = None) -> np.ndarray | None:
+            return None if tensor is None else tensor.cpu().numpy().astype(dtype or np_dtype, copy=False)
+
+        edits: dict[str, Any] = {}
+        if self.plan.mode != "txt2img":
+            started = len(self.latents) > 0
+            edits = dict(
+                input_image=input_image,
+                image_latent=host(self.image_latent),
+                start_latent=latents_np[0].copy() if started else None,
+            )
+            if self.plan.mode == "inpaint":
+                edits.update(mask=host(self.mask, np.float32), mask_latent=host(self.mask_latent, np.float32))
+            if self.blend:
+                edits.update(
+                    latents_unblended=stack(self.unblended[:n], (c, h, w)),
+                    latents_blended=latents_np[1:].copy(),
+                )
         return Trace(
             prompt=meta["prompt"],
             negative_prompt=meta["negative_prompt"],
@@ -516,14 +625,51 @@ class Recorder:
             metadata=json_safe(meta),
             complete=complete,
             error=error,
+            **edits,
         )
+
+
+#: The diffusers pipeline class that runs each mode (derived with ``from_pipe`` when needed).
+MODE_PIPELINES: dict[str, type] = {
+    "txt2img": StableDiffusionPipeline,
+    "img2img": StableDiffusionImg2ImgPipeline,
+    "inpaint": StableDiffusionInpaintPipeline,
+}
+
+
+_DERIVED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def pipeline_for(pipe: Any, mode: str) -> Any:
+    """The pipeline that runs ``mode``: ``pipe`` itself if it is of that class, else ``Class.from_pipe(pipe)``.
+
+    ``from_pipe`` shares the components (no copy, no weights loaded). The derived pipelines are cached
+    (weakly, by ``pipe``) so that repeated traces do not rebuild them.
+    """
+    cls = MODE_PIPELINES[mode]
+    if isinstance(pipe, cls):
+        return pipe
+    cache = _DERIVED.setdefault(pipe, {})
+    derived = cache.get(mode)
+    if derived is None or any(getattr(derived, n) is not getattr(pipe, n) for n in ("unet", "vae", "text_encoder")):
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # from_pipe re-announces each component's dtype
+        try:
+            derived = cls.from_pipe(pipe)
+        finally:
+            diffusers_logging.set_verbosity(level)
+        cache[mode] = derived
+    derived.scheduler = pipe.scheduler  # follow the user's scheduler swaps
+    return derived
 
 
 @dataclass
 class _Request:
     """A validated trace request and its plan."""
 
-    pipe: StableDiffusionPipeline
+    pipe: StableDiffusionPipeline  # the pipeline that runs (derived for image-to-image and inpainting)
     prompt: str
     negative_prompt: str | None
     guidance: float
@@ -534,6 +680,39 @@ class _Request:
     scheduler: SchedulerMixin
     tokens: dict[str, PromptTokens]
     plan: Plan
+    mode: str = "txt2img"
+    strength: float | None = None
+    image: Image.Image | None = None  # RGB, height x width
+    mask: Image.Image | None = None  # mode L, height x width
+    notes: list[str] = field(default_factory=list)  # what was converted or resized
+
+
+def _fit_image(
+    image: Any, mask: Any, height: Any, width: Any, multiple: int
+) -> tuple[Image.Image, Image.Image | None, int, int, list[str]]:
+    """Check the image (and mask), pick the run's size and resize both to it, saying so.
+
+    The size is the image's own, rounded to the nearest multiple the model needs, unless ``height`` /
+    ``width`` ask for another.
+    """
+    img = check_image(image)
+    mask_arr = check_mask(mask, img.size) if mask is not None else None
+    w0, h0 = img.size
+    height = round_size(h0, multiple) if height is None else check_size(height, "height", multiple, h0)
+    width = round_size(w0, multiple) if width is None else check_size(width, "width", multiple, w0)
+    notes = []
+    if (width, height) != (w0, h0):
+        why = "the height/width asked for" if (height, width) != (round_size(h0, multiple), round_size(w0, multiple)) \
+            else f"this model needs sides that are multiples of {multiple}"  # fmt: skip
+        notes.append(f"image is {w0}x{h0} pixels; resized to {width}x{height} ({why})")
+        warnings.warn(notes[-1] + (", and the mask with it." if mask_arr is not None else "."), stacklevel=3)
+        img = img.resize((width, height), Image.Resampling.BICUBIC)
+        if mask_arr is not None:
+            mask_arr = np.asarray(Image.fromarray(mask_arr, "F").resize((width, height), Image.Resampling.BILINEAR))
+    mask_img = None
+    if mask_arr is not None:
+        mask_img = Image.fromarray((np.clip(mask_arr, 0, 1) * 255).round().astype(np.uint8), "L")
+    return img, mask_img, height, width, notes
 
 
 def _prepare(
@@ -548,6 +727,9 @@ def _prepare(
     width: Any,
     scheduler: Any,
     record: Any,
+    image: Any = None,
+    mask: Any = None,
+    strength: Any = None,
 ) -> _Request:
     """Check every argument (each error names its argument) and plan the recording."""
     pipe = check_pipeline(pipe)
@@ -555,28 +737,58 @@ def _prepare(
     negative_prompt = check_prompt(negative_prompt, "negative_prompt", optional=True)
     guidance = check_guidance(guidance_scale)
     spec = parse_record(record)
+    if image is None and mask is not None:
+        raise ValueError("mask needs image=: pass the picture to inpaint as image and the region to repaint as mask.")
+    if image is None and strength is not None:
+        raise ValueError(f"strength={strength!r} applies to image-to-image and inpainting only; pass image= too.")
+    mode = "txt2img" if image is None else ("img2img" if mask is None else "inpaint")
+    if mode == "txt2img" and not isinstance(pipe, StableDiffusionPipeline):
+        raise UnsupportedPipelineError(
+            f"pipe must be a diffusers StableDiffusionPipeline for text-to-image, not {type(pipe).__name__}; "
+            "pass image= (and mask=) to trace an edit with it, or trace StableDiffusionPipeline.from_pipe(pipe)."
+        )
+    unet = pipe.unet
+    channels = unet.config.in_channels
+    if channels == 9 and mode != "inpaint":
+        raise UnsupportedPipelineError(
+            f"pipe has an inpainting UNet (9 input channels), which cannot run {mode}; pass image= and mask=."
+        )
+    if channels not in (4, 9) or channels != 9 and channels != pipe.vae.config.latent_channels:
+        raise UnsupportedPipelineError(f"pipe's UNet has {channels} input channels; the tracer supports 4 and 9.")
+    run_pipe = pipeline_for(pipe, mode)
     sched = resolve_scheduler(scheduler, pipe.scheduler)
     prediction_type(sched)  # refuses unsupported prediction types before the run
     steps = check_steps(num_inference_steps, int(sched.config.num_train_timesteps))
-    unet = pipe.unet
     multiple = pipe.vae_scale_factor * 2 ** int(getattr(unet, "num_upsamplers", len(unet.config.block_out_channels) - 1))
-    sample = unet.config.sample_size
-    sample_h, sample_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    height = check_size(height, "height", multiple, sample_h * pipe.vae_scale_factor)
-    width = check_size(width, "width", multiple, sample_w * pipe.vae_scale_factor)
+    img = mask_img = None
+    notes: list[str] = []
+    if mode == "txt2img":
+        sample = unet.config.sample_size
+        sample_h, sample_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        height = check_size(height, "height", multiple, sample_h * pipe.vae_scale_factor)
+        width = check_size(width, "width", multiple, sample_w * pipe.vae_scale_factor)
+        strength = None
+    else:
+        strength = check_strength(0.75 if mode == "img2img" and strength is None else
+                                  1.0 if strength is None else strength, steps)  # fmt: skip
+        img, mask_img, height, width, notes = _fit_image(image, mask, height, width, multiple)
     seed = check_seed(seed, generator)
     cfg = guidance > 1 and unet.config.time_cond_proj_dim is None  # the pipeline's do_classifier_free_guidance
     tokens = {"cond": tokenize_prompt(pipe.tokenizer, prompt)}
     if cfg:
         tokens["uncond"] = tokenize_prompt(pipe.tokenizer, negative_prompt or "")
-    plan = _plan(pipe, sched, steps, height, width, spec, cfg, tokens)
-    return _Request(pipe, prompt, negative_prompt, guidance, steps, height, width, seed, sched, tokens, plan)
+    plan = _plan(run_pipe, sched, steps, height, width, spec, cfg, tokens, mode, strength or 1.0)
+    return _Request(run_pipe, prompt, negative_prompt, guidance, steps, height, width, seed, sched, tokens, plan,
+                    mode, strength, img, mask_img, notes)  # fmt: skip
 
 
 def estimate_trace_bytes(
     pipe: StableDiffusionPipeline,
     prompt: str,
     *,
+    image: Image.Image | np.ndarray | None = None,
+    mask: Image.Image | np.ndarray | None = None,
+    strength: float | None = None,
     negative_prompt: str | None = None,
     num_inference_steps: int = 25,
     guidance_scale: float = 7.5,
@@ -587,11 +799,18 @@ def estimate_trace_bytes(
 ) -> int:
     """Bytes a :func:`trace` with these arguments would hold (arrays plus the final image), without running it.
 
+    Args:
+        pipe, prompt, image, mask, strength, ...: as for :func:`trace`.
+
     Returns:
         The estimate :func:`trace` checks against ``record["max_bytes"]``, plus ``height * width * 3``.
+
+    Example:
+        >>> explainer.estimate_trace_bytes(pipe, "a red circle", record="per_head") / 1e6  # doctest: +SKIP
+        3.1
     """
     req = _prepare(pipe, prompt, negative_prompt, num_inference_steps, guidance_scale, 0, None, height, width,
-                   scheduler, record)  # fmt: skip
+                   scheduler, record, image, mask, strength)  # fmt: skip
     return req.plan.estimate_bytes() + req.height * req.width * 3
 
 
@@ -602,6 +821,9 @@ def trace(
     pipe: StableDiffusionPipeline,
     prompt: str,
     *,
+    image: Image.Image | np.ndarray | None = None,
+    mask: Image.Image | np.ndarray | None = None,
+    strength: float | None = None,
     negative_prompt: str | None = None,
     num_inference_steps: int = 25,
     guidance_scale: float = 7.5,
@@ -615,19 +837,31 @@ def trace(
 ) -> Trace:
     """Run ``pipe`` once on ``prompt`` and record every denoising step.
 
-    The image is exactly what ``pipe(prompt, ..., generator=torch.Generator(device).manual_seed(seed))``
-    gives with the same arguments; the pipeline (scheduler, processors, hooks) is left as it was.
+    Without ``image`` this is text-to-image; with ``image`` image-to-image; with ``image`` and ``mask``
+    inpainting. The run uses diffusers' own ``StableDiffusionPipeline``, ``StableDiffusionImg2ImgPipeline``
+    or ``StableDiffusionInpaintPipeline``, derived from ``pipe``'s components with ``from_pipe`` (a
+    pipeline that already is one of them is used as it is). The image is exactly what that pipeline
+    gives with the same arguments and ``generator=torch.Generator(device).manual_seed(seed)``; the
+    pipeline (scheduler, processors, hooks) is left as it was.
 
     Args:
-        pipe: a diffusers ``StableDiffusionPipeline``.
+        pipe: a diffusers Stable Diffusion pipeline (text-to-image, image-to-image or inpainting).
         prompt: one prompt; ``""`` is an unconditional image.
+        image: the input picture (PIL image or uint8 / [0, 1] float array ``[H, W, 3]``). Other modes
+            are converted to RGB, and a size the model cannot take is rounded to the nearest multiple
+            it needs, each with a warning.
+        mask: inpainting mask, single-channel, the size of ``image``: white / 1 = repaint, black / 0 = keep
+            (binarised at 0.5, as diffusers does). An empty or full mask warns.
+        strength: how far into the noise schedule the input is pushed, in (0, 1]: the run skips the first
+            ``num_inference_steps - int(num_inference_steps * strength)`` steps. Default 0.75 for
+            image-to-image and 1.0 (diffusers' default) for inpainting. It must leave >= 1 step.
         negative_prompt: optional negative prompt (used only when ``guidance_scale > 1``).
-        num_inference_steps: denoising steps (>= 1).
+        num_inference_steps: denoising steps of the full schedule (>= 1).
         guidance_scale: classifier-free guidance scale (finite, >= 0; <= 1 turns guidance off).
         seed: seed of a ``torch.Generator`` on the pipeline's execution device.
         generator: use this generator instead of ``seed``.
-        height, width: image size in pixels; default from the UNet config. Must be a multiple of
-            ``vae_scale_factor * 2 ** unet.num_upsamplers``.
+        height, width: image size in pixels; default from the UNet config (text-to-image) or the
+            image. Must be a multiple of ``vae_scale_factor * 2 ** unet.num_upsamplers``.
         scheduler: ``None`` (the pipeline's), a name from ``SCHEDULERS`` or a scheduler instance, for
             this call only.
         record: attention recording: ``"default"`` (= ``"per_layer"``), ``"none"``, ``"per_step"``,
@@ -636,19 +870,28 @@ def trace(
         progress: show a tqdm progress bar.
 
     Returns:
-        The :class:`Trace`. If the run is interrupted with Ctrl-C (``KeyboardInterrupt``), the steps
-        finished so far are returned as a trace with ``complete=False`` and a warning. Any other
-        exception propagates, with that partial trace attached as ``err.partial_trace``.
+        The :class:`Trace`; ``trace.mode`` says which kind of run it was and image-to-image /
+        inpainting traces hold the input image, mask, encoded input and starting latent too. If the run
+        is interrupted with Ctrl-C (``KeyboardInterrupt``), the steps finished so far are returned as a
+        trace with ``complete=False`` and a warning. Any other exception propagates, with that partial
+        trace attached as ``err.partial_trace``.
 
     Raises:
         TraceBudgetError: the estimated trace exceeds ``record["max_bytes"]`` (1 GiB by default).
         TypeError, ValueError: bad arguments, each named in the message.
+
+    Example:
+        >>> pipe = explainer.load_pipeline()  # doctest: +SKIP
+        >>> tr = explainer.trace(pipe, "a red circle on the left", num_inference_steps=10, seed=0)  # doctest: +SKIP
+        >>> edit = explainer.trace(pipe, "a blue circle on the left", image=tr.final_image, strength=0.5)  # doctest: +SKIP
+
+    See ``notebooks/00_quickstart.ipynb`` and ``notebooks/10_applications.ipynb``.
     """
     t_start = time.perf_counter()
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, not {type(progress).__name__}.")
     req = _prepare(pipe, prompt, negative_prompt, num_inference_steps, guidance_scale, seed, generator, height, width,
-                   scheduler, record)  # fmt: skip
+                   scheduler, record, image, mask, strength)  # fmt: skip
     pipe, prompt, negative_prompt, guidance, steps = req.pipe, req.prompt, req.negative_prompt, req.guidance, req.steps
     sched, spec, tokens, plan, cfg, height, width, seed = (
         req.scheduler, req.plan.spec, req.tokens, req.plan, req.plan.cfg, req.height, req.width, req.seed
@@ -677,6 +920,7 @@ def trace(
     meta: dict[str, Any] = {
         "prompt": prompt,
         "negative_prompt": negative_prompt,
+        "mode": req.mode,
         "seed": seed,
         "generator_device": str(generator.device),
         "generator_initial_seed": int(generator.initial_seed()),
@@ -704,6 +948,15 @@ def trace(
         "versions": dict(_versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    call: dict[str, Any] = {}
+    if req.mode == "txt2img":
+        call.update(height=height, width=width)
+    else:
+        meta.update(strength=req.strength, start_step=plan.start_index, input_notes=req.notes)
+        call.update(image=req.image, strength=req.strength)
+        if req.mode == "inpaint":
+            meta["inpaint_mode"] = plan.inpaint_mode
+            call.update(mask_image=req.mask, height=height, width=width)
 
     recorder = Recorder(pipe, sched, plan, progress)
     final_image = None
@@ -716,20 +969,26 @@ def trace(
             negative_prompt=negative_prompt,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            height=height,
-            width=width,
             generator=generator,
             callback_on_step_end=recorder.on_step_end,
+            **call,
         )
         final_image = output.images[0]
     except BaseException as err:  # noqa: BLE001 - re-raised below, after the partial trace is built
         failure = err
     finally:
         recorder.detach()
+    if req.mode != "txt2img":
+        meta["image_latent_source"] = "pipeline"
+        if recorder.image_latent is None and failure is None:  # 9-channel inpainting from pure noise never encodes it
+            recorder.image_latent = _encode_mean(pipe, req.image, height, width).to(recorder.dtype)
+            meta["image_latent_source"] = "vae mean, encoded after the run (the pipeline did not encode the image)"
     t_built = time.perf_counter()
     meta["timings"] = {"setup_s": t_run - t_start, "run_s": t_built - t_run}
     error = None if failure is None else f"{type(failure).__name__}: {failure}".rstrip(": ")
-    result = recorder.build(final_image=final_image, meta=meta, tokens=tokens, complete=failure is None, error=error)
+    input_image = np.asarray(req.image, dtype=np.uint8).copy() if req.image is not None else None  # [H, W, 3]
+    result = recorder.build(final_image=final_image, meta=meta, tokens=tokens, complete=failure is None, error=error,
+                            input_image=input_image)  # fmt: skip
     result.metadata["timings"]["build_s"] = time.perf_counter() - t_built
     if failure is None:
         return result
@@ -747,6 +1006,14 @@ def trace(
     except (AttributeError, TypeError):  # pragma: no cover - exceptions without a __dict__
         pass
     raise failure
+
+
+@torch.no_grad()
+def _encode_mean(pipe: Any, image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """``[C, h, w]`` the VAE's mean encoding of ``image``, scaled (no generator used: the run is over)."""
+    x = pipe.image_processor.preprocess(image, height=height, width=width)
+    x = x.to(pipe._execution_device, pipe.vae.dtype)
+    return pipe.vae.encode(x).latent_dist.mode()[0] * pipe.vae.config.scaling_factor
 
 
 def _model_info(pipe: StableDiffusionPipeline, device: torch.device) -> dict[str, Any]:

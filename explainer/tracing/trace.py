@@ -1,7 +1,12 @@
 """The Trace: plain data recorded from one denoising run, and its safetensors + JSON file format.
 
 ``S`` is the number of denoising iterations the run made (``len(scheduler.timesteps)``; PNDM makes
-one more than ``num_inference_steps``), ``C, h, w`` the latent shape, ``T`` recorded tokens.
+one more than ``num_inference_steps``; image-to-image and inpainting with ``strength < 1`` skip the
+first ones), ``C, h, w`` the latent shape, ``H, W`` the image size, ``T`` recorded tokens.
+
+Example:
+    >>> tr = explainer.trace(pipe, "a red circle on the left", num_inference_steps=10)  # doctest: +SKIP
+    >>> tr.save("run.safetensors"); tr = explainer.load_trace("run.safetensors")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ from .errors import StepIndexError, TraceFileError
 from .previews import LatentRGB
 
 FORMAT_NAME = "sd-explainer-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the image-to-image / inpainting fields; version-1 files still load
+MODES = ("txt2img", "img2img", "inpaint")
+#: Optional arrays of image-to-image and inpainting traces (``None`` for text-to-image), in file order.
+EDIT_ARRAYS = ("input_image", "mask", "mask_latent", "image_latent", "start_latent", "latents_blended",
+               "latents_unblended")  # fmt: skip
 
 
 @dataclass(eq=False, repr=False)
@@ -49,10 +58,33 @@ class Trace:
         attention_layers: the attn2 layers, their resolution and where their maps are stored.
         attention_mode: ``"none"``, ``"per_step"``, ``"per_layer"`` or ``"per_head"``.
         latent_rgb: linear latent → RGB map for previews, or ``None``.
-        metadata: model, scheduler, seed, guidance, size, versions, timings...
+        metadata: model, scheduler, seed, guidance, size, versions, timings...; ``metadata["mode"]`` is
+            ``"txt2img"``, ``"img2img"`` or ``"inpaint"``; edits add ``strength``, ``start_step`` and (inpaint)
+            ``inpaint_mode``: ``"unet9"`` (9-channel inpainting UNet) or ``"blend4"`` (4-channel UNet, the
+            known region blended back after every step).
         complete: ``False`` when the run was interrupted; arrays then hold the finished steps.
         error: why the run stopped early, or ``None``.
         uid: unique id (keys the VAE preview cache).
+        input_image: ``[H, W, 3]`` uint8, the image given to the pipeline (after any resize); ``None`` for txt2img.
+        mask: ``[H, W]`` float32, the mask the pipeline used (binarised: 1 = repainted); inpaint only.
+        mask_latent: ``[h, w]`` float32, that mask at latent resolution (what the latent blend and a
+            9-channel UNet see); inpaint only.
+        image_latent: ``[C, h, w]`` the encoded input image, scaled by the VAE's ``scaling_factor``.
+        start_latent: ``[C, h, w]`` the noised starting latent (equal to ``latents[0]``).
+        latents_blended: ``[S, C, h, w]`` blend4 only: the latent after step ``i`` once the known region
+            was blended back (what the pipeline carries on, so it equals ``latents[i + 1]``).
+        latents_unblended: ``[S, C, h, w]`` blend4 only: the scheduler's output of step ``i`` before
+            blending; inside the mask it equals ``latents_blended[i]``.
+
+    ``latents`` always holds the pipeline's own state: the input of each step (for blend4, the
+    blended latent), so ``x0``, ``what_if`` and previews stay consistent with what the UNet saw.
+
+    Example:
+        >>> tr = explainer.trace(explainer.load_pipeline(), "a red circle on the left")  # doctest: +SKIP
+        >>> tr.preview(5, kind="x0"), tr.heatmap("circle"), tr.mode  # doctest: +SKIP
+
+    Walk-throughs: ``notebooks/00_quickstart.ipynb`` (text-to-image) and ``notebooks/10_applications.ipynb``
+    (image-to-image, inpainting, outpainting).
     """
 
     prompt: str
@@ -84,8 +116,31 @@ class Trace:
     complete: bool = True
     error: str | None = None
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    input_image: np.ndarray | None = None  # [H, W, 3] uint8
+    mask: np.ndarray | None = None  # [H, W] float32 in [0, 1], 1 = repainted
+    mask_latent: np.ndarray | None = None  # [h, w] float32 in [0, 1]
+    image_latent: np.ndarray | None = None  # [channel, h, w], scaled by vae.config.scaling_factor
+    start_latent: np.ndarray | None = None  # [channel, h, w]
+    latents_blended: np.ndarray | None = None  # [step, channel, h, w], after the known region is blended back
+    latents_unblended: np.ndarray | None = None  # [step, channel, h, w], the scheduler's output before blending
 
     # ------------------------------------------------------------------ facts
+
+    @property
+    def mode(self) -> str:
+        """``"txt2img"``, ``"img2img"`` or ``"inpaint"``."""
+        return str(self.metadata.get("mode", "txt2img"))
+
+    @property
+    def strength(self) -> float | None:
+        """The ``strength`` of an image-to-image or inpainting run (``None`` for text-to-image)."""
+        value = self.metadata.get("strength")
+        return None if value is None else float(value)
+
+    @property
+    def start_step(self) -> int:
+        """Index in the full ``num_inference_steps`` schedule of the first step run (0 for text-to-image)."""
+        return int(self.metadata.get("start_step", 0))
 
     @property
     def num_steps(self) -> int:
@@ -127,7 +182,8 @@ class Trace:
         return (
             f"Trace({self.prompt!r}, steps={self.num_steps}, size={self.width}x{self.height}, "
             f"guidance={self.guidance_scale}, scheduler={self.metadata.get('scheduler', {}).get('class')}, "
-            f"attention={self.attention_mode}, {self.nbytes / 1e6:.1f} MB, {state})"
+            + (f"mode={self.mode}, strength={self.strength:g}, " if self.mode != "txt2img" else "")
+            + f"attention={self.attention_mode}, {self.nbytes / 1e6:.1f} MB, {state})"
         )
 
     # ------------------------------------------------------------------ views
@@ -241,6 +297,9 @@ class Trace:
             arrays["final_image"] = np.asarray(self.final_image.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
         for key, arr in self.attention.items():
             arrays["attention/" + key] = arr
+        for key in EDIT_ARRAYS:
+            if getattr(self, key) is not None:
+                arrays[key] = getattr(self, key)
         return arrays
 
     def save(self, path: str | Path) -> Path:
@@ -282,7 +341,16 @@ class Trace:
 
 
 def load_trace(path: str | Path) -> Trace:
-    """Read a trace written by :meth:`Trace.save`.
+    """Read a trace written by :meth:`Trace.save` (format versions 1 and 2).
+
+    Args:
+        path: the ``.safetensors`` file.
+
+    Returns:
+        The :class:`Trace`; files from version 1 (before image-to-image and inpainting) get ``mode="txt2img"``.
+
+    Example:
+        >>> tr = explainer.load_trace("demo/trace.safetensors")  # doctest: +SKIP
 
     Raises:
         FileNotFoundError: no such file.
@@ -301,8 +369,8 @@ def load_trace(path: str | Path) -> Trace:
             version = int(meta.get("format_version", "-1"))
             if version > FORMAT_VERSION or version < 1:
                 raise TraceFileError(
-                    f"{path} uses trace format version {version}; this sd-explainer reads version "
-                    f"{FORMAT_VERSION} (upgrade sd-explainer to read newer files)."
+                    f"{path} uses trace format version {version}; this sd-explainer reads format version "
+                    f"{FORMAT_VERSION} and older (upgrade sd-explainer to read newer files)."
                 )
             header = json.loads(meta["trace"])
             arrays = {key: f.get_tensor(key) for key in f.keys()}
@@ -330,6 +398,8 @@ def _from_parts(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Trace:
     attention = {k.removeprefix("attention/"): v for k, v in arrays.items() if k.startswith("attention/")}
     image = arrays.get("final_image")
     rgb = header.get("latent_rgb")
+    metadata = dict(header["metadata"])
+    metadata.setdefault("mode", "txt2img")  # version-1 files hold text-to-image traces only
     return Trace(
         prompt=header["prompt"],
         negative_prompt=header["negative_prompt"],
@@ -356,10 +426,11 @@ def _from_parts(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Trace:
         attention_layers=[AttentionLayer(**d) for d in header["attention_layers"]],
         attention_mode=header["attention_mode"],
         latent_rgb=LatentRGB.from_dict(rgb) if rgb is not None else None,
-        metadata=header["metadata"],
+        metadata=metadata,
         complete=bool(header["complete"]),
         error=header["error"],
         uid=header["uid"],
+        **{key: arrays.get(key) for key in EDIT_ARRAYS},
     )
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from PIL import Image
 
 from .errors import UnsupportedPipelineError
 
@@ -87,12 +90,16 @@ def parse_record(record: str | dict[str, Any] | RecordSpec | None) -> RecordSpec
     return RecordSpec(attention=mode, tokens=tokens, dtype=dtype, max_bytes=int(max_bytes))
 
 
+#: The pipeline classes :func:`explainer.trace` accepts (and derives from one another with ``from_pipe``).
+PIPELINE_CLASSES = (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
+
+
 def check_pipeline(pipe: Any) -> StableDiffusionPipeline:
-    """Accept a diffusers ``StableDiffusionPipeline`` (or subclass); refuse anything else by name."""
-    if not isinstance(pipe, StableDiffusionPipeline):
+    """Accept a diffusers Stable Diffusion text-to-image, image-to-image or inpainting pipeline; refuse anything else."""
+    if not isinstance(pipe, PIPELINE_CLASSES):
         raise UnsupportedPipelineError(
-            f"pipe must be a diffusers StableDiffusionPipeline (text-to-image, SD 1.x/2.x layout), "
-            f"not {type(pipe).__name__}; load one with explainer.load_pipeline()."
+            f"pipe must be a diffusers StableDiffusionPipeline (text-to-image, SD 1.x/2.x layout; the "
+            f"Img2Img and Inpaint variants work too), not {type(pipe).__name__}; load one with explainer.load_pipeline()."
         )
     for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if getattr(pipe, name, None) is None:
@@ -163,3 +170,124 @@ def check_seed(seed: Any, generator: Any) -> int | None:
     if not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"seed={seed} is not allowed; use an integer from 0 to {_MAX_SEED} (torch.Generator's range).")
     return seed
+
+
+# ------------------------------------------------------------------------- image-to-image and inpainting
+
+
+def check_strength(value: Any, num_inference_steps: int, name: str = "strength") -> float:
+    """Return a strength in (0, 1] that leaves at least one denoising step.
+
+    The pipelines run the last ``int(num_inference_steps * strength)`` steps of the schedule.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in (0, 1], not {type(value).__name__}.")
+    value = float(value)
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError(f"{name}={value!r} is not allowed; use a number in (0, 1] (0.75 is typical, 1 = from noise).")
+    if int(num_inference_steps * value) < 1:
+        least = 1 / num_inference_steps
+        raise ValueError(
+            f"{name}={value:g} with num_inference_steps={num_inference_steps} leaves "
+            f"int({num_inference_steps} * {value:g}) = 0 denoising steps; use {name} >= {least:.3g} or more steps."
+        )
+    return value
+
+
+def check_image(image: Any, name: str = "image") -> Image.Image:
+    """Return ``image`` as an RGB PIL image; other modes and arrays are converted, with a warning saying so.
+
+    Args:
+        image: a PIL image, or a numpy array ``[H, W, 3]`` / ``[H, W, 4]`` / ``[H, W]`` (uint8, or float in [0, 1]).
+        name: the argument's name, for messages.
+    """
+    if isinstance(image, Image.Image):
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"{name} is empty ({image.width}x{image.height} pixels).")
+        if image.mode != "RGB":
+            warnings.warn(f"{name} has mode {image.mode!r}; converted to 'RGB'.", stacklevel=3)
+            image = image.convert("RGB")
+        return image
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a PIL image or a numpy array [H, W, 3], not {type(image).__name__}.")
+    arr = image
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
+        raise ValueError(f"{name} must be an array [H, W, 3] (RGB), [H, W, 4] or [H, W]; got shape {list(image.shape)}.")
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name} must hold uint8 values or floats in [0, 1], not {arr.dtype}.")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ValueError(f"{name} is a float array, so its values must be finite and in [0, 1].")
+        arr = (arr * 255).round()
+    elif arr.min() < 0 or arr.max() > 255:
+        raise ValueError(f"{name} is an integer array, so its values must be in 0..255.")
+    arr = arr.astype(np.uint8)
+    if arr.ndim == 2:
+        warnings.warn(f"{name} is a grey-scale array; converted to RGB.", stacklevel=3)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if arr.shape[-1] == 4:
+        warnings.warn(f"{name} has an alpha channel; it was dropped (converted to RGB).", stacklevel=3)
+        arr = arr[..., :3]
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+def check_mask(mask: Any, size: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """Return an inpainting mask as float32 ``[H, W]`` in [0, 1] (1 = repaint), the same size as the image.
+
+    Args:
+        mask: a single-channel PIL image (mode ``L``, ``1``, ``I`` or ``F``) or a numpy array ``[H, W]``
+            (bool, uint8 0..255, or float in [0, 1]).
+        size: the image's ``(width, height)``.
+        name: the argument's name, for messages.
+
+    Returns:
+        The mask; an empty or full mask gives a warning, not an error.
+    """
+    if isinstance(mask, Image.Image):
+        if len(mask.getbands()) != 1:
+            raise ValueError(
+                f"{name} must be single-channel (white = repaint, black = keep), but it has mode {mask.mode!r} "
+                f"with {len(mask.getbands())} channels; convert it with {name}.convert('L')."
+            )
+        mask = np.asarray(mask)  # mode 1: bool, L: uint8, I: int32, F: float32
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"{name} must be a PIL image or a numpy array [H, W], not {type(mask).__name__}.")
+    arr = mask[..., 0] if mask.ndim == 3 and mask.shape[-1] == 1 else mask
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(
+            f"{name} must be single-channel, an array [H, W] (white/1 = repaint), got shape {list(mask.shape)}."
+        )
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() > 255:
+            raise ValueError(f"{name} is an integer array, so its values must be in 0..255.")
+        arr = arr.astype(np.float32) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ValueError(f"{name} is a float array, so its values must be finite and in [0, 1].")
+        arr = arr.astype(np.float32)
+    else:
+        raise TypeError(f"{name} must hold bool, uint8 or float values, not {arr.dtype}.")
+    if (arr.shape[1], arr.shape[0]) != tuple(size):
+        raise ValueError(
+            f"{name} is {arr.shape[1]}x{arr.shape[0]} pixels but image is {size[0]}x{size[1]}; "
+            "give a mask of the same size as the image."
+        )
+    repainted = arr >= 0.5  # the pipelines binarise at 0.5
+    if not repainted.any():
+        warnings.warn(f"{name} is empty (no value >= 0.5): nothing will be repainted.", stacklevel=3)
+    elif repainted.all():
+        warnings.warn(f"{name} is full (every value >= 0.5): the whole image will be repainted.", stacklevel=3)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def round_size(value: int, multiple: int) -> int:
+    """``value`` rounded to the nearest positive multiple of ``multiple``."""
+    return max(multiple, int(round(value / multiple)) * multiple)
