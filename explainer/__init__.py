@@ -13,6 +13,7 @@ from .tracing import (
     estimate_trace_bytes,
     fit_latent_rgb_factors,
     load_trace,
+    outpaint,
     trace,
 )
 from .widgets import compare, explore
@@ -34,6 +35,7 @@ __all__ = [
     "fit_latent_rgb_factors",
     "load_pipeline",
     "load_trace",
+    "outpaint",
     "toy_model_path",
     "trace",
 ]

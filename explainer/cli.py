@@ -17,6 +17,7 @@ from typing import Any
 RUN_FILES = {"trace": "trace.safetensors", "image": "final.png", "gif": "steps.gif", "html": "explainer.html"}
 EXPORT_SUFFIXES = (".gif", ".webp", ".mp4", ".png", ".html", ".htm")
 RUN_GIF_PANELS = ("xt", "x0", "final")
+RUN_EDIT_PANELS = ("input", "xt", "x0", "final")  # image-to-image and inpainting runs show the input too
 #: Option name → the flag that sets it, for messages.
 _FLAGS = {"captions": "--no-captions", "loop": "--no-loop"}
 
@@ -54,6 +55,16 @@ def _positive_float(text: str) -> float:
     value = _non_negative_float(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
     return value
 
 
@@ -138,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="generate an image, record every step, and save the trace, image, GIF and HTML",
         description="Generate an image with a traced pipeline and save, in --out: "
-        f"{RUN_FILES['trace']}, {RUN_FILES['image']}, {RUN_FILES['gif']} and {RUN_FILES['html']}.",
+        f"{RUN_FILES['trace']}, {RUN_FILES['image']}, {RUN_FILES['gif']} and {RUN_FILES['html']}. "
+        "With --image it traces image-to-image; with --image and --mask, inpainting.",
     )
     run.add_argument("prompt", help="the text prompt (quote it)")
     run.add_argument(
@@ -155,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", choices=sorted(SCHEDULERS), help="scheduler for this run (default: the model's own)"
     )
     run.add_argument("--negative", metavar="TEXT", help="negative prompt")
+    edit = run.add_argument_group("image-to-image and inpainting")
+    edit.add_argument("--image", type=Path, metavar="IN.png", help="input image: trace image-to-image (or inpainting)")
+    edit.add_argument(
+        "--mask", type=Path, metavar="MASK.png", help="inpainting mask, the image's size: white = repaint, black = keep"
+    )
+    edit.add_argument(
+        "--strength",
+        type=_strength,
+        help="how far into the noise the input goes, in (0, 1] (default 0.75; 1.0 with --mask)",
+    )
     run.add_argument("--height", type=_positive_int, help="image height in pixels (default: the model's)")
     run.add_argument("--width", type=_positive_int, help="image width in pixels (default: the model's)")
     run.add_argument("--device", help="torch device, e.g. cpu or cuda (default: CUDA, then MPS, then CPU)")
@@ -217,6 +239,15 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a folder")
+    if args.image is None and (args.mask is not None or args.strength is not None):
+        parser.error(f"{'--mask' if args.mask is not None else '--strength'} needs --image (the picture to edit)")
+    edit = {}
+    if args.image is not None:
+        edit["image"] = _open_image(parser, args.image, "--image")
+        if args.mask is not None:
+            edit["mask"] = _open_image(parser, args.mask, "--mask", mask=True)
+        if args.strength is not None:
+            edit["strength"] = args.strength
     _quiet_loading()
     try:
         pipe = load_pipeline(args.model, device=args.device)
@@ -235,6 +266,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             width=args.width,
             scheduler=args.scheduler,
             progress=not args.quiet,
+            **edit,
         )
     except (ValueError, TypeError) as err:
         parser.error(str(err))
@@ -249,11 +281,32 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"warning: the run stopped early ({result.error}); exports show the finished steps.", file=sys.stderr)
     # frames are VAE decodes when decoding every step is cheap (the toy model), else linear previews
     decoder = pipe if (args.gif or args.html) and vae_decode_is_cheap(pipe, result) else None
+    edited = result.mode != "txt2img"
     if args.gif:
-        export(result, args.out / RUN_FILES["gif"], panels=RUN_GIF_PANELS, progress=not args.quiet, pipe=decoder)
+        panels = RUN_EDIT_PANELS if edited else RUN_GIF_PANELS
+        export(result, args.out / RUN_FILES["gif"], panels=panels, progress=not args.quiet, pipe=decoder)
     if args.html:
-        export(result, args.out / RUN_FILES["html"], progress=not args.quiet, pipe=decoder)
+        panels = RUN_EDIT_PANELS if edited else None
+        export(result, args.out / RUN_FILES["html"], panels=panels, progress=not args.quiet, pipe=decoder)
     return 0
+
+
+def _open_image(parser: argparse.ArgumentParser, path: Path, flag: str, mask: bool = False) -> Any:
+    """Open an image file for ``run``; a mask saved as RGB(A) grey levels is read as grey, and said so."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        parser.error(f"{flag} {path}: no such file")
+    try:
+        with Image.open(path) as opened:
+            image = opened.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        parser.error(f"{flag} {path} is not an image Pillow can read ({err})")
+    if mask and len(image.getbands()) > 1:
+        print(f"note: {flag} {path} has mode {image.mode}; reading it as grey levels (white = repaint).",
+              file=sys.stderr)  # fmt: skip
+        image = image.convert("L")
+    return image
 
 
 def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -314,6 +367,10 @@ def trace_summary(loaded: Any, path: Path | None = None) -> dict[str, Any]:
         "width": loaded.width,
         "height": loaded.height,
         "latent_shape": list(loaded.latents.shape[1:]),
+        "mode": loaded.mode,
+        "strength": loaded.strength,
+        "start_step": loaded.start_step,
+        "inpaint_mode": meta.get("inpaint_mode"),
         "attention_mode": loaded.attention_mode,
         "attention_layers": len(loaded.attention_layers),
         "attention_resolutions": [f"{h}x{w}" for h, w in sizes],
@@ -345,6 +402,10 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ("scheduler", str(s["scheduler"])),
         ("settings", f"steps {s['steps']}, guidance {s['guidance_scale']:g}, seed {s['seed']}"),
         ("image", f"{s['width']}x{s['height']}, latent {'x'.join(map(str, s['latent_shape']))}"),
+        ("mode", s["mode"] + ("" if s["mode"] == "txt2img" else
+                              f", strength {s['strength']:g} (starts at step {s['start_step']} of "
+                              f"{loaded.metadata.get('num_inference_steps')})"
+                              + (f", {s['inpaint_mode']}" if s["inpaint_mode"] else ""))),
         ("attention", f"{s['attention_mode']}, {s['attention_layers']} layers"
          + (f" at {', '.join(s['attention_resolutions'])}" if s["attention_resolutions"] else "")),
         ("arrays", f"{s['array_mb']:.2f} MB"),

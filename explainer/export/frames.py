@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from ..tracing import Trace
 
 #: Panel names accepted in ``panels`` (``"guidance"`` expands to ``"uncond", "cond", "guided"``).
-PANELS = ("xt", "x0", "final", "overlay", "guidance", "uncond", "cond", "guided")
+PANELS = ("xt", "x0", "final", "overlay", "guidance", "uncond", "cond", "guided", "input")
+#: Panels that show the same picture at every step.
+STATIC_PANELS = ("final", "input")
 DEFAULT_PANELS = ("xt", "x0")
 RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 #: Frames smaller than this (longest side) are upscaled by a whole factor unless ``size`` is given.
@@ -52,6 +54,7 @@ _LABELS = {
     "final": "final image",
     "uncond": "x0  unconditional",
     "cond": "x0  conditional",
+    "input": "input image (mask outlined)",
 }
 
 
@@ -147,10 +150,15 @@ def resolve_panels(trace: Trace, panels: str | Sequence[str] | None, words: str 
             "the guidance panels need both branches, but this trace was recorded without classifier-free "
             f"guidance (guidance_scale={trace.guidance_scale}); drop 'guidance' from panels."
         )
-    if trace.latent_rgb is None and any(n != "final" for n in names):
+    if trace.latent_rgb is None and any(n not in STATIC_PANELS for n in names):
         raise ValueError(
             "this trace has no latent->RGB factors for previews; set trace.latent_rgb = "
             "explainer.fit_latent_rgb_factors(pipe, trace) first, or export only panels=['final']."
+        )
+    if "input" in names and trace.input_image is None:
+        raise ValueError(
+            f"panel 'input' shows the input image of an image-to-image or inpainting trace; this trace is "
+            f"{trace.mode}: drop 'input' from panels."
         )
     if "final" in names and trace.final_image is None and trace.latent_rgb is None:
         raise ValueError("this trace is incomplete (no final image); drop 'final' from panels.")
@@ -277,6 +285,10 @@ def render_panel(trace: Trace, panel: Panel, step: int, pipe: Any = None) -> Ima
         if trace.final_image is not None:
             return trace.final_image.convert("RGB")
         return trace.preview(trace.num_steps, kind="xt", method=method, pipe=pipe)
+    if kind == "input":
+        from ..tracing.editing import input_preview
+
+        return input_preview(trace)
     if kind == "overlay":
         base = trace.preview(step, kind="x0", method=method, pipe=pipe)
         return overlay_heatmap(base, trace.heatmap(panel.word, step=step))
@@ -367,7 +379,7 @@ class FrameRenderer:
 
     def panel_image(self, panel: Panel, step: int) -> Image.Image:
         """One panel of ``step``, upscaled to the panel size."""
-        if panel.kind == "final" and panel in self._static:
+        if panel.kind in STATIC_PANELS and panel in self._static:
             return self._static[panel]
         latent_kind = {"xt": "xt", "x0": "x0", "guided": "x0"}.get(panel.kind)
         if (latent_kind, step) in self._decoded:
@@ -376,7 +388,7 @@ class FrameRenderer:
             image = render_panel(self.trace, panel, step, self.pipe)
         if image.size != self.panel_wh:
             image = image.resize(self.panel_wh, self.resample)
-        if panel.kind == "final":
+        if panel.kind in STATIC_PANELS:
             self._static[panel] = image
         return image
 

@@ -36,6 +36,7 @@ _VIEW_LABELS = {
     "x0": "predicted image x\u2080 (linear preview)",
     "uncond": "x\u2080 from the unconditional output",
     "cond": "x\u2080 from the conditional output",
+    "input": "input image (mask outlined)",
 }
 
 
@@ -116,6 +117,9 @@ def _settings(trace: Trace) -> list[list[str]]:
         ["seed", str(meta.get("seed", "?"))],
         ["size", f"{trace.width}\u00d7{trace.height}"],
     ]
+    if trace.mode != "txt2img":
+        detail = f"{trace.mode}, strength {trace.strength:g}, from step {trace.start_step}"
+        rows.append(["mode", detail + (f" ({meta['inpaint_mode']})" if meta.get("inpaint_mode") else "")])
     if not trace.complete:
         rows.append(["status", f"incomplete ({trace.error})"])
     return rows

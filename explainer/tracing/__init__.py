@@ -9,6 +9,7 @@ from .validation import ATTENTION_MODES, RecordSpec
 
 # Last: binds the name `trace` to the function, shadowing the `trace` submodule attribute.
 from .recorder import estimate_trace_bytes, trace  # noqa: E402
+from .outpaint import outpaint  # noqa: E402
 
 __all__ = [
     "ATTENTION_MODES",
@@ -27,5 +28,6 @@ __all__ = [
     "estimate_trace_bytes",
     "fit_latent_rgb_factors",
     "load_trace",
+    "outpaint",
     "trace",
 ]
