@@ -290,4 +290,4 @@ def check_mask(mask: Any, size: tuple[int, int], name: str = "mask") -> np.ndarr
 
 def round_size(value: int, multiple: int) -> int:
     """``value`` rounded to the nearest positive multiple of ``multiple``."""
-    return max(multiple, int(round(value / multiple)) * multiple)
+    return max(multiple, round(value / multiple) * multiple)
