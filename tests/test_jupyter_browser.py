@@ -1,11 +1,14 @@
-"""explore() in a real JupyterLab: a notebook opened in headless Chromium through Playwright.
+"""explore() in real Jupyter front ends: notebooks opened in headless Chromium through Playwright.
 
-Starts JupyterLab on localhost (temporary root dir, random token), runs a cell showing
-``explainer.explore(...)`` on the toy model, moves the step slider, clicks a token chip, and checks
-that the image changed, the overlay appeared, the kernel heard the step, and no JS errors were logged.
+One Jupyter server on localhost (temporary root dir, random token) serves both UIs: JupyterLab 4
+(``/lab/tree/...``) and, when the ``notebook`` package (v7) is installed, Notebook 7
+(``/tree``, ``/notebooks/...``; its server extension loads into the same server, as with ``jupyter
+notebook``). In each, a cell showing ``explainer.explore(...)`` on the toy model runs; the tests move
+the step slider, click token chips (and, in JupyterLab, the panel tabs), and check that the image
+changed, the overlay appeared, the kernel heard the step, and no JS errors were logged.
 
-Needs ``pip install jupyterlab playwright anywidget`` and Debian's ``chromium`` at /usr/bin/chromium
-(or ``EXPLAINER_CHROMIUM``); skipped with that reason when one is missing.
+Needs ``pip install jupyterlab notebook playwright anywidget`` and Debian's ``chromium`` at
+/usr/bin/chromium (or ``EXPLAINER_CHROMIUM``); skipped with that reason when one is missing.
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ CELLS = [
     'import explainer\nw = explainer.explore("a red circle above a blue square", num_inference_steps=8, seed=0)\nw',
     "print('kernel step', w.step, 'selected', w.selected)",
 ]
+NB7_CELLS = [
+    'import explainer\nw = explainer.explore("a red circle above a blue square", negative_prompt="blurry",\n'
+    "                      num_inference_steps=8, seed=0)\nw",
+    "print('kernel step', w.step, 'selected', w.selected)",
+]
+#: Notebook 7.6 (with JupyterLab 4.6) throws from its own bundle while its page starts, before any
+#: cell runs, on an empty /tree page too: "Cannot read properties of undefined (reading 'schema')"
+#: (settings of a few JupyterLab plugins fail to load) and, at times, "Command
+#: 'filebrowser:open-path' not registered". Such start-up errors are allowed when every frame of their
+#: stack is Notebook's own code; once the cell runs, no error at all is.
+NB7_OWN_CODE = "/static/notebook/"
 PIXELS_JS = """async (img) => {
   await img.decode();
   const c = document.createElement("canvas");
@@ -54,13 +68,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
-    notebook = {
-        "cells": [{"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None} for src in CELLS],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    (root / "explore.ipynb").write_text(json.dumps(notebook))
+    for name, cells in (("explore.ipynb", CELLS), ("explore_nb7.ipynb", NB7_CELLS)):  # a kernel each
+        notebook = {
+            "cells": [{"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None} for src in cells],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+        (root / name).write_text(json.dumps(notebook))
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "JUPYTER_CONFIG_DIR": str(root / ".config"), "JUPYTER_RUNTIME_DIR": str(root / ".runtime")}  # fmt: skip
@@ -91,55 +106,158 @@ def lab(tmp_path_factory):
         shutil.rmtree(root / ".runtime", ignore_errors=True)
 
 
-def test_explore_in_jupyterlab(lab):
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _page(browser, errors: list[str], stacks: list[str] | None = None):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("pageerror", lambda err: (errors.append(f"pageerror: {err}"), stacks is not None and stacks.append(err.stack or "")))
+    page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+    return page
+
+
+def _run_explore_cell(page):
+    """Run the first cell; return the x0 image once the widget shows step 0."""
+    page.locator(".jp-Cell").first.click()
+    page.keyboard.press("Shift+Enter")
+    x0 = page.locator(".sdx img[data-panel='x0']")
+    x0.wait_for(timeout=90_000)
+    page.wait_for_function("() => document.querySelector('.sdx')?.dataset.step === '0'", timeout=30_000)
+    return x0
+
+
+def _slide_to_end_and_check(page, x0, steps: int = 8) -> None:
+    """Move the native range input to the last step; the frame must change to that step's pixels."""
+    before_src, before = x0.get_attribute("src"), x0.evaluate(PIXELS_JS)
+    slider = page.locator(".sdx input.sdx-step")
+    slider.focus()
+    page.keyboard.press("End")
+    page.wait_for_function(f"() => document.querySelector('.sdx').dataset.step === '{steps - 1}'", timeout=10_000)
+    assert slider.input_value() == str(steps - 1)
+    assert x0.get_attribute("src") != before_src
+    after = x0.evaluate(PIXELS_JS)
+    assert len(after) == len(before) and sum(abs(a - b) for a, b in zip(after, before, strict=True)) > 0
+    assert f"step {steps}/{steps}" in page.locator(".sdx .sdx-readout").first.inner_text()
+
+
+def _click_chip_and_check_overlay(page, word: str, key: str) -> None:
+    overlay = page.locator(".sdx canvas.sdx-overlay[data-panel='x0']")
+    page.locator(".sdx .sdx-chip", has_text=word).click()
+    page.wait_for_function(
+        "key => { const c = document.querySelector(\".sdx canvas.sdx-overlay[data-panel='x0']\");"
+        " return c && !c.hidden && (c.dataset.shown || '').split('@')[0].split(',').includes(key); }",
+        arg=key,
+        timeout=30_000,
+    )
+    painted = overlay.evaluate("c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)")
+    assert max(painted[3::4]) > 0  # the colour-mapped map is drawn
+    assert page.locator(f".sdx .sdx-chip[data-key='{key}'][aria-pressed='true']").count() == 1
+
+
+def _kernel_says(page, expected: str) -> None:
+    page.wait_for_timeout(300)  # the step goes to the kernel throttled
+    page.locator(".jp-Cell").nth(1).click()
+    page.keyboard.press("Shift+Enter")
+    out = page.locator(".jp-Cell").nth(1).locator(".jp-OutputArea-output")
+    out.wait_for(timeout=30_000)
+    assert expected in out.inner_text()
+
+
+def _open_tab_and_check(page, tab: str, caption: str, previous: str | None) -> str:
+    """Click a panel tab; its picture (a new PNG) and caption must appear. Returns the image's src."""
+    page.locator(f".sdx button[data-tab='{tab}']").click()
+    page.wait_for_function(
+        "([cap, prev]) => { const f = document.querySelector('.sdx figure.sdx-panel');"
+        " const img = f && f.querySelector('img.sdx-panel-img');"
+        " return f && !f.hidden && img && !img.hidden && img.src && img.src !== prev"
+        " && f.querySelector('figcaption').textContent.startsWith(cap); }",
+        arg=[caption, previous],
+        timeout=60_000,
+    )
+    img = page.locator(".sdx img.sdx-panel-img")
+    assert img.evaluate("async (i) => { await i.decode(); return i.naturalWidth > 200 && i.naturalHeight > 100; }")
+    assert page.locator(f".sdx button[data-tab='{tab}'][aria-pressed='true']").count() == 1
+    return img.get_attribute("src")
+
+
+def test_explore_in_jupyterlab(lab, browser):
     base, token = lab
     errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda err: errors.append(f"pageerror: {err}"))
-            page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
-            page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-            page.locator(".jp-Cell").first.click()
-            page.keyboard.press("Shift+Enter")
-            x0 = page.locator(".sdx img[data-panel='x0']")
-            x0.wait_for(timeout=90_000)
-            page.wait_for_function("() => document.querySelector('.sdx')?.dataset.step === '0'", timeout=30_000)
-            before_src = x0.get_attribute("src")
-            before = x0.evaluate(PIXELS_JS)
+    page = _page(browser, errors)
+    try:
+        page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+        x0 = _run_explore_cell(page)
+        _slide_to_end_and_check(page, x0)
 
-            slider = page.locator(".sdx input.sdx-step")
-            slider.focus()
-            page.keyboard.press("End")  # the native range input moves to the last step
-            page.wait_for_function("() => document.querySelector('.sdx').dataset.step === '7'", timeout=10_000)
-            assert slider.input_value() == "7"
-            assert x0.get_attribute("src") != before_src
-            after = x0.evaluate(PIXELS_JS)
-            assert len(after) == len(before) and sum(abs(a - b) for a, b in zip(after, before, strict=True)) > 0
-            assert "step 8/8" in page.locator(".sdx .sdx-readout").first.inner_text()
+        overlay = page.locator(".sdx canvas.sdx-overlay[data-panel='x0']")
+        assert overlay.is_hidden()
+        _click_chip_and_check_overlay(page, "circle", "cond:3")
+        assert page.locator(".sdx .sdx-chip[aria-pressed='true']").count() == 1
+        assert page.locator(".sdx .sdx-error").is_hidden()
 
-            overlay = page.locator(".sdx canvas.sdx-overlay[data-panel='x0']")
-            assert overlay.is_hidden()
-            page.locator(".sdx .sdx-chip", has_text="circle").click()
-            page.wait_for_function(
-                "() => { const c = document.querySelector(\".sdx canvas.sdx-overlay[data-panel='x0']\");"
-                " return c && !c.hidden && (c.dataset.shown || '').startsWith('cond:3@'); }",
-                timeout=30_000,
-            )
-            painted = overlay.evaluate("c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)")
-            assert max(painted[3::4]) > 0  # the colour-mapped map is drawn
-            assert page.locator(".sdx .sdx-chip[aria-pressed='true']").count() == 1
-            assert page.locator(".sdx .sdx-error").is_hidden()
+        # The on-demand panels: each tab's picture of the current (last) step appears.
+        assert page.locator(".sdx figure.sdx-panel").is_hidden()
+        src = _open_tab_and_check(page, "guidance", "guidance decomposition of step 8", None)
+        src = _open_tab_and_check(page, "sweep", "guidance sweep of step 8", src)
+        _open_tab_and_check(page, "trajectory", "latent trajectory (PCA), 4 seed(s), step 8", src)
+        page.locator(".sdx button[data-tab='trajectory']").click()  # clicking the open tab closes it
+        page.wait_for_function("() => document.querySelector('.sdx figure.sdx-panel').hidden", timeout=10_000)
+        assert page.locator(".sdx .sdx-error").is_hidden()
 
-            page.wait_for_timeout(300)  # the step goes to the kernel throttled
-            page.locator(".jp-Cell").nth(1).click()
-            page.keyboard.press("Shift+Enter")
-            out = page.locator(".jp-Cell").nth(1).locator(".jp-OutputArea-output")
-            out.wait_for(timeout=30_000)
-            assert "kernel step 7 selected ['cond:3']" in out.inner_text()
-        finally:
-            browser.close()
+        _kernel_says(page, "kernel step 7 selected ['cond:3']")
+    finally:
+        page.close()
+    assert errors == []
+
+
+def test_explore_in_notebook7(lab, browser):
+    notebook = pytest.importorskip("notebook", reason="the Notebook 7 test needs it: pip install 'notebook>=7'")
+    if int(notebook.__version__.split(".")[0]) < 7:
+        pytest.skip(f"the Notebook 7 test needs notebook>=7, not {notebook.__version__}")
+    base, token = lab
+    errors: list[str] = []
+    stacks: list[str] = []
+    tree = _page(browser, errors, stacks)
+    try:
+        tree.goto(f"{base}/tree?token={token}")  # the Notebook 7 file browser lists the notebook
+        tree.get_by_text("explore_nb7.ipynb").first.wait_for(timeout=60_000)
+        tree.wait_for_timeout(500)
+    finally:
+        tree.close()
+    page = _page(browser, errors, stacks)
+    try:
+        page.goto(f"{base}/notebooks/explore_nb7.ipynb?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        config = page.evaluate("() => JSON.parse(document.getElementById('jupyter-config-data').textContent)")
+        assert config["appName"] == "Jupyter Notebook" and config["appVersion"].startswith("7.")
+        assert page.evaluate("() => document.body.dataset.notebook") == "notebooks"  # Notebook 7's shell, not Lab's
+        page.wait_for_selector(".jp-NotebookKernelStatus", state="attached", timeout=60_000)
+        page.wait_for_timeout(500)
+        assert all(e.startswith("pageerror: ") for e in errors), errors  # no console errors
+        frames = [ln for st in stacks for ln in st.splitlines() if ln.strip().startswith("at ") and "://" in ln]
+        assert len(stacks) == len(errors) and all(NB7_OWN_CODE in f for f in frames), stacks  # Notebook's own code
+        errors.clear()
+
+        x0 = _run_explore_cell(page)
+        assert page.locator(".sdx .sdx-error").is_hidden()
+        _slide_to_end_and_check(page, x0)
+        _click_chip_and_check_overlay(page, "circle", "cond:3")
+        _click_chip_and_check_overlay(page, "blurry", "uncond:1")  # a negative prompt's token too
+        page.wait_for_function(
+            "() => document.querySelector('.sdx .sdx-emergence-labels').textContent"
+            " === 'circle (prompt) \u00b7 blurry (negative)'",
+            timeout=30_000,
+        )
+        _kernel_says(page, "kernel step 7 selected ['cond:3', 'uncond:1']")
+    finally:
+        page.close()
     assert errors == []

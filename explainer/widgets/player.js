@@ -3,7 +3,7 @@
 const PANELS = [["xt", "x\u209c noisy latent"], ["x0", "x\u2080 predicted"], ["eps", "model output (guided)"]];
 
 function blobUrl(view, mime) {
-  if (!view) return null;
+  if (!view || view.byteLength === 0) return null;  // empty bytes: nothing to show
   const buffer = view.buffer ? view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) : view;
   return URL.createObjectURL(new Blob([buffer], { type: mime }));
 }
