@@ -39,8 +39,10 @@ CELLS = [
     "print('kernel step', w.step, 'selected', w.selected)",
 ]
 NB7_CELLS = [
-    'import explainer\nw = explainer.explore("a red circle above a blue square", negative_prompt="blurry",\n'
-    "                      num_inference_steps=8, seed=0)\nw",
+    (
+        'import explainer\nw = explainer.explore("a red circle above a blue square", negative_prompt="blurry",\n'
+        "                      num_inference_steps=8, seed=0)\nw"
+    ),
     "print('kernel step', w.step, 'selected', w.selected)",
 ]
 #: Notebook 7.6 (with JupyterLab 4.6) throws from its own bundle while its page starts, before any
