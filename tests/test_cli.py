@@ -208,3 +208,59 @@ def test_python_dash_m_exit_status(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith(f"explainer info: error: no trace file at {tmp_path / 'missing.safetensors'}")
+
+
+# ------------------------------------------------------------------------ image-to-image and inpainting
+
+
+@pytest.fixture(scope="module")
+def edit_inputs(tmp_path_factory):
+    """A 32x32 picture and a mask of its left half (saved as RGB, as masks often are)."""
+    folder = tmp_path_factory.mktemp("edit-inputs")
+    yy, xx = np.mgrid[0:1:32j, 0:1:32j]
+    rgb = np.stack([0.5 + 0.4 * np.sin(6 * xx + c) * np.cos(4 * yy) for c in range(3)], -1)
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(folder / "in.png")
+    mask = np.zeros((32, 32, 3), np.uint8)
+    mask[:, :16] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    Image.fromarray(mask[:16, :16, 0]).save(folder / "small_mask.png")
+    return folder
+
+
+def test_run_inpainting(tiny_model, edit_inputs, tmp_path, capsys):
+    out = tmp_path / "inpaint"
+    argv = ["run", PROMPT, "--model", str(tiny_model), "--steps", "4", "--scheduler", "ddim", "--image",
+            str(edit_inputs / "in.png"), "--mask", str(edit_inputs / "mask.png"), "--strength", "0.5", "--out",
+            str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert "reading it as grey levels" in capsys.readouterr().err
+    loaded = explainer.load_trace(out / RUN_FILES["trace"])
+    assert loaded.mode == "inpaint" and loaded.strength == 0.5 and loaded.num_steps == 2
+    assert loaded.mask[:, :16].min() == 1 and loaded.mask[:, 16:].max() == 0
+    with Image.open(out / RUN_FILES["gif"]) as gif:
+        assert gif.n_frames == 2 and gif.width > 4 * 32  # input, x_t, x0 and final panels
+    assert main(["info", str(out / RUN_FILES["trace"])]) == 0
+    assert "mode       inpaint, strength 0.5 (starts at step 2 of 4), blend4" in capsys.readouterr().out
+    out2 = tmp_path / "img2img"
+    argv = ["run", PROMPT, "--model", str(tiny_model), "--steps", "4", "--image", str(edit_inputs / "in.png"),
+            "--out", str(out2), "--quiet", "--no-gif", "--no-html"]  # fmt: skip
+    assert main(argv) == 0
+    loaded = explainer.load_trace(out2 / RUN_FILES["trace"])  # default strength 0.75: the last 3 of 4 steps
+    assert loaded.mode == "img2img" and loaded.strength == 0.75 and loaded.start_step == 1
+    assert loaded.num_steps == 4  # the tiny model's PNDM runs one extra step (5 timesteps for 4 steps)
+
+
+def test_bad_edit_arguments(tiny_model, edit_inputs, tmp_path, capsys):
+    base = ["run", "a cat", "--model", str(tiny_model), "--out", str(tmp_path / "o")]
+    image = ["--image", str(edit_inputs / "in.png")]
+    message = error_of(capsys, [*base, *image, "--strength", "0"])
+    assert message == "explainer run: error: argument --strength: must be a number in (0, 1], got 0"
+    message = error_of(capsys, [*base, "--mask", str(edit_inputs / "mask.png")])
+    assert message == "explainer run: error: --mask needs --image (the picture to edit)"
+    message = error_of(capsys, [*base, "--image", str(tmp_path / "none.png")])
+    assert message == f"explainer run: error: --image {tmp_path / 'none.png'}: no such file"
+    message = error_of(capsys, [*base, *image, "--mask", str(edit_inputs / "small_mask.png")])
+    assert message.startswith("explainer run: error: mask is 16x16 pixels but image is 32x32")
+    message = error_of(capsys, [*base, *image, "--steps", "4", "--strength", "0.2"])
+    assert "leaves int(4 * 0.2) = 0 denoising steps" in message
+    assert not (tmp_path / "o").exists()
