@@ -288,7 +288,7 @@ def test_emergence_curve_has_prompt_and_negative_tokens(pipe):
 
 
 def _as_application(tr, mode: str, mask: bool = False):
-    """A copy of ``tr`` carrying the fields of an img2img / inpaint trace."""
+    """A copy of the txt2img trace ``tr`` carrying the fields of an img2img / inpaint trace."""
     import copy
 
     out = copy.copy(tr)
@@ -299,31 +299,50 @@ def _as_application(tr, mode: str, mask: bool = False):
     return out
 
 
-def test_img2img_shows_the_input_and_the_start(tr, pipe):
-    plain = Explorer(tr)
+@pytest.fixture(scope="module")
+def img2img(pipe):
+    yy, xx = np.mgrid[0:1:32j, 0:1:32j]
+    rgb = np.stack([0.5 + 0.45 * np.sin(2 * np.pi * (xx * (1 + c) + yy) + c) for c in range(3)], -1)
+    image = (rgb * 255).round().astype(np.uint8)
+    return explainer.trace(pipe, "a red cube", image=image, strength=0.5, num_inference_steps=STEPS, scheduler="ddim",
+                           guidance_scale=5.0, progress=False)  # fmt: skip
+
+
+def test_img2img_shows_the_input_and_the_start(img2img, pipe):
+    import copy
+
+    tr = img2img
+    assert tr.mode == "img2img" and tr.num_steps == STEPS // 2
+    as_txt2img = copy.copy(tr)
+    as_txt2img.metadata = {**tr.metadata, "mode": "txt2img"}
+    plain = Explorer(as_txt2img)
     assert plain.mode == "txt2img" and plain.input_frame == b"" and plain.start_label == ""
-    w = Explorer(_as_application(tr, "img2img"), pipe=pipe)
+    w = Explorer(tr, pipe=pipe)
     assert w.error == "" and w.mode == "img2img" and w.input_frame_label == "input image"
-    assert w.start_label == f"img2img start, t = {float(tr.timesteps[0]):g}, strength 0.6"
-    shown = _png(w.input_frame).astype(int)
-    assert np.abs(shown - w.trace.input_image).mean() < 3  # the input image itself (JPEG)
+    assert w.start_label == f"img2img start, t = {float(tr.timesteps[0]):g}, strength 0.5"
+    assert np.array_equal(_png(w.input_frame), tr.input_image)  # the input image itself (PNG)
     assert w.schedule_png != plain.schedule_png and w.schedule_x == plain.schedule_x  # the start is marked
-    w.panel = "trajectory"  # other seeds are not traced for img2img: no error, a note
-    assert w.wait_idle() and w.error == "" and "txt2img only" in w.panel_label
-    w.guidance = 2.0  # re-runs are txt2img only so far: a message, not a wrong run
-    assert w.wait_idle() and "re-running an img2img trace" in w.error and w.run_count == 0
+    w.guidance = 2.0  # a re-run is the same edit: input image and strength kept
+    assert w.wait_idle(60) and w.error == "" and w.run_count == 1
+    assert w.trace.mode == "img2img" and w.trace.strength == 0.5 and w.trace.num_steps == tr.num_steps
+    assert np.array_equal(w.trace.input_image, tr.input_image) and w.input_frame and w.start_label
+    w.panel = "trajectory"  # other seeds are img2img runs too
+    assert w.wait_idle(60) and w.error == "" and "4 seed(s)" in w.panel_label
+    assert all(t.mode == "img2img" for t in w.seed_runs.values())
 
 
 def test_inpaint_input_has_the_mask_outline(tr):
-    from explainer.widgets.panels import MASK_OUTLINE, input_picture, mask_outline
+    from explainer.tracing.editing import OUTLINE_RGB, mask_outline
+    from explainer.widgets.panels import input_picture
 
-    app = _as_application(tr, "inpaint", mask=True)
+    app = _as_application(tr, "inpaint", mask=True)  # the fields set on a copy of a txt2img trace
     w = Explorer(app)
     assert w.mode == "inpaint" and "mask" in w.input_frame_label and w.start_label.startswith("inpaint start")
+    edge = mask_outline(app.mask)
+    assert edge.sum() == 2 * (15 + 11) - 4  # the border pixels of the 15x11 box
     picture = np.asarray(input_picture(app))
-    edge = mask_outline(app.mask >= 0.5)
-    assert edge.sum() == 2 * (15 + 11) - 4  # the 16x12 box's border pixels (x in 9..23, y in 11..21: 15x11)
-    assert (picture[edge] == MASK_OUTLINE).all() and (picture[~edge] == app.input_image[~edge]).all()
+    assert (picture[edge] == OUTLINE_RGB).all() and (picture[~edge] == app.input_image[~edge]).all()
+    assert np.array_equal(_png(w.input_frame), picture)  # that picture, sent as PNG
     bad = _as_application(tr, "outpaint")
     with pytest.raises(ValueError, match=r"mode.*'outpaint' is not allowed; use one of \['txt2img', 'img2img', 'inpaint'\]"):
         Explorer(bad)

@@ -79,7 +79,8 @@ def default_pipeline() -> Any:
 
 
 def run_key(trace: Trace) -> tuple:
-    """Cache key of a run: (prompt, negative, seed, steps, scheduler, guidance)."""
+    """Cache key of a run: (prompt, negative, seed, steps, scheduler, mode, strength, guidance); within
+    one explorer an img2img / inpaint run always has the input image and mask of its first trace."""
     meta = trace.metadata
     sched = meta.get("scheduler", {}) if isinstance(meta.get("scheduler"), dict) else {}
     return (
@@ -88,6 +89,8 @@ def run_key(trace: Trace) -> tuple:
         meta.get("seed"),
         meta.get("num_inference_steps"),
         sched.get("name") or sched.get("class"),
+        meta.get("mode", "txt2img"),
+        meta.get("strength"),
         round(float(trace.guidance_scale), 4),
     )
 
@@ -141,7 +144,7 @@ class Explorer(anywidget.AnyWidget):
     emergence_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)  # one per line, "red (prompt)"
 
     mode = traitlets.Unicode("txt2img").tag(sync=True)  # trace.metadata["mode"]
-    input_frame = traitlets.Bytes(b"").tag(sync=True)  # img2img / inpaint input image (mask outlined)
+    input_frame = traitlets.Bytes(b"").tag(sync=True)  # img2img / inpaint input image (mask outlined), PNG
     input_frame_label = traitlets.Unicode("").tag(sync=True)
     start_label = traitlets.Unicode("").tag(sync=True)  # where an img2img / inpaint run started
 
@@ -263,7 +266,7 @@ class Explorer(anywidget.AnyWidget):
             self.title = html.unescape(f'"{trace.prompt}"  seed {trace.metadata.get("seed")}  g {trace.guidance_scale:g}')
             self.schedule_png, self.schedule_x, self.schedule_box = png, xs, box
             self.mode, self.start_label = mode, start
-            self.input_frame = encode(picture, fmt, q) if picture is not None else b""
+            self.input_frame = encode(picture, "png") if picture is not None else b""  # lossless, sent once
             self.input_frame_label = self._input_label(trace, mode) if picture is not None else ""
             self.words = self._chip_groups(trace)
             self.layer_options = options
@@ -473,8 +476,6 @@ class Explorer(anywidget.AnyWidget):
             label = f"latent trajectory (PCA), {len(traces)} seed(s), step {step + 1} circled"
             if self.pipe is None:
                 label += "; other seeds need the pipeline"
-            elif trace_mode(tr) != "txt2img":
-                label += f"; other seeds are traced for txt2img only, not {trace_mode(tr)}"
         else:
             return
         if self.trace is not tr or self.panel != name:
@@ -483,9 +484,8 @@ class Explorer(anywidget.AnyWidget):
             self.panel_png, self.panel_label = png, label
 
     def seed_traces(self, trace: Trace, count: int = TRAJECTORY_EXTRA_SEEDS) -> list[Trace]:
-        """``trace`` re-run (without attention) at the next ``count`` seeds, cached; ``[]`` without a
-        pipeline or for an img2img / inpaint trace."""
-        if self.pipe is None or trace_mode(trace) != "txt2img":
+        """``trace`` re-run (without attention) at the next ``count`` seeds, cached; ``[]`` without a pipeline."""
+        if self.pipe is None:
             return []
         from ..tracing import trace as run_trace
 
@@ -506,12 +506,10 @@ class Explorer(anywidget.AnyWidget):
 
     def _run_kwargs(self, trace: Trace) -> dict[str, Any]:
         """Keyword arguments re-creating ``trace``'s run (record mode, scheduler, size) besides prompt and seed."""
-        mode = trace_mode(trace)
-        if mode != "txt2img":
-            raise ValueError(f"re-running an {mode} trace (other guidance scales or seeds) is not supported yet; "
-                             "the explorer re-runs txt2img traces only.")  # fmt: skip
         sched = trace.metadata.get("scheduler", {})
         kwargs = {"record": trace.attention_mode if trace.attention_mode != "none" else "none", **self.trace_kwargs}
+        if trace_mode(trace) != "txt2img":  # the same edit: input image, mask and strength
+            kwargs.update(image=trace.input_image, mask=trace.mask, strength=trace.metadata.get("strength"))
         kwargs.setdefault("scheduler", sched.get("name"))
         kwargs.setdefault("height", trace.height)
         kwargs.setdefault("width", trace.width)

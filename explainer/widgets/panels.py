@@ -24,8 +24,6 @@ MIME = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
 MAX_MAP_SIDE = 64
 #: Trace modes (``trace.metadata["mode"]``); all but txt2img start from an input image.
 MODES = ("txt2img", "img2img", "inpaint")
-#: Colour of the inpainting mask's outline on the input image.
-MASK_OUTLINE = (240, 160, 48)
 BRANCH_NAMES = {"cond": "prompt", "uncond": "negative"}
 
 
@@ -130,34 +128,15 @@ def trace_mode(trace: Trace) -> str:
 
 def input_picture(trace: Trace) -> Image.Image | None:
     """The trace's input image (img2img / inpaint) at the trace's size, with the inpainting mask's
-    outline drawn on it; ``None`` when the trace has no input image."""
-    image = getattr(trace, "input_image", None)
-    if image is None:
+    outline drawn as in the exports (:func:`explainer.tracing.editing.input_preview`); ``None`` when the
+    trace has no input image."""
+    from ..tracing.editing import input_preview
+
+    if getattr(trace, "input_image", None) is None:
         return None
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"trace.input_image must be uint8 [H, W, 3], not {image.dtype} {list(image.shape)}.")
+    picture = input_preview(trace)
     size = (trace.width, trace.height)
-    picture = Image.fromarray(image, "RGB")
-    if picture.size != size:
-        picture = picture.resize(size, Image.BICUBIC)
-    mask = getattr(trace, "mask", None)
-    if mask is None:
-        return picture
-    mask = np.asarray(mask, np.float32)
-    if mask.ndim != 2:
-        raise ValueError(f"trace.mask must be float32 [H, W], not shape {list(mask.shape)}.")
-    inside = Image.fromarray(mask >= 0.5).resize(size, Image.NEAREST)
-    pixels = np.asarray(picture).copy()
-    pixels[mask_outline(np.asarray(inside))] = MASK_OUTLINE
-    return Image.fromarray(pixels, "RGB")
-
-
-def mask_outline(inside: np.ndarray) -> np.ndarray:
-    """The boundary pixels of a boolean region (inside pixels with a 4-neighbour outside it, or on the edge)."""
-    padded = np.pad(inside, 1, constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return inside & ~interior
+    return picture if picture.size == size else picture.resize(size, Image.BICUBIC)
 
 
 class RunSuperseded(Exception):

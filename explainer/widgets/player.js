@@ -240,10 +240,10 @@ function render({ model, el }) {
     gLabel.textContent = "g = " + Number(model.get("guidance_live")).toFixed(1) + " (recorded " + model.get("guidance_recorded") + ")";
     guidanceRow.hidden = !model.get("guidance_enabled");
   }
-  function loadImage(img, name, cap) {
+  function loadImage(img, name, cap, type = mime()) {
     if (urls[name]) URL.revokeObjectURL(urls[name]);
     const data = model.get(name);
-    urls[name] = data && data.byteLength ? blobUrl(data, mime()) : null;  // empty bytes: nothing to show
+    urls[name] = data && data.byteLength ? blobUrl(data, type) : null;  // empty bytes: nothing to show
     img.closest("figure").hidden = !urls[name];
     if (urls[name]) img.src = urls[name];
     cap.textContent = model.get(name + "_label");
@@ -322,12 +322,12 @@ function render({ model, el }) {
   model.on("change:detail", () => loadImage(detail, "detail", detailCap));
   for (const name of ["panel", "panel_png", "panel_label"]) model.on("change:" + name, loadPanel);
   for (const name of ["error", "status", "title", "preview_label", "start_label", "mode", "emergence_labels"]) model.on("change:" + name, loadText);
-  model.on("change:input_frame", () => loadImage(inputImg, "input_frame", inputCap));
-  model.on("change:input_frame_label", () => loadImage(inputImg, "input_frame", inputCap));
+  model.on("change:input_frame", () => loadImage(inputImg, "input_frame", inputCap, "image/png"));
+  model.on("change:input_frame_label", () => loadImage(inputImg, "input_frame", inputCap, "image/png"));
 
   loadText(); loadControls(); loadChips(); loadFrames();
   setPlot(schedule, "schedule"); setPlot(emergence, "emergence");
-  loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap); loadImage(inputImg, "input_frame", inputCap);
+  loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap); loadImage(inputImg, "input_frame", inputCap, "image/png");
   loadMaps(); loadPanel();
   return () => {
     pause();
