@@ -391,3 +391,36 @@ def test_no_warnings_for_good_input(pipe, image, mask):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(pipe, image=image, mask=mask, num_inference_steps=2)
+
+
+# ---------------------------------------------------------------------------------------------- views
+
+
+def test_views_of_edit_traces(pipe, pipe9, image, mask):
+    from matplotlib.figure import Figure
+
+    from explainer.tracing.editing import trace_strengths
+    from explainer.views import blend_view, edit_overview, inpaint_progress, strength_schedule, strength_sweep
+
+    sweep = trace_strengths(pipe, PROMPT, image, (0.75, 0.25, 0.5), num_inference_steps=4, scheduler="ddim",
+                            progress=False)  # fmt: skip
+    assert [t.num_steps for t in sweep] == [3, 1, 2]
+    fig = strength_sweep(sweep)
+    assert isinstance(fig, Figure) and len(fig.axes) == 6
+    assert fig.axes[0].get_title().startswith("strength 0.25\n1 steps")  # sorted by strength
+    fig = strength_schedule(sweep[1])
+    (line,) = fig.axes[0].get_lines()[-1:]  # the start marker
+    assert line.get_xdata()[0] == sweep[1].start_step == 3
+    assert len(edit_overview(sweep[0]).axes) == 4
+    inpaint = run(pipe, image=image, mask=mask, num_inference_steps=5, scheduler="ddim")
+    fig = inpaint_progress(inpaint, columns=3)
+    assert [ax.get_title() for ax in fig.axes] == ["x0, step 0", "x0, step 2", "x0, step 4", "final"]
+    fig = blend_view(inpaint, 1)
+    diff = fig.axes[2].get_images()[0].get_array()
+    assert float(np.max(diff[:, :8])) == 0.0 and float(np.max(diff[:, 8:])) > 0  # zero inside the mask only
+    with pytest.raises(ValueError, match="needs an image-to-image or inpainting trace; this one is txt2img"):
+        edit_overview(run(pipe, num_inference_steps=2))
+    with pytest.raises(ValueError, match="needs an inpainting trace; this one is img2img"):
+        inpaint_progress(sweep[0])
+    with pytest.raises(ValueError, match="blend_view needs a 4-channel inpainting trace"):
+        blend_view(run(pipe9, image=image, mask=mask, num_inference_steps=2), 0)

@@ -5,6 +5,7 @@ Used by the export panels and the figure functions in :mod:`explainer.views.appl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,3 +93,22 @@ def changed_outside_mask(trace: Trace) -> float:
         return 0.0
     diff = np.abs(np.asarray(trace.final_image, np.float32) - trace.input_image.astype(np.float32)) / 255.0
     return float(diff[keep].mean())
+
+
+def trace_strengths(pipe: Any, prompt: str, image: Any, strengths: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 1.0),
+                    **trace_kwargs: Any) -> list[Trace]:  # fmt: skip
+    """Trace the same image-to-image (or, with ``mask=``, inpainting) edit at several strengths.
+
+    Args:
+        pipe, prompt, image: as for :func:`explainer.trace`.
+        strengths: the strengths to run, each in (0, 1].
+        **trace_kwargs: passed on to :func:`explainer.trace` (``seed``, ``num_inference_steps``, ``mask``...).
+
+    Returns:
+        One trace per strength, in the order given (for :func:`explainer.views.strength_sweep`).
+    """
+    from .recorder import trace
+
+    if isinstance(strengths, (int, float)) or not len(strengths):
+        raise ValueError(f"strengths must be a non-empty sequence of numbers in (0, 1], got {strengths!r}.")
+    return [trace(pipe, prompt, image=image, strength=s, **trace_kwargs) for s in strengths]

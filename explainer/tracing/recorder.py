@@ -102,6 +102,7 @@ class Plan:
     inpaint_mode: str | None = None  # "unet9" | "blend4" for inpainting
     start_index: int = 0  # index in the full scheduler.timesteps of the first step run (strength < 1)
     image_size: tuple[int, int] = (0, 0)  # (H, W) in pixels
+    schedule: dict[str, list[float]] = field(default_factory=dict)  # the full schedule: timesteps, sigmas
 
     def estimate_bytes(self) -> int:
         """Bytes the finished trace will hold (arrays only; the image adds ``H * W * 3``)."""
@@ -166,11 +167,14 @@ def _plan(
         layers.append(layer)
     max_len = pipe.tokenizer.model_max_length
     counts = {b: (max_len if spec.tokens == "all" else len(t.ids)) for b, t in tokens.items()}
+    full_t = probe.timesteps.detach().to("cpu", torch.float64)
+    abar = probe.alphas_cumprod.detach().to("cpu", torch.float64)[full_t.round().long().clamp(0, len(probe.alphas_cumprod) - 1)]
+    schedule = {"timesteps": full_t.tolist(), "sigmas": ((1 - abar) / abar).sqrt().tolist()}  # sigma = sqrt((1-abar)/abar)
     inpaint_mode = None
     if mode == "inpaint":
         inpaint_mode = "unet9" if pipe.unet.config.in_channels == 9 else "blend4"
     return Plan(num_steps, (pipe.vae.config.latent_channels, h, w), layers, counts, cfg, spec, groups, initial_scale,
-                modules, mode, inpaint_mode, start_index, (height, width))  # fmt: skip
+                modules, mode, inpaint_mode, start_index, (height, width), schedule)  # fmt: skip
 
 
 def _copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
@@ -952,7 +956,8 @@ def trace(
     if req.mode == "txt2img":
         call.update(height=height, width=width)
     else:
-        meta.update(strength=req.strength, start_step=plan.start_index, input_notes=req.notes)
+        meta.update(strength=req.strength, start_step=plan.start_index, input_notes=req.notes,
+                    full_schedule=plan.schedule)  # the whole num_inference_steps schedule, skipped steps included
         call.update(image=req.image, strength=req.strength)
         if req.mode == "inpaint":
             meta["inpaint_mode"] = plan.inpaint_mode

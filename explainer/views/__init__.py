@@ -3,19 +3,25 @@
 The explorer widget (:mod:`explainer.widgets`) composes these; they also serve static notebooks and docs.
 """
 
+from .applications import blend_view, edit_overview, inpaint_progress, strength_schedule, strength_sweep
 from .guidance import guidance_decomposition, guidance_sweep
 from .steps import compare_steps, schedule_plot
 from .tokens import concentration, emergence_curve, token_overlay
 from .trajectory import latent_trajectory, project_latents
 
 __all__ = [
+    "blend_view",
     "compare_steps",
     "concentration",
+    "edit_overview",
     "emergence_curve",
     "guidance_decomposition",
     "guidance_sweep",
+    "inpaint_progress",
     "latent_trajectory",
     "project_latents",
     "schedule_plot",
+    "strength_schedule",
+    "strength_sweep",
     "token_overlay",
 ]
