@@ -1,8 +1,13 @@
 """Explorer widget latency: browser-side frame swaps, kernel-side on-demand frames, bytes sent.
 
 - Browser: ``player.js`` in headless Chromium with a minimal in-page model (the anywidget
-  ``model`` interface: get/set/on/save_changes) holding a 50-step trace's frames; time from a slider
-  ``input`` event to the new frame decoded and painted (next animation frame), p50/p95 over 500.
+  ``model`` interface: get/set/on/save_changes) holding a 50-step trace's frames, driven by 500
+  trusted arrow-key presses on the focused step slider (Playwright). Per change, from the key press
+  (``keydown`` timeStamp): ``ready``, the new frame decoded (``img.decode()``) and laid out
+  (``getBoundingClientRect``), a sub-millisecond measure of the work before the frame can be painted;
+  ``painted``, the next animation frame after that (the display frame that shows it, so quantised to
+  the 60 Hz frame clock); ``missed``, animation frames that began between the key press and ``ready``
+  (0: shown in the first frame after the input); and Event Timing API entries of 16 ms or more.
 - Kernel: time from a step change to the widget's new ``detail`` value (linear x0 preview at full
   size with the selected token's map overlaid), p50/p95 over 200, via the widget's worker.
 - Bytes: frames, final image and per-step token maps pushed to the browser for one 50-step trace.
@@ -29,15 +34,15 @@ _spec = importlib.util.spec_from_file_location("export_speed", REPO / "benchmark
 export_speed = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(export_speed)
 
-from explainer.widgets import Explorer  # noqa: E402
+from explainer.widgets import Explorer
 
 CHROMIUM = os.environ.get("EXPLAINER_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-PAGE_JS = """async ([esm, state, n]) => {
+SETUP_JS = """async ([esm, state]) => {
   const b64 = (s) => { const a = Uint8Array.from(atob(s), (c) => c.charCodeAt(0)); return new DataView(a.buffer); };
   for (const k of Object.keys(state.frames)) state.frames[k] = state.frames[k].map(b64);
   state.final = b64(state.final); state.schedule_png = b64(state.schedule_png);
-  for (const k of ["emergence_png", "whatif", "detail"]) state[k] = null;
+  for (const k of ["emergence_png", "whatif", "detail", "input_frame", "panel_png"]) state[k] = new DataView(new ArrayBuffer(0));
   state.overlay_maps = [];
   const handlers = {};
   const model = { get: (k) => state[k], set: (k, v) => { state[k] = v; }, save_changes: () => {},
@@ -46,18 +51,34 @@ PAGE_JS = """async ([esm, state, n]) => {
   const el = document.createElement("div"); document.body.append(el);
   mod.default.render({ model, el });
   const slider = el.querySelector("input.sdx-step"), img = el.querySelector("img[data-panel='x0']");
+  // Every animation frame's time, to count the frames that passed before a new image was ready.
+  const frames = [];
+  const tick = (t) => { frames.push(t); requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);
+  // Event Timing API: trusted key presses whose input-to-next-paint duration is >= 16 ms.
+  const slow = [];
+  new PerformanceObserver((list) => { for (const e of list.getEntries()) slow.push({ name: e.name, duration: e.duration,
+    handler: e.processingEnd - e.processingStart }); }).observe({ type: "event", durationThreshold: 16, buffered: true });
+  const results = [];
+  let keyAt = null;
+  document.addEventListener("keydown", (e) => { keyAt = e.timeStamp; }, true);
+  // Registered after the player's own listener: the new src is set when this runs.
+  slider.addEventListener("input", (e) => {
+    const t0 = keyAt ?? e.timeStamp, src = img.src;
+    window.__sdxChange = (async () => {
+      await img.decode();
+      img.getBoundingClientRect();  // force style and layout with the new image
+      const ready = performance.now();
+      await new Promise((r) => requestAnimationFrame(r));
+      const painted = performance.now();
+      const missed = frames.filter((t) => t > t0 && t < ready).length;
+      results.push({ ready: ready - t0, painted: painted - t0, missed, handler: performance.now() - painted, changed: src !== "" });
+    })();
+  });
   await new Promise((r) => setTimeout(r, 500));
-  const times = [];
-  for (let i = 0; i < n; i++) {
-    const target = (Number(slider.value) + 1 + (i % 7)) % state.frames.x0.length;
-    const t0 = performance.now();
-    slider.value = String(target);
-    slider.dispatchEvent(new Event("input"));
-    await img.decode();
-    await new Promise((r) => requestAnimationFrame(() => r()));
-    times.push(performance.now() - t0);
-  }
-  return times;
+  slider.focus();
+  window.__sdxResults = () => ({ results, slow, frameGaps: frames.slice(1).map((t, i) => t - frames[i]) });
+  return state.frames.x0.length;
 }"""
 
 
@@ -65,13 +86,19 @@ def pct(values: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
-def browser_latency(w: Explorer, n: int) -> list[float]:
+def browser_latency(w: Explorer, n: int) -> dict:
+    """Drive the step slider with ``n`` trusted key presses (Playwright) in headless Chromium.
+
+    Returns per change: ``ready`` (key press -> new frame decoded and laid out, ms), ``painted`` (key
+    press -> the next animation frame after that, ms; the frame that shows it), ``missed`` (animation
+    frames that started between the key press and ``ready``), and the Event Timing entries >= 16 ms.
+    """
     from playwright.sync_api import sync_playwright
 
     plain = (str, int, float, bool, list)
     state = {k: getattr(w, k) for k in w.keys if not k.startswith("_") and isinstance(getattr(w, k), plain)}
     state.pop("overlay_maps", None)
-    enc = lambda b: base64.b64encode(bytes(b)).decode("ascii")  # noqa: E731
+    enc = lambda b: base64.b64encode(bytes(b)).decode("ascii")
     state["frames"] = {k: [enc(f) for f in v] for k, v in w.frames.items()}
     state["final"], state["schedule_png"] = enc(w.final), enc(w.schedule_png)
     esm = (REPO / "explainer" / "widgets" / "player.js").read_text()
@@ -79,9 +106,16 @@ def browser_latency(w: Explorer, n: int) -> list[float]:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page()
         page.set_content("<!DOCTYPE html><html><body></body></html>")
-        times = page.evaluate(PAGE_JS, [esm, state, n])
+        steps = page.evaluate(SETUP_JS, [esm, state])
+        key, at = "ArrowRight", 0
+        for _ in range(n):  # back and forth over all steps
+            key = "ArrowLeft" if at == steps - 1 else "ArrowRight" if at == 0 else key
+            page.keyboard.press(key)
+            at = page.evaluate("async () => { await window.__sdxChange; return Number(document.querySelector('.sdx').dataset.step); }")
+        out = page.evaluate("() => window.__sdxResults()")
         browser.close()
-    return times
+    assert len(out["results"]) == n, f"{len(out['results'])} slider changes measured, wanted {n}"
+    return out
 
 
 def kernel_latency(w: Explorer, n: int) -> list[float]:
@@ -115,10 +149,20 @@ def main() -> None:
         build = time.perf_counter() - t0
         size = sent_bytes(w)
         k50, k95 = pct(kernel_latency(w, 200))
-        b50, b95 = pct(browser_latency(w, 500))
+        out = browser_latency(w, 500)
+        r50, r95 = pct([r["ready"] for r in out["results"]])
+        p50, p95 = pct([r["painted"] for r in out["results"]])
+        missed = sum(r["missed"] > 0 for r in out["results"])
+        slow = [e for e in out["slow"] if e["name"] == "keydown"]
+        by_duration = {d: sum(e["duration"] == d for e in slow) for d in sorted({e["duration"] for e in slow})}
+        gaps = pct(out["frameGaps"])
         print(f"{which}: {tr.width}x{tr.height}, {tr.num_steps} steps | widget build {build:.2f} s | sent "
-              f"{size / 1e6:.2f} MB | browser slider->paint p50 {b50:.1f} ms p95 {b95:.1f} ms | kernel "
-              f"step->detail (linear + overlay) p50 {k50:.1f} ms p95 {k95:.1f} ms")  # fmt: skip
+              f"{size / 1e6:.2f} MB | kernel step->detail (linear + overlay) p50 {k50:.1f} ms p95 {k95:.1f} ms")
+        print(f"  browser, 500 key presses: key->frame ready (decoded + layout) p50 {r50:.2f} ms p95 {r95:.2f} ms "
+              f"max {max(r['ready'] for r in out['results']):.2f} ms | key->next animation frame p50 {p50:.1f} ms "
+              f"p95 {p95:.1f} ms | changes that missed the first frame: {missed} | Event Timing keydown entries >= 16 ms: "
+              f"{len(slow)} of 500, by duration (8 ms steps) {by_duration}, handlers max "
+              f"{max([e['handler'] for e in slow], default=0):.1f} ms | frame interval p50 {gaps[0]:.1f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
