@@ -37,6 +37,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 CELLS = [
     'import explainer\nw = explainer.explore("a red circle above a blue square", num_inference_steps=8, seed=0)\nw',
     "print('kernel step', w.step, 'selected', w.selected)",
+    'e = explainer.explore("a blue circle", image=w.trace.final_image, strength=0.5, num_inference_steps=8)\ne',
 ]
 NB7_CELLS = [
     (
@@ -216,6 +217,18 @@ def test_explore_in_jupyterlab(lab, browser):
         assert page.locator(".sdx .sdx-error").is_hidden()
 
         _kernel_says(page, "kernel step 7 selected ['cond:3']")
+
+        # An img2img trace: its input image and its start on the schedule plot.
+        page.locator(".jp-Cell").nth(2).click()
+        page.keyboard.press("Shift+Enter")
+        edit = page.locator(".jp-Cell").nth(2).locator(".sdx")
+        edit.locator("img[data-panel='x0']").wait_for(timeout=60_000)
+        assert edit.get_attribute("data-mode") == "img2img"
+        shown = edit.locator("img[data-panel='input']")
+        assert shown.is_visible() and shown.evaluate("async (i) => { await i.decode(); return i.naturalWidth; }") == 64
+        assert edit.locator(".sdx-start").inner_text().startswith("img2img start, t = ")
+        assert edit.locator(".sdx-start").inner_text().endswith("strength 0.5")
+        assert page.locator(".jp-Cell").first.locator("figure[data-panel='input']").is_hidden()  # txt2img: none
     finally:
         page.close()
     assert errors == []
