@@ -1,0 +1,256 @@
+"""Render the concept pages' figures with the bundled toy model (CPU, about 20 s).
+
+The docs build runs this from its hook (``docs/hooks.py``) into ``docs/generated/figures/``; by hand::
+
+    python docs/gen_figures.py docs/generated/figures
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+PROMPT = "a red circle above a blue square"
+SEED = 0
+STEPS = 10
+
+
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _off(axes: np.ndarray) -> None:
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+class _Context:
+    """The toy pipeline and one guided trace, shared by every figure."""
+
+    def __init__(self) -> None:
+        import explainer
+
+        self.pipe = explainer.load_pipeline(device="cpu")
+        self.pipe.set_progress_bar_config(disable=True)
+        self.trace = explainer.trace(self.pipe, PROMPT, num_inference_steps=STEPS, seed=SEED, progress=False)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        with torch.no_grad():
+            return vae.encode(images * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        with torch.no_grad():
+            return (vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1) + 1) / 2
+
+
+def text_encoder(ctx: _Context) -> Figure:
+    """Cosine similarity of the toy text encoder's token embeddings for the words of its world."""
+    tok, enc = ctx.pipe.tokenizer, ctx.pipe.text_encoder
+    words = ["red", "green", "blue", "yellow", "circle", "square", "triangle", "left", "right", "top"]
+    table = enc.get_input_embeddings().weight.detach()
+    vecs = torch.nn.functional.normalize(torch.stack([table[tok(w).input_ids[1]] for w in words]), dim=-1)
+    sim = (vecs @ vecs.T).numpy()
+    fig, axes = _figure(4.4, 3.7)
+    ax = axes[0, 0]
+    shown = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(words)), words, rotation=60, fontsize=8)
+    ax.set_yticks(range(len(words)), words, fontsize=8)
+    ax.set_title("cosine similarity of token embeddings", fontsize=9)
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    return fig
+
+
+def _world(ctx: _Context) -> tuple[list, torch.Tensor, torch.Tensor]:
+    from explainer.toy.world import render, sample_scenes
+
+    scenes = sample_scenes(4, seed=2024)
+    images = render(scenes)
+    return scenes, images, ctx.encode(images)
+
+
+def vae_roundtrip(ctx: _Context) -> Figure:
+    """Images from the world next to their VAE round trip (encode, then decode)."""
+    scenes, images, latents = _world(ctx)
+    decoded = ctx.decode(latents)
+    fig, axes = _figure(8.4, 2.3, ncols=4)
+    for i in range(4):
+        pair = torch.cat([images[i], torch.ones(3, images.shape[2], 2), decoded[i]], dim=2)
+        axes[0, i].imshow(pair.permute(1, 2, 0))
+        axes[0, i].set_title("original | encode → decode", fontsize=7)
+    _off(axes)
+    return fig
+
+
+def vae_channels(ctx: _Context) -> Figure:
+    """One image and the 4 channels of its 16x16 latent."""
+    scenes, images, latents = _world(ctx)
+    fig, axes = _figure(8.4, 2.0, ncols=5)
+    axes[0, 0].imshow(images[0].permute(1, 2, 0))
+    axes[0, 0].set_title(scenes[0].caption, fontsize=7)
+    for c in range(4):
+        axes[0, c + 1].imshow(latents[0, c], cmap="RdBu_r")
+        axes[0, c + 1].set_title(f"latent channel {c}", fontsize=7)
+    _off(axes)
+    return fig
+
+
+def unet(ctx: _Context) -> Figure:
+    """One UNet call of the trace: its input x_t, its output (v, channel 0) and the x0 the scheduler derives."""
+    tr, pipe = ctx.trace, ctx.pipe
+    steps = [0, 3, 6]
+    fig, axes = _figure(6.4, 6.2, nrows=3, ncols=3)
+    for r, s in enumerate(steps):
+        axes[r, 0].imshow(tr.preview(s, kind="xt", method="vae", pipe=pipe))
+        out = tr.eps_cond[s, 0].astype(np.float32)
+        lim = float(np.abs(out).max())
+        axes[r, 1].imshow(out, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[r, 2].imshow(tr.preview(s, kind="x0", method="vae", pipe=pipe))
+        axes[r, 0].set_ylabel(f"step {s}, t = {int(tr.timesteps[s])}", fontsize=8)
+    for c, title in enumerate(["input x_t (decoded)", "UNet output v (channel 0)", "x0 = a·x_t + b·v (decoded)"]):
+        axes[0, c].set_title(title, fontsize=8)
+    _off(axes)
+    return fig
+
+
+def cross_attention(ctx: _Context) -> Figure:
+    """Each word's cross-attention map (all steps, the 8x8 layers), over the final image."""
+    from explainer.views.tokens import overlay_image
+
+    tr = ctx.trace
+    words = ["red", "circle", "above", "blue", "square"]
+    fig, axes = _figure(1.75 * (len(words) + 1), 2.1, ncols=len(words) + 1)
+    axes[0, 0].imshow(tr.final_image)
+    axes[0, 0].set_title("final image", fontsize=8)
+    for ax, word in zip(axes[0, 1:], words):
+        ax.imshow(overlay_image(tr, word, base="final", layers="8x8"))
+        ax.set_title(f'"{word}"', fontsize=8)
+    _off(axes)
+    return fig
+
+
+def diffusion_forward(ctx: _Context) -> Figure:
+    """One image's latent noised at increasing t (the forward process), decoded."""
+    from explainer.toy.world import render, sample_scenes
+
+    sched = ctx.pipe.scheduler
+    z0 = ctx.encode(render(sample_scenes(1, seed=7)))
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    ts = [0, 200, 400, 600, 800, 999]
+    noisy = torch.cat([sched.add_noise(z0, noise, torch.tensor([t])) for t in ts])
+    images = ctx.decode(noisy)
+    fig, axes = _figure(1.5 * len(ts), 1.85, ncols=len(ts))
+    for ax, t, im in zip(axes[0], ts, images):
+        ax.imshow(im.permute(1, 2, 0))
+        ax.set_title(f"t = {t}, ᾱ = {float(sched.alphas_cumprod[t]):.2f}", fontsize=7)
+    _off(axes)
+    return fig
+
+
+def diffusion_reverse(ctx: _Context) -> Figure:
+    """The sampler's x_t and the model's x0 guess at every step of the trace."""
+    tr, pipe = ctx.trace, ctx.pipe
+    fig, axes = _figure(1.05 * tr.num_steps, 2.4, nrows=2, ncols=tr.num_steps)
+    for s in range(tr.num_steps):
+        axes[0, s].imshow(tr.preview(s, kind="xt", method="vae", pipe=pipe))
+        axes[1, s].imshow(tr.preview(s, kind="x0", method="vae", pipe=pipe))
+        axes[0, s].set_title(f"t={int(tr.timesteps[s])}", fontsize=7)
+    axes[0, 0].set_ylabel("x_t", fontsize=8)
+    axes[1, 0].set_ylabel("x0 guess", fontsize=8)
+    _off(axes)
+    return fig
+
+
+def diffusion_schedule(ctx: _Context) -> Figure:
+    from explainer.views import schedule_plot
+
+    return schedule_plot(ctx.trace, step=3, width=5.0, height=2.4)
+
+
+def guidance_decomposition(ctx: _Context) -> Figure:
+    from explainer.views import guidance_decomposition
+
+    return guidance_decomposition(ctx.trace, 0, method="vae", pipe=ctx.pipe)
+
+
+def guidance_sweep(ctx: _Context) -> Figure:
+    from explainer.views import guidance_sweep
+
+    return guidance_sweep(ctx.trace, None, (0.0, 1.0, 3.0, 7.5, 15.0), method="vae", pipe=ctx.pipe)
+
+
+def training(ctx: _Context) -> Figure:
+    """The training objective on a batch: image, noisy latent, target v and the shipped UNet's prediction."""
+    from explainer.toy.train import make_scheduler
+    from explainer.toy.world import render, sample_scenes
+
+    pipe = ctx.pipe
+    noise_schedule = make_scheduler("ddpm")
+    scenes = sample_scenes(4, seed=11)
+    z0 = ctx.encode(render(scenes))
+    t = torch.tensor([50, 400, 700, 999])
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    zt = noise_schedule.add_noise(z0, eps, t)
+    target = noise_schedule.get_velocity(z0, eps, t)
+    tok = pipe.tokenizer
+    ids = tok([s.caption for s in scenes], padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
+    with torch.no_grad():
+        pred = pipe.unet(zt, t, pipe.text_encoder(ids.input_ids)[0]).sample
+    mse = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    seen = ctx.decode(zt)
+    fig, axes = _figure(6.6, 6.9, nrows=4, ncols=4)
+    for i in range(4):
+        axes[0, i].imshow(ctx.decode(z0[i : i + 1])[0].permute(1, 2, 0))
+        axes[0, i].set_title(scenes[i].caption, fontsize=6)
+        axes[1, i].imshow(seen[i].permute(1, 2, 0))
+        axes[1, i].set_title(f"x_t, t = {int(t[i])}", fontsize=7)
+        lim = float(target[i, 0].abs().max())
+        axes[2, i].imshow(target[i, 0], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[2, i].set_title("target v (ch. 0)", fontsize=7)
+        axes[3, i].imshow(pred[i, 0], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[3, i].set_title(f"prediction, MSE {float(mse[i]):.3f}", fontsize=7)
+    _off(axes)
+    return fig
+
+
+#: file name (without .png) -> the function that draws it
+FIGURES: dict[str, Callable[[_Context], Figure]] = {
+    "text_encoder_embeddings": text_encoder,
+    "vae_roundtrip": vae_roundtrip,
+    "vae_channels": vae_channels,
+    "unet_step": unet,
+    "cross_attention_words": cross_attention,
+    "diffusion_forward": diffusion_forward,
+    "diffusion_reverse": diffusion_reverse,
+    "diffusion_schedule": diffusion_schedule,
+    "guidance_decomposition": guidance_decomposition,
+    "guidance_sweep": guidance_sweep,
+    "training_objective": training,
+}
+
+
+def render_all(out: str | Path) -> list[Path]:
+    """Render every figure into ``out`` as PNG; return the paths written."""
+    torch.manual_seed(0)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = _Context()
+    written = []
+    for name, make in FIGURES.items():
+        path = out / f"{name}.png"
+        make(ctx).savefig(path, dpi=110, metadata={"Software": None})
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in render_all(sys.argv[1] if len(sys.argv) > 1 else "docs/generated/figures"):
+        print(p)
