@@ -25,6 +25,12 @@ def toy_model_path() -> Path:
 
     Looks for the installed package data ``explainer._assets/toy`` first, then falls back to the
     source checkout's ``assets/toy``. The folder may not hold a model yet; check for ``model_index.json``.
+
+    Example:
+        >>> path = explainer.toy_model_path()
+        >>> (path / "model_index.json").is_file()
+        True
+        >>> StableDiffusionPipeline.from_pretrained(path)  # plain diffusers loads it too
     """
     try:
         installed = importlib.resources.files("explainer._assets") / "toy"
@@ -94,6 +100,14 @@ def load_pipeline(
     Raises:
         FileNotFoundError: the toy model is not installed, the folder does not exist, or the Hub id
             cannot be fetched (offline) and is not cached; the message says what to pass instead.
+
+    Example:
+        >>> pipe = explainer.load_pipeline()                       # the bundled toy model
+        >>> pipe = explainer.load_pipeline("/models/stable-diffusion-v1-5")
+        >>> pipe = explainer.load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", dtype="fp16")
+
+        Real models, where to get them and how much memory they need:
+        ``notebooks/09_real_models.ipynb``.
     """
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be 'toy', a folder path or a Hub id string, not {type(model).__name__}.")

@@ -59,6 +59,15 @@ def export(trace: Trace, path: str | Path, *, verbose: bool = True, **options: A
 
     Returns:
         The path written.
+
+    Example:
+        >>> tr = explainer.trace(pipe, "a yellow triangle above a green circle", num_inference_steps=12)
+        >>> explainer.export(tr, "steps.gif", size=192, pipe=pipe)    # x_t and x0, VAE-decoded
+        >>> explainer.export(tr, "attention.mp4", panels=["x0", "overlay"], words=["triangle"])
+        >>> explainer.export(tr, "grid.png", every=3)
+        >>> explainer.export(tr, "run.html")                           # standalone page, no server needed
+
+        Every format, with pictures: ``notebooks/08_export.ipynb``.
     """
     from ..tracing import Trace
 

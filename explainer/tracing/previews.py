@@ -46,6 +46,15 @@ class LatentRGB:
         bias: ``[3]`` float32.
         source: where the numbers come from (``"comfyui-sd1"``, ``"fit:final-image"``, ``"fit:vae-decodes"``).
         r2: share of pixel variance the map explained on the images it was checked against (or NaN).
+
+    Example:
+        >>> rgb = explainer.fit_latent_rgb_factors(pipe, tr)   # or tr.latent_rgb, chosen when tracing
+        >>> rgb.factors.shape, rgb.bias.shape
+        ((4, 3), (3,))
+        >>> rgb.apply(tr.x0[-1]).shape                         # [C, h, w] -> [h, w, RGB]
+        (16, 16, 3)
+
+        How rough a linear preview is for the toy model: ``notebooks/02_vae.ipynb``.
     """
 
     factors: np.ndarray  # [channel, 3]
@@ -59,10 +68,12 @@ class LatentRGB:
         return np.einsum("chw,ck->hwk", lat, self.factors) + self.bias
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (lists and floats); :meth:`from_dict` reverses it."""
         return {"factors": self.factors.tolist(), "bias": self.bias.tolist(), "source": self.source, "r2": self.r2}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatentRGB:
+        """Rebuild a map from :meth:`to_dict`'s data (``r2`` may be missing)."""
         return cls(
             factors=np.asarray(data["factors"], np.float32),
             bias=np.asarray(data["bias"], np.float32),
@@ -178,6 +189,15 @@ def fit_latent_rgb_factors(
 
     Returns:
         The fitted map; assign it to ``trace.latent_rgb`` to use it for linear previews.
+
+    Example:
+        >>> tr = explainer.trace(pipe, "a red circle on the left", num_inference_steps=10)
+        >>> tr.latent_rgb = explainer.fit_latent_rgb_factors(pipe, tr)
+        >>> round(tr.latent_rgb.r2, 2)      # share of the decodes' variance the map explains
+        0.83
+        >>> tr.preview(5)                    # linear previews now use the fitted map
+
+        Fitting and judging the map on real images: ``notebooks/02_vae.ipynb``.
     """
     vae = _vae_of(pipe_or_vae)
     if latents is None:
