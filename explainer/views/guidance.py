@@ -44,6 +44,8 @@ def guidance_decomposition(trace: Trace, step: int, *, method: str = "linear", p
 
     Returns:
         A matplotlib figure with four panels.
+
+    Shown in ``notebooks/06_guidance.ipynb``.
     """
     _need_uncond(trace)
     fig, axes = new_figure(8.8, 2.6, ncols=4)
@@ -78,6 +80,8 @@ def guidance_sweep(
 
     Returns:
         A matplotlib figure with one panel per scale.
+
+    Shown in ``notebooks/06_guidance.ipynb``.
     """
     _need_uncond(trace)
     scales = list(scales)
