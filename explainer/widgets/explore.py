@@ -116,6 +116,11 @@ class Explorer(anywidget.AnyWidget):
         panel_png / panel_label: its picture of the current step.
         preview_method: ``"vae"`` when the x0 / x_t frames (and what-if previews) are VAE decodes (a
         pipeline is given and decoding every step is cheap), else ``"linear"``; preview_label says so.
+        emergence_labels: the emergence curve's lines (``"red (prompt)"``, ``"blurry (negative)"``).
+        mode: ``trace.metadata["mode"]``; for ``"img2img"`` / ``"inpaint"``, input_frame (PNG, the mask
+        outlined) and start_label (``"img2img start, t = 501, strength 0.5"``, also marked on the schedule).
+
+    ``cancelled`` lists the re-runs a newer guidance request stopped early (not cached).
     """
 
     _esm = _HERE / "player.js"
