@@ -424,3 +424,22 @@ def test_views_of_edit_traces(pipe, pipe9, image, mask):
         inpaint_progress(sweep[0])
     with pytest.raises(ValueError, match="blend_view needs a 4-channel inpainting trace"):
         blend_view(run(pipe9, image=image, mask=mask, num_inference_steps=2), 0)
+
+
+def test_interrupted_inpaint_trace_keeps_the_finished_steps(pipe, image, mask):
+    calls = {"n": 0}
+
+    def stop_on_third(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    handle = pipe.unet.register_forward_hook(stop_on_third)
+    try:
+        with pytest.warns(UserWarning, match="trace interrupted after 2 of 5 steps"):
+            tr = run(pipe, image=image, mask=mask, num_inference_steps=5, scheduler="ddim")
+    finally:
+        handle.remove()
+    assert not tr.complete and tr.num_steps == 2 and tr.final_image is None
+    assert tr.latents_blended.shape[0] == tr.latents_unblended.shape[0] == 2
+    assert tr.mask is not None and tr.image_latent is not None and tr.input_image is not None
