@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -45,7 +46,7 @@ def execute_enabled() -> bool:
 def _hash_files(paths: list[Path], extra: bytes = b"") -> str:
     h = hashlib.sha256(extra)
     for p in sorted(paths):
-        h.update(str(p.relative_to(ROOT)).encode())
+        h.update(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p.name).encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
@@ -170,6 +171,23 @@ def on_config(config, **kwargs):
         if (DOCS / page).exists() and not any(isinstance(e, dict) and title in e for e in config["nav"]):
             config["nav"].insert(len(config["nav"]) - 3, {title: page})  # before Performance, toy model, API
     return config
+
+
+_NOTEBOOK_LINK = re.compile(r"\]\(([^)\s]*?\.ipynb)(#[^)\s]*)?\)")
+
+
+def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
+    """Links to ``notebooks/NN_name.ipynb`` in the repository (as on GitHub) point at the rendered page."""
+    here = (DOCS / page.file.src_path).parent
+
+    def repoint(match: re.Match) -> str:
+        target = Path(os.path.normpath(here / match.group(1)))
+        if target.parent != NOTEBOOKS:
+            return match.group(0)
+        rendered = os.path.relpath(GENERATED / "notebooks" / target.name, here).replace(os.sep, "/")
+        return f"]({rendered}{match.group(2) or ''})"
+
+    return _NOTEBOOK_LINK.sub(repoint, markdown)
 
 
 def on_pre_build(config, **kwargs):
