@@ -20,7 +20,7 @@ pipeline with ``from_pipe``, as :func:`explainer.trace` does), batched, with the
   ``strength < 1`` (where the fill matters); scored by the mean error against the true scene in
   the border and by the checker on the whole picture.
 
-Run it (about 2 to 4 minutes on one CPU core for the defaults)::
+Run it (about 15 minutes on one busy CPU core for the defaults, most of it image-to-image)::
 
     python -m explainer.toy.evaluate_edit --out docs/data/applications_eval.json
 """
@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     res = evaluate_edits(pipe, args.n, n_outpaint=args.n_outpaint, num_inference_steps=args.steps,
                          progress=not args.quiet)  # fmt: skip
     res["timings_s"]["total"] = round(time.perf_counter() - start, 1)
+    res["model"] = args.model  # as given ("toy"), not the folder it resolved to
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     i2i, inp = res["img2img"], res["inpaint"]
