@@ -99,6 +99,10 @@ def img2img_eval(pipe, n: int = 50, *, strengths: tuple[float, ...] = (0.3, 1.0)
     """
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
+    from ..tracing.validation import check_strength
+
+    for strength in (*strengths, *sweep_strengths):  # diffusers' img2img would crash on a run of 0 steps
+        check_strength(strength, num_inference_steps)
     scenes = sample_scenes(2 * n, seed, IMG2IMG_STREAM)
     inputs, targets = scenes[:n], scenes[n:]
     images = _pil(render(inputs))
