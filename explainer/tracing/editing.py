@@ -95,6 +95,24 @@ def changed_outside_mask(trace: Trace) -> float:
     return float(diff[keep].mean())
 
 
+def pixel_blend(trace: Trace) -> Image.Image:
+    """The final image with the input's own pixels pasted back outside the mask (pixel-space blending).
+
+    The inpainting pipeline keeps the known region as a latent, so the VAE round trip changes it a
+    little (:func:`changed_outside_mask`); this puts the original pixels back, as diffusers'
+    ``mask_processor.apply_overlay`` does for ``padding_mask_crop``. The trace itself keeps the
+    pipeline's image.
+
+    Returns:
+        An RGB image at the trace's size: the final image where ``trace.mask >= 0.5``, the input elsewhere.
+    """
+    require_edit(trace, "pixel_blend", inpaint=True)
+    if trace.final_image is None:
+        raise ValueError("this trace is incomplete (no final image).")
+    inside = (np.asarray(trace.mask) >= 0.5)[..., None]  # [H, W, 1]
+    return Image.fromarray(np.where(inside, np.asarray(trace.final_image.convert("RGB")), trace.input_image), "RGB")
+
+
 def trace_strengths(pipe: Any, prompt: str, image: Any, strengths: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 1.0),
                     **trace_kwargs: Any) -> list[Trace]:  # fmt: skip
     """Trace the same image-to-image (or, with ``mask=``, inpainting) edit at several strengths.
