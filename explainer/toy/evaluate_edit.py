@@ -280,9 +280,10 @@ def outpaint_eval(pipe, n: int = 24, *, cut: int = 16, strengths: tuple[float, .
         for strength in strengths:
             kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength,
                       output_type="np")  # fmt: skip
-            out = _batched(lambda a, b, kw=kw: inp(prompts[a:b], image=canvases[a:b], mask_image=masks[a:b],
-                                                   generator=_generators(device, seed + a, b - a), **kw).images,
-                           n, batch_size, f"outpaint {fill} {strength}", progress)  # fmt: skip
+            out = _batched(lambda a, b, kw=kw, canvases=canvases, masks=masks: inp(
+                prompts[a:b], image=canvases[a:b], mask_image=masks[a:b],
+                generator=_generators(device, seed + a, b - a), **kw).images,
+                n, batch_size, f"outpaint {fill} {strength}", progress)  # fmt: skip
             err = [float(np.abs(o[:, -cut:].astype(np.float32) - np.asarray(t, np.float32)[:, -cut:]).mean() / 255)
                    for o, t in zip(out, truth)]  # fmt: skip
             ok = [caption_scores(o, c)["colour_position"] for o, c in zip(out, prompts)]

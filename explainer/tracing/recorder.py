@@ -167,9 +167,10 @@ def _plan(
         layers.append(layer)
     max_len = pipe.tokenizer.model_max_length
     counts = {b: (max_len if spec.tokens == "all" else len(t.ids)) for b, t in tokens.items()}
-    full_t = probe.timesteps.detach().to("cpu", torch.float64)
-    abar = probe.alphas_cumprod.detach().to("cpu", torch.float64)[full_t.round().long().clamp(0, len(probe.alphas_cumprod) - 1)]
-    schedule = {"timesteps": full_t.tolist(), "sigmas": ((1 - abar) / abar).sqrt().tolist()}  # sigma = sqrt((1-abar)/abar)
+    full_t = probe.timesteps.detach().to("cpu", torch.float64)  # the whole schedule, for plots of what strength skips
+    table = probe.alphas_cumprod.detach().to("cpu", torch.float64)
+    abar = table[full_t.round().long().clamp(0, len(table) - 1)]
+    schedule = {"timesteps": full_t.tolist(), "sigmas": ((1 - abar) / abar).sqrt().tolist()}
     inpaint_mode = None
     if mode == "inpaint":
         inpaint_mode = "unet9" if pipe.unet.config.in_channels == 9 else "blend4"

@@ -149,7 +149,7 @@ def inpaint_progress(trace: Trace, steps: Sequence[int] | None = None, *, method
     require_edit(trace, "inpaint_progress", inpaint=True)
     if steps is None:
         count = min(columns, trace.num_steps)
-        steps = sorted({int(round(v)) for v in np.linspace(0, trace.num_steps - 1, count)})
+        steps = sorted({round(float(v)) for v in np.linspace(0, trace.num_steps - 1, count)})
     steps = [check_step(trace, s) for s in steps]
     fig, axes = new_figure(width_per * (len(steps) + 1), width_per + 0.5, ncols=len(steps) + 1)
     for col, step in enumerate(steps):
