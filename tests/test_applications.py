@@ -223,8 +223,13 @@ def test_previews_heatmaps_what_if_and_export_on_edits(pipe, image, mask, tmp_pa
     assert tr.what_if(1, 2.0).size == (32, 32)
     explainer.export(tr, tmp_path / "edit.png", panels=["input", "xt", "x0", "final"], progress=False)
     assert Image.open(tmp_path / "edit.png").width > 4 * 32
-    explainer.export(tr, tmp_path / "edit.html", panels=["input", "x0"], progress=False)
-    assert "inpaint, strength 0.75" in (tmp_path / "edit.html").read_text()
+    explainer.export(tr, tmp_path / "edit.html", progress=False)  # edits show their input by default
+    page = (tmp_path / "edit.html").read_text()
+    assert "inpaint, strength 0.75" in page and "input image (mask outlined)" in page
+    from explainer.export import FrameRenderer
+
+    assert [p.kind for p in FrameRenderer(tr).panels] == ["input", "xt", "x0"]
+    assert [p.kind for p in FrameRenderer(run(pipe, num_inference_steps=2)).panels] == ["xt", "x0"]
     with pytest.raises(ValueError, match="panel 'input' shows the input image"):
         explainer.export(run(pipe, num_inference_steps=2), tmp_path / "t.png", panels=["input"], progress=False)
 

@@ -122,14 +122,16 @@ def resolve_panels(trace: Trace, panels: str | Sequence[str] | None, words: str 
     Args:
         trace: the trace.
         panels: names from :data:`PANELS` (a comma-separated string works too); ``None`` gives
-            ``("xt", "x0")``, plus ``"overlay"`` when ``words`` are given.
+            ``("xt", "x0")`` (``("input", "xt", "x0")`` for image-to-image and inpainting traces), plus
+            ``"overlay"`` when ``words`` are given.
         words: words (or token strings) of the prompt to overlay; each gets one ``"overlay"`` panel.
 
     Returns:
         The panels, left to right.
     """
     words = _as_names(words, "words")
-    names = list(DEFAULT_PANELS) if panels is None else _as_names(panels, "panels")
+    default = (("input",) if trace.input_image is not None else ()) + DEFAULT_PANELS  # edits show their input
+    names = list(default) if panels is None else _as_names(panels, "panels")
     if not names:
         raise ValueError(f"panels is empty; choose from {list(PANELS)}.")
     unknown = [n for n in names if n not in PANELS]

@@ -155,7 +155,7 @@ def build_html(
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
         raise ValueError(f"quality={quality!r} must be a whole number in 1..100.")
     names = (
-        ["xt", "x0"]
+        (["input"] if trace.input_image is not None else []) + ["xt", "x0"]  # edits show their input first
         if panels is None
         else ([p.strip() for p in panels.split(",")] if isinstance(panels, str) else list(panels))
     )
