@@ -102,6 +102,27 @@ def _kernel_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: Lines of library chatter that say nothing to a reader of the rendered page.
+NOISE = re.compile(r"requires torchvision \(not installed\)|^Loading (pipeline components|weights)|Kernel is running over TCP")
+
+
+def _quiet(nb) -> None:
+    """Drop library chatter from the outputs: stderr lines and progress bars matching :data:`NOISE`."""
+    for cell in nb.cells:
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                lines = [line for line in out["text"].splitlines(keepends=True) if not NOISE.search(line)]
+                if not "".join(lines).strip():
+                    continue
+                out["text"] = "".join(lines)
+            elif out.get("output_type") == "display_data" and NOISE.search(str(out.get("data", {}).get("text/plain", ""))):
+                continue  # a tqdm progress-bar widget
+            kept.append(out)
+        if cell.cell_type == "code":
+            cell.outputs = kept
+
+
 def notebook_title(path: Path) -> str:
     """The notebook's first Markdown heading, else its file name."""
     nb = json.loads(path.read_text())
@@ -136,6 +157,7 @@ def prepare_notebook(src: Path, out_dir: Path, execute: bool, key: str) -> str:
         except Exception as err:  # CellExecutionError names the cell; fail the build with it
             raise PluginError(f"notebook {src.name} failed while building the docs:\n{err}") from err
         log.info("executed %s in %.1f s", src.name, time.perf_counter() - start)
+        _quiet(nb)
     nb.metadata["sd_explainer_docs"] = {"key": nb_key, "executed": execute}
     _write_if_changed(target, nbformat.writes(nb).encode())
     return "executed" if execute else "copied"

@@ -128,3 +128,18 @@ def test_a_failing_notebook_fails_the_build(tmp_path: Path) -> None:
     nbformat.write(nb, src)
     with pytest.raises(PluginError, match="00_bad.ipynb"):
         hooks.prepare_notebook(src, tmp_path / "out", execute=True, key="k")
+
+
+def test_library_chatter_is_dropped_but_real_warnings_stay() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    hooks = _load_hooks()
+    cell = nbformat.v4.new_code_cell("import explainer")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="[transformers] `CLIPImageProcessor` requires torchvision (not installed); ...\n"),
+        nbformat.v4.new_output("display_data", data={"text/plain": "Loading pipeline components...:   0%|   | 0/5"}),
+        nbformat.v4.new_output("stream", name="stderr", text="UserWarning: prompt is longer than 77 tokens\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="done\n"),
+    ]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    hooks._quiet(nb)
+    assert [o.get("text") for o in nb.cells[0].outputs] == ["UserWarning: prompt is longer than 77 tokens\n", "done\n"]
