@@ -377,6 +377,9 @@ def test_image_mode_and_size_are_converted_with_a_warning(pipe, image):
                                          r"multiples of 4\), and the mask with it"):  # fmt: skip
         tr = run(pipe, image=odd, mask=odd_mask, num_inference_steps=2)
     assert tr.final_image.size == (32, 28) and tr.mask.shape == (28, 32) and tr.metadata["input_notes"]
+    with pytest.warns(UserWarning, match=r"image is 32x32 pixels; resized to 16x24 \(the height/width asked for\)"):
+        tr = run(pipe, image=image, height=24, width=16, strength=0.5, num_inference_steps=2)
+    assert tr.final_image.size == (16, 24) and tr.input_image.shape == (24, 16, 3)
     rgba = np.dstack([np.asarray(image), np.full((32, 32), 255, np.uint8)])
     with pytest.warns(UserWarning, match="alpha channel"):
         run(pipe, image=rgba, num_inference_steps=2)
