@@ -113,3 +113,13 @@ def test_fine_tune_starts_from_an_exported_model(tmp_path):
 
     with pytest.raises(ValueError, match="init_from"):
         Trainer(tmp_path / "bad", None, "cpu", init_from=tmp_path / "src")
+
+
+def test_unet_trainable_limits_training_to_the_named_parameters(tmp_path):
+    tr = Trainer(tmp_path / "run", TrainConfig(vae_steps=1, steps=2, unet_trainable=("attn2.",), **TINY), "cpu")
+    before = {k: v.clone() for k, v in tr.unet.state_dict().items()}
+    tr.train_vae(progress=False)
+    tr.train_diffusion(progress=False)
+    after = tr.unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".attn2." in k for k in changed), sorted(changed)[:5]

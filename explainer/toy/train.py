@@ -57,6 +57,7 @@ class TrainConfig:
     high_noise_min_t: int = 400
     min_snr_gamma: float = 5.0
     grounding_weight: float = 0.0  # attention grounding of object words (TokenCompose-style); 0: off
+    unet_trainable: tuple[str, ...] = ()  # train only UNet parameters whose name contains one of these (empty: all)
     ema_decay: float = 0.999
     pad_to: int | None = None  # pad captions to this many tokens in training (None: the tokenizer's max)
     # Model sizes
@@ -331,6 +332,9 @@ class Trainer:
         m = make_models(self.cfg, self.tokenizer)
         self.vae, self.text, self.unet = m["vae"], m["text_encoder"], m["unet"]
         self.noise = make_scheduler("ddpm")
+        if self.cfg.unet_trainable:  # e.g. ("attn2.",): a fine-tune of the cross-attention only
+            for name, prm in self.unet.named_parameters():
+                prm.requires_grad_(any(pat in name for pat in self.cfg.unet_trainable))
         self.vae_step, self.step, self.minutes = 0, 0, 0.0
         self.scaling_factor: float | None = None
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=self.cfg.vae_lr)
