@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -34,6 +35,12 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     elapsed = time.perf_counter() - start
     print(f"{path.name}: {elapsed:.1f} s")
     assert elapsed < NOTEBOOK_BUDGET_S, f"{path.name} took {elapsed:.0f} s; the budget is {NOTEBOOK_BUDGET_S} s"
+    # a cell that shows a figure at its top level must really draw one (a bare Figure from explainer.views
+    # needs display(fig); plt.show() does not draw it)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and re.search(r"^(plt\.show\(\)|display\(fig)", cell.source, re.M):
+            images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            assert images, f"{path.name} cell {i} shows a figure but has no image output:\n{cell.source[:200]}"
 
 
 def test_notebooks_exist() -> None:
