@@ -119,10 +119,11 @@ def test_other_safetensors_file(tmp_path):
 
 
 def test_newer_format_version(basic_trace, tmp_path, monkeypatch):
-    monkeypatch.setattr(trace_module, "FORMAT_VERSION", trace_module.FORMAT_VERSION + 1)
+    future = trace_module.FORMAT_VERSION + 1
+    monkeypatch.setattr(trace_module, "FORMAT_VERSION", future)
     path = basic_trace.save(tmp_path / "future.st")
     monkeypatch.undo()
-    with pytest.raises(explainer.TraceFileError, match="format version 2"):
+    with pytest.raises(explainer.TraceFileError, match=f"format version {future}"):
         explainer.load_trace(path)
 
 
