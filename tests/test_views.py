@@ -35,6 +35,15 @@ def test_token_overlay_and_emergence(tr):
         views.token_overlay(tr, "dog")
 
 
+def test_emergence_of_prompt_and_negative_tokens(pipe):
+    tr = explainer.trace(pipe, "a red cube", negative_prompt="blurry", num_inference_steps=3, progress=False)
+    fig = views.emergence_curve(tr, "red", negative_tokens="blurry", step=0)
+    prompt_line, negative_line = fig.axes[0].lines[:2]
+    assert (prompt_line.get_label(), negative_line.get_label()) == ("red (prompt)", "blurry (negative)")
+    assert negative_line.get_linestyle() == "--"
+    assert np.allclose(negative_line.get_ydata(), views.concentration(tr, "blurry", branch="uncond"))
+
+
 def test_guidance_views(tr, pipe):
     fig = views.guidance_decomposition(tr, 1)
     assert len(fig.axes[0].images) == 1 and len(fig.axes) == 5  # 4 panels + colour bar

@@ -129,12 +129,21 @@ def emergence_curve(
     tokens: str | int | Sequence[str | int],
     step: int | None = None,
     *,
+    negative_tokens: str | int | Sequence[str | int] | None = None,
     layers: Any = None,
     branch: str = "cond",
     width: float = 4.0,
     height: float = 2.2,
 ) -> Figure:
     """:func:`concentration` of each token over the steps, with ``step`` marked.
+
+    Args:
+        trace: the trace.
+        tokens: words or token indices of the prompt (of ``branch``).
+        step: the step to mark, or ``None``.
+        negative_tokens: words or token indices of the negative prompt, drawn dashed beside the prompt's
+            (labelled "… (prompt)" and "… (negative)"); needs a trace with guidance.
+        layers: as for :meth:`Trace.heatmap` (``None``: all layers).
 
     Returns:
         A matplotlib figure with one line per token.
@@ -144,9 +153,16 @@ def emergence_curve(
     step = check_step(trace, step)
     fig, axes = new_figure(width, height)
     ax = axes[0, 0]
-    for token in _as_list(tokens):
-        label = token if isinstance(token, str) else trace.tokens[int(token)] if branch == "cond" else trace.negative_tokens[int(token)]
-        ax.plot(np.arange(trace.num_steps), concentration(trace, token, layers, branch), label=str(label))
+    lines = [(t, branch, "-") for t in _as_list(tokens)]
+    if negative_tokens is not None:
+        lines += [(t, "uncond", "--") for t in _as_list(negative_tokens)]
+    both = negative_tokens is not None
+    for token, br, style in lines:
+        names = trace.tokens if br == "cond" else trace.negative_tokens
+        label = token if isinstance(token, str) else names[int(token)].removesuffix("</w>")
+        if both:
+            label = f"{label} ({'prompt' if br == 'cond' else 'negative'})"
+        ax.plot(np.arange(trace.num_steps), concentration(trace, token, layers, br), label=str(label), linestyle=style)
     ax.set_xlim(-0.5, trace.num_steps - 0.5)
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel("concentration", fontsize=8)
