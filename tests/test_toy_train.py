@@ -123,3 +123,28 @@ def test_unet_trainable_limits_training_to_the_named_parameters(tmp_path):
     after = tr.unet.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".attn2." in k for k in changed), sorted(changed)[:5]
+
+
+def test_export_can_blend_with_another_model(tmp_path):
+    import json
+
+    import pytest
+    from safetensors.torch import load_file
+
+    a = Trainer(tmp_path / "a", TrainConfig(vae_steps=1, steps=1, **TINY), "cpu")
+    a.train_vae(progress=False)
+    a.train_diffusion(progress=False)
+    base = a.export(tmp_path / "base", dtype=torch.float32)
+    b = Trainer(tmp_path / "b", None, "cpu", init_from=base)
+    b.cfg.steps = 2
+    b.train_diffusion(progress=False)
+    half = b.export(tmp_path / "half", dtype=torch.float32, blend_with=base, blend_alpha=0.5)
+    w = {n: load_file(str(d / "unet" / "diffusion_pytorch_model.safetensors")) for n, d in (("base", base), ("half", half))}
+    mine = {k[5:]: v for k, v in b.ema.items() if k.startswith("unet.")}
+    key = next(k for k in mine if mine[k].dtype.is_floating_point and not torch.equal(mine[k], w["base"][k]))
+    assert torch.allclose(w["half"][key], (w["base"][key] + mine[key]) / 2, atol=1e-6)
+    info = json.loads((half / "training.json").read_text())
+    assert info["blend"]["alpha"] == 0.5 and info["history"][0]["stage2_steps"] == 1
+    assert (half / "tokenizer" / "vocab.json").exists() and (half / "tokenizer" / "merges.txt").exists()
+    with pytest.raises(ValueError, match="blend_alpha"):
+        b.export(tmp_path / "bad", blend_with=base, blend_alpha=1.5)

@@ -11,6 +11,13 @@ run is deterministic given its seed and can be stopped and resumed::
     python -m explainer.toy.train --out runs/toy --minutes 60          # the quick CPU recipe
     python -m explainer.toy.train --out runs/toy --minutes 60          # run again: resumes
     python -m explainer.toy.train --out runs/toy --export assets/toy   # write the diffusers folder
+
+The shipped model was then fine-tuned for attention grounding (its cross-attention and text encoder
+only) and interpolated half-way back to the model it started from (see docs/toy_model.md)::
+
+    python -m explainer.toy.train --out runs/ground --init-from assets/toy --grounding-weight 0.1 \
+        --unet-trainable attn2. --unet-lr 1e-4 --text-lr 2e-4 --batch 32 --warmup 50 --ema-decay 0.995 --minutes 40
+    python -m explainer.toy.train --out runs/ground --export my_toy --blend-with assets/toy --blend-alpha 0.5
 """
 
 from __future__ import annotations
@@ -617,13 +624,41 @@ class Trainer:
         del pipe
         return row
 
-    def export(self, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-        """Write the EMA model as a diffusers folder (``model_index.json`` + subfolders, safetensors)."""
+    def export(self, path: str | Path, dtype: torch.dtype = torch.float16, *, blend_with: str | Path | None = None,
+               blend_alpha: float = 1.0) -> Path:
+        """Write the EMA model as a diffusers folder (``model_index.json`` + subfolders, safetensors).
+
+        Args:
+            path: the folder to write.
+            dtype: weights dtype on disk.
+            blend_with: an exported model to interpolate with (weight-space ensembling, as in WiSE-FT):
+                text encoder and UNet become ``other + blend_alpha * (this - other)``.
+            blend_alpha: 1 keeps this run's weights, 0 the other model's.
+
+        Returns:
+            ``path``.
+        """
+        import shutil
+
         pipe = self.pipeline().to("cpu")
-        pipe.to(dtype=dtype)
-        pipe.save_pretrained(str(path), safe_serialization=True)
         info = {"train_config": asdict(self.cfg), "stage2_steps": self.step, "vae_steps": self.vae_step,
                 "train_minutes": round(self.minutes, 2), "scaling_factor": self.scaling_factor}
+        if blend_with is not None:
+            if not 0.0 <= blend_alpha <= 1.0:
+                raise ValueError(f"blend_alpha must be in [0, 1], got {blend_alpha}")
+            other = _read_init(blend_with)
+            for part, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+                mine = module.state_dict()
+                module.load_state_dict({k: other[part][k] + blend_alpha * (v - other[part][k]) if v.dtype.is_floating_point
+                                        else v for k, v in mine.items()})
+            info["blend"] = {"with": str(blend_with), "alpha": blend_alpha}
+            prior = Path(blend_with) / "training.json"
+            info["history"] = [json.loads(prior.read_text())]
+        pipe.to(dtype=dtype)
+        pipe.save_pretrained(str(path), safe_serialization=True)
+        # ship the tokenizer as built (vocab.json + merges.txt), whatever format this transformers saves
+        shutil.rmtree(Path(path) / "tokenizer")
+        shutil.copytree(TOKENIZER_DIR, Path(path) / "tokenizer")
         (Path(path) / "training.json").write_text(json.dumps(info, indent=2) + "\n")
         return Path(path)
 
@@ -662,11 +697,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="fine-tune: start a new run from an exported model folder (e.g. assets/toy)")
     p.add_argument("--unet-lr", type=float, default=None)
     p.add_argument("--text-lr", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=None, help="learning-rate warm-up steps")
+    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--unet-trainable", nargs="+", default=None, metavar="PATTERN",
+                   help="train only UNet parameters whose name contains one of these (e.g. attn2.)")
+    p.add_argument("--blend-with", default=None, help="with --export: interpolate with this exported model (WiSE-FT)")
+    p.add_argument("--blend-alpha", type=float, default=0.5, help="with --blend-with: weight of this run (default 0.5)")
     p.add_argument("--export", default=None, help="write the EMA model as a diffusers folder here and exit")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     overrides = {}
-    for name, val in (("batch", a.batch), ("steps", a.steps), ("vae_steps", a.vae_steps), ("eval_every", a.eval_every)):
+    for name, val in (("batch", a.batch), ("steps", a.steps), ("vae_steps", a.vae_steps), ("eval_every", a.eval_every),
+                      ("warmup", a.warmup)):
         if val is not None:
             if val < 0:
                 p.error(f"--{name.replace('_', '-')} must be >= 0, got {val}")
@@ -680,12 +722,21 @@ def main(argv: list[str] | None = None) -> None:
             if not val > 0:
                 p.error(f"--{name.replace('_', '-')} must be > 0, got {val}")
             overrides[name] = val
+    if a.ema_decay is not None:
+        if not 0.0 <= a.ema_decay < 1.0:
+            p.error(f"--ema-decay must be in [0, 1), got {a.ema_decay}")
+        overrides["ema_decay"] = a.ema_decay
+    if a.unet_trainable:
+        overrides["unet_trainable"] = tuple(a.unet_trainable)
     try:
         tr = Trainer(a.out, TrainConfig(seed=a.seed), a.device, overrides, init_from=a.init_from)
     except ValueError as e:
         p.error(str(e))
     if a.export:
-        print(tr.export(a.export))
+        try:
+            print(tr.export(a.export, blend_with=a.blend_with, blend_alpha=a.blend_alpha))
+        except ValueError as e:
+            p.error(str(e))
         return
     tr.fit(a.minutes, vae_minutes=a.vae_minutes, progress=not a.no_progress)
     print(json.dumps({"vae_step": tr.vae_step, "step": tr.step, "minutes": round(tr.minutes, 2),
