@@ -8,7 +8,7 @@ import torch
 
 import explainer
 from explainer.toy.checker import caption_scores
-from explainer.toy.evaluate import attention_peak_hit, generate
+from explainer.toy.evaluate import attention_peak_hit, generate, object_word_hits
 
 # A small fixed set covering every caption form, colour and shape (not drawn from the training seeds).
 PROMPTS = [
@@ -80,7 +80,16 @@ def test_guidance_matters(toy):
                                     "a yellow triangle at the top", "a green circle on the right"])
 def test_shape_word_maps_peak_on_their_object(toy, prompt):
     # One-object captions: the shape word's global map (all steps, all layers) peaks on the object.
-    # (Colour words of two-object captions localise far less often; the model card gives the figures.)
     tr = explainer.trace(toy, prompt, num_inference_steps=25, guidance_scale=7.5, seed=0, progress=False)
     assert caption_scores(np.asarray(tr.final_image), prompt)["colour"]
     assert attention_peak_hit(tr, prompt)
+
+
+@pytest.mark.parametrize("prompt", ["a red square and a green triangle", "a green square above a red circle",
+                                    "a blue circle above a yellow triangle"])
+def test_every_object_word_of_two_object_captions_peaks_on_its_own_object(toy, prompt):
+    # Both colour words and both shape words, the second object's included.
+    tr = explainer.trace(toy, prompt, num_inference_steps=25, guidance_scale=7.5, seed=0, progress=False)
+    assert caption_scores(np.asarray(tr.final_image), prompt)["colour_position"]
+    hits = object_word_hits(tr, prompt)
+    assert len(hits) == 4 and all(hits.values()), hits

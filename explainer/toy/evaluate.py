@@ -104,12 +104,34 @@ def attention_peak_hit(trace, caption: str, dilate: int = 2) -> bool:
     return bool(region[y, x])
 
 
+def object_word_hits(trace, caption: str, dilate: int = 2) -> dict[str, bool]:
+    """For every object word that occurs once in the caption (each colour and shape word), whether its
+    global map peaks inside its own object's colour region (dilated by ``dilate`` pixels).
+
+    Stricter than :func:`attention_peak_hit`: it also asks the words of the second object of a
+    two-object caption to land on that object.
+    """
+    targets = parse_caption(caption)
+    masks = colour_masks(np.asarray(trace.final_image))
+    words = caption.split()
+    hits = {}
+    for obj in targets:
+        region = _dilate(masks[obj.colour], dilate)
+        for word in (obj.colour, obj.shape):
+            if words.count(word) == 1:
+                heat = trace.heatmap(word)
+                y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                hits[word] = bool(region[y, x])
+    return hits
+
+
 def localisation(pipe, n: int = 100, *, guidance_scale: float = 7.5, num_inference_steps: int = 25,
                  seed: int = EVAL_SEED, dilate: int = 2, progress: bool = True) -> dict:
     """Attention localisation on ``n`` held-out captions, traced with :func:`explainer.trace`.
 
     Returns:
-        ``{"n", "localisation", "by_form": {...}, "per_caption": [...]}``.
+        ``{"n", "localisation", "by_form": {...}, "object_words", "per_caption": [...]}``; ``object_words``
+        is the stricter share of all object words that peak on their own object (:func:`object_word_hits`).
     """
     from ..tracing import trace as trace_run
 
@@ -118,8 +140,10 @@ def localisation(pipe, n: int = 100, *, guidance_scale: float = 7.5, num_inferen
     for i, cap in enumerate(tqdm(caps, desc="localisation", disable=not progress)):
         tr = trace_run(pipe, cap, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                        seed=seed + i, progress=False)
-        rows.append({"caption": cap, "hit": attention_peak_hit(tr, cap, dilate)})
+        rows.append({"caption": cap, "hit": attention_peak_hit(tr, cap, dilate),
+                     "word_hits": object_word_hits(tr, cap, dilate)})
     res = {"n": n, "localisation": float(np.mean([r["hit"] for r in rows]))}
+    res["object_words"] = float(np.mean([h for r in rows for h in r["word_hits"].values()]))
     res["by_form"] = {f: float(np.mean([r["hit"] for r in rows if pred(r["caption"])]))
                       for f, pred in _FORMS.items() if any(pred(r["caption"]) for r in rows)}
     res["per_caption"] = rows
