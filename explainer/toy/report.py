@@ -1,4 +1,4 @@
-"""Figures of a toy-model training run: loss, learning curve, guidance curve (for the model card).
+"""Figures of a toy-model training run: loss, learning curve, guidance curve, grounding fine-tune (for the model card).
 
     python -m explainer.toy.report docs/data docs/img
 """
@@ -76,13 +76,44 @@ def plot_guidance_curve(data: str | Path):
     return fig
 
 
+def plot_grounding(data: str | Path):
+    """The attention-grounding fine-tune, from ``grounding.json``: localisation and shape fidelity
+    against fine-tune steps (left) and against the interpolation weight toward the fine-tuned model (right)."""
+    g = json.loads((Path(data) / "grounding.json").read_text())
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), sharey=True)
+    for ax, key, xlabel in ((axes[0], "steps", "fine-tune step (cross-attention + text encoder)"),
+                            (axes[1], "blend", "weight of the fine-tuned model (0 = before, 1 = after)")):
+        rows = g[key]
+        x = [r["x"] for r in rows]
+        ax.plot(x, [100 * r["localisation"] for r in rows], marker="s", label="attention localisation")
+        ax.plot(x, [100 * r["shape"] for r in rows], marker="o", label="shape")
+        ax.plot(x, [100 * r["colour_position"] for r in rows], marker="^", label="colour + position")
+        ow = [r for r in rows if "object_words" in r]
+        if ow:
+            ax.plot([r["x"] for r in ow], [100 * r["object_words"] for r in ow], marker="d", ls="--",
+                    label="every object word on its object")
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    if g.get("shipped_alpha") is not None:
+        axes[1].axvline(g["shipped_alpha"], color="#444", lw=1, ls=":")
+        axes[1].text(g["shipped_alpha"], 3, " shipped", fontsize=7)
+    axes[0].set_ylabel(f"% of held-out captions (g {g.get('guidance', 7.5)})", fontsize=8)
+    axes[0].set_ylim(0, 102)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(g.get("title", ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def write_figures(data: str | Path, out: str | Path) -> list[Path]:
     """Save the loss, learning-curve and guidance-curve PNGs into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fn in (("toy_loss.png", plot_loss), ("toy_learning_curve.png", plot_learning_curve),
-                     ("toy_guidance_curve.png", plot_guidance_curve)):
+                     ("toy_guidance_curve.png", plot_guidance_curve), ("toy_grounding.png", plot_grounding)):
+        if fn is plot_grounding and not (Path(data) / "grounding.json").exists():
+            continue
         fig = fn(data)
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
