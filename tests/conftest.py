@@ -35,8 +35,9 @@ SD_SCHEDULER = dict(
 )
 
 
-def build_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
-    """Tiny UNet (two cross-attention resolutions), VAE, CLIP text encoder, real tokenizer, PNDM."""
+def build_components(prediction_type: str = "epsilon", seed: int = 0, unet_in_channels: int = 4) -> dict:
+    """Tiny UNet (two cross-attention resolutions; 9 input channels makes it an inpainting UNet), VAE,
+    CLIP text encoder, real tokenizer, PNDM."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -45,7 +46,7 @@ def build_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=16,
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),

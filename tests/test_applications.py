@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import build_components
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 from PIL import Image
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -49,20 +49,7 @@ def mask():
 @pytest.fixture(scope="module")
 def pipe9():
     """A tiny inpainting pipeline whose UNet takes 9 channels (latent, mask, masked-image latent)."""
-    components = build_components()
-    torch.manual_seed(0)
-    components["unet"] = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=2,
-        norm_num_groups=8,
-    ).eval()
+    components = build_components(unet_in_channels=9)
     pipe = StableDiffusionInpaintPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -265,17 +265,11 @@ class Trace:
             method: ``"linear"`` or ``"vae"`` (needs ``pipe``).
             pipe: the pipeline or its VAE, for ``method="vae"``.
         """
+        from .editing import latent_image
+
         x0 = self.what_if_x0(step, guidance_scale)
-        if method == "linear":
-            if self.latent_rgb is None:
-                raise ValueError("this trace has no latent→RGB factors; use method='vae' with pipe=.")
-            return _previews.linear_preview(x0, self.latent_rgb, (self.width, self.height))
-        if method == "vae":
-            if pipe is None:
-                raise ValueError("method='vae' decodes with the model: pass pipe=<the pipeline or its VAE>.")
-            step = self._check_step(step, "x0")
-            return _previews.vae_preview(pipe, x0, (self.uid, step, "what_if", float(guidance_scale)))
-        raise ValueError(f"method={method!r} is not allowed; use 'linear' or 'vae'.")
+        step = self._check_step(step, "x0")
+        return latent_image(self, x0, method, pipe, key=(step, "what_if", float(guidance_scale)))
 
     # ------------------------------------------------------------------ files
 
