@@ -94,14 +94,18 @@ def localisation_word(caption: str) -> tuple[str, str]:
     return targets[0].colour, targets[0].colour
 
 
+def _peaks_inside(trace, word: str, region: np.ndarray) -> bool:
+    """Whether ``word``'s global (all steps, all layers) map peaks inside ``region`` ``[H, W]``."""
+    heat = trace.heatmap(word)  # [H, W] at image resolution
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return bool(region[y, x])
+
+
 def attention_peak_hit(trace, caption: str, dilate: int = 2) -> bool:
     """Whether the global (all steps, all layers) map of the caption's localisation word peaks
     inside its object's colour region in the final image, dilated by ``dilate`` pixels."""
     word, colour = localisation_word(caption)
-    heat = trace.heatmap(word)  # [H, W] at image resolution
-    region = _dilate(colour_masks(np.asarray(trace.final_image))[colour], dilate)
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return bool(region[y, x])
+    return _peaks_inside(trace, word, _dilate(colour_masks(np.asarray(trace.final_image))[colour], dilate))
 
 
 def object_word_hits(trace, caption: str, dilate: int = 2) -> dict[str, bool]:
@@ -119,9 +123,7 @@ def object_word_hits(trace, caption: str, dilate: int = 2) -> dict[str, bool]:
         region = _dilate(masks[obj.colour], dilate)
         for word in (obj.colour, obj.shape):
             if words.count(word) == 1:
-                heat = trace.heatmap(word)
-                y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-                hits[word] = bool(region[y, x])
+                hits[word] = _peaks_inside(trace, word, region)
     return hits
 
 

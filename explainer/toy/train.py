@@ -352,8 +352,7 @@ class Trainer:
             ],
             weight_decay=1e-2,
         )
-        self.ema = {f"unet.{k}": v.detach().clone() for k, v in self.unet.state_dict().items()}
-        self.ema.update({f"text_encoder.{k}": v.detach().clone() for k, v in self.text.state_dict().items()})
+        self.ema = self._live_copy()
         if state:
             self._load(state)
         elif init is not None:
@@ -366,6 +365,12 @@ class Trainer:
         length = self.cfg.pad_to or self.tokenizer.model_max_length
         self.tokens = _TokenCache(self.tokenizer, length)
 
+    def _live_copy(self) -> dict[str, torch.Tensor]:
+        """A copy of the live text encoder and UNet weights, keyed as the EMA is."""
+        ema = {f"unet.{k}": v.detach().clone() for k, v in self.unet.state_dict().items()}
+        ema.update({f"text_encoder.{k}": v.detach().clone() for k, v in self.text.state_dict().items()})
+        return ema
+
     # -- checkpoints
     def _init_from(self, init: dict) -> None:
         """Start stage 2 from an exported model: its VAE (stage 1 counts as done), its scaling factor,
@@ -374,8 +379,7 @@ class Trainer:
         self.unet.load_state_dict(init["unet"])
         self.text.load_state_dict(init["text_encoder"])
         self.vae_step, self.scaling_factor = self.cfg.vae_steps, init["scaling_factor"]
-        self.ema = {f"unet.{k}": v.detach().clone() for k, v in self.unet.state_dict().items()}
-        self.ema.update({f"text_encoder.{k}": v.detach().clone() for k, v in self.text.state_dict().items()})
+        self.ema = self._live_copy()
 
     def _load(self, s: dict) -> None:
         self.vae.load_state_dict(s["vae"])
