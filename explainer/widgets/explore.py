@@ -301,7 +301,7 @@ class Explorer(anywidget.AnyWidget):
 
     @staticmethod
     def _input_label(trace: Trace, mode: str) -> str:
-        if mode == "inpaint" and getattr(trace, "mask", None) is not None:
+        if mode == "inpaint" and trace.mask is not None:
             return "input image (outline: the repainted mask)"
         return "input image"
 

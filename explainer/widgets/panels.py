@@ -132,7 +132,7 @@ def input_picture(trace: Trace) -> Image.Image | None:
     trace has no input image."""
     from ..tracing.editing import input_preview
 
-    if getattr(trace, "input_image", None) is None:
+    if trace.input_image is None:
         return None
     picture = input_preview(trace)
     size = (trace.width, trace.height)
