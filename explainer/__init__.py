@@ -1,5 +1,6 @@
 """sd-explainer: make Stable Diffusion visible. Trace every denoising step of a real diffusers pipeline."""
 
+from . import _quiet  # noqa: F401 - first, before diffusers loads: drops library notices for unused features
 from .export import export
 from .models import load_pipeline, toy_model_path
 from .tracing import (
