@@ -3,6 +3,7 @@
 import torch
 
 from explainer.toy.train import TrainConfig, Trainer
+from test_checkpoints import loading_problems, text_encoder_keys
 
 TINY = dict(image_size=32, vae_channels=(32, 32), unet_channels=(32, 32), unet_heads=1, text_width=32,
             text_layers=1, vae_batch=4, batch=4, warmup=1, checkpoint_every=10**6)
@@ -60,6 +61,9 @@ def test_export_is_a_diffusers_folder(tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.scheduler.config.timestep_spacing == "trailing"
     assert pipe.unet.dtype == torch.float32
+    # every key in place on this transformers, and the text encoder in the layout every version loads
+    assert loading_problems(out) == {}
+    assert all(k.startswith("text_model.") for k in text_encoder_keys(out))
 
 
 def test_grounding_loss_scores_attention_against_object_masks():

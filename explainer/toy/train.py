@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import clip_keys
 from .world import IMAGE_SIZE, sample_scenes, render
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy" / "tokenizer"
@@ -377,14 +378,14 @@ class Trainer:
         and its text encoder and UNet as both the live and the EMA weights."""
         self.vae.load_state_dict(init["vae"])
         self.unet.load_state_dict(init["unet"])
-        self.text.load_state_dict(init["text_encoder"])
+        self.text.load_state_dict(clip_keys.fit_to(init["text_encoder"], self.text))
         self.vae_step, self.scaling_factor = self.cfg.vae_steps, init["scaling_factor"]
         self.ema = self._live_copy()
 
     def _load(self, s: dict) -> None:
         self.vae.load_state_dict(s["vae"])
         self.unet.load_state_dict(s["unet"])
-        self.text.load_state_dict(s["text_encoder"])
+        self.text.load_state_dict(clip_keys.fit_to(s["text_encoder"], self.text))
         self.vae_opt.load_state_dict(s["vae_opt"])
         self.opt.load_state_dict(s["opt"])
         self.ema = dict(s["ema"])
@@ -594,7 +595,8 @@ class Trainer:
         m["vae"].register_to_config(scaling_factor=self.scaling_factor or 1.0)
         if ema:
             m["unet"].load_state_dict({k[5:]: v for k, v in self.ema.items() if k.startswith("unet.")})
-            m["text_encoder"].load_state_dict({k[13:]: v for k, v in self.ema.items() if k.startswith("text_encoder.")})
+            text = {k[13:]: v for k, v in self.ema.items() if k.startswith("text_encoder.")}
+            m["text_encoder"].load_state_dict(clip_keys.fit_to(text, m["text_encoder"]))
         else:
             m["unet"].load_state_dict(self.unet.state_dict())
             m["text_encoder"].load_state_dict(self.text.state_dict())
@@ -612,6 +614,8 @@ class Trainer:
         for part in ("unet", "text_encoder"):
             tensors = {k[len(part) + 1 :]: v.detach().to("cpu", torch.float16).contiguous()
                        for k, v in self.ema.items() if k.startswith(part + ".") and v.dtype.is_floating_point}
+            if part == "text_encoder":
+                tensors = clip_keys.canonical(tensors)
             save_file(tensors, str(d / f"step_{self.step:06d}_{part}.safetensors"), metadata=meta)
         return d
 
@@ -651,6 +655,7 @@ class Trainer:
             if not 0.0 <= blend_alpha <= 1.0:
                 raise ValueError(f"blend_alpha must be in [0, 1], got {blend_alpha}")
             other = _read_init(blend_with)
+            other["text_encoder"] = clip_keys.fit_to(other["text_encoder"], pipe.text_encoder)
             for part, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
                 mine = module.state_dict()
                 module.load_state_dict({k: other[part][k] + blend_alpha * (v - other[part][k]) if v.dtype.is_floating_point
@@ -660,6 +665,8 @@ class Trainer:
             info["history"] = [json.loads(prior.read_text())]
         pipe.to(dtype=dtype)
         pipe.save_pretrained(str(path), safe_serialization=True)
+        # the canonical text_model.* key layout, which transformers 4.x and 5.x both load
+        clip_keys.rewrite_canonical(Path(path) / "text_encoder" / "model.safetensors")
         # ship the tokenizer as built (vocab.json + merges.txt), whatever format this transformers saves
         shutil.rmtree(Path(path) / "tokenizer")
         shutil.copytree(TOKENIZER_DIR, Path(path) / "tokenizer")
