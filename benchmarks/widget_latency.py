@@ -36,8 +36,10 @@ _spec.loader.exec_module(export_speed)
 
 from explainer.widgets import Explorer
 
-CHROMIUM = os.environ.get("EXPLAINER_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+_spec = importlib.util.spec_from_file_location("_browser", REPO / "tests" / "_browser.py")
+_browser = importlib.util.module_from_spec(_spec)  # Chromium found as the browser tests find it
+_spec.loader.exec_module(_browser)
+ARGS = _browser.CHROMIUM_ARGS
 SETUP_JS = """async ([esm, state]) => {
   const b64 = (s) => { const a = Uint8Array.from(atob(s), (c) => c.charCodeAt(0)); return new DataView(a.buffer); };
   for (const k of Object.keys(state.frames)) state.frames[k] = state.frames[k].map(b64);
@@ -95,6 +97,9 @@ def browser_latency(w: Explorer, n: int) -> dict:
     """
     from playwright.sync_api import sync_playwright
 
+    chromium, why = _browser.find_chromium()
+    if chromium is None:
+        raise SystemExit(f"widget_latency: the browser part needs Chromium: {why}")
     plain = (str, int, float, bool, list)
     state = {k: getattr(w, k) for k in w.keys if not k.startswith("_") and isinstance(getattr(w, k), plain)}
     state.pop("overlay_maps", None)
@@ -103,7 +108,7 @@ def browser_latency(w: Explorer, n: int) -> dict:
     state["final"], state["schedule_png"] = enc(w.final), enc(w.schedule_png)
     esm = (REPO / "explainer" / "widgets" / "player.js").read_text()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
         page = browser.new_page()
         page.set_content("<!DOCTYPE html><html><body></body></html>")
         steps = page.evaluate(SETUP_JS, [esm, state])

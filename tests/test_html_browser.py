@@ -1,16 +1,16 @@
 """The standalone HTML page in a real browser: headless Chromium through Playwright, opened from file://.
 
-Needs ``pip install playwright`` and Debian's ``chromium`` (``apt-get install chromium``) at
-/usr/bin/chromium, or another Chromium named by ``EXPLAINER_CHROMIUM``; skipped with that reason
-when either is missing.
+Needs ``pip install playwright`` and a Chromium (``apt-get install chromium``), found by
+tests/_browser.py (``EXPLAINER_CHROMIUM``, ``PATH`` or Playwright's own); skipped with that reason
+when either is missing, and failed instead when ``CI=true``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
+import _browser
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,15 +20,6 @@ from explainer.export import export
 from explainer.export.frames import colormap_lut
 from explainer.tracing.previews import SD1_LATENT_RGB_FACTORS
 
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="the browser test needs Playwright: pip install playwright"
-)
-CHROMIUM = os.environ.get("EXPLAINER_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"the browser test needs Chromium at {CHROMIUM}: apt-get install chromium", allow_module_level=True)
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]  # fmt: skip
 STEPS = 4
 SIZE = 64
 
@@ -41,6 +32,13 @@ PIXELS_JS = """async (el) => {
   ctx.drawImage(el, 0, 0);
   return [c.width, c.height, Array.from(ctx.getImageData(0, 0, c.width, c.height).data)];
 }"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> str:
+    """Chromium's path; first, so that a missing browser skips (fails under CI) before any trace is made."""
+    _browser.require_module("playwright.sync_api", "playwright")
+    return _browser.require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +61,11 @@ def page_file(tr, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=_browser.CHROMIUM_ARGS)
         yield b
         b.close()
 

@@ -7,8 +7,9 @@ notebook``). In each, a cell showing ``explainer.explore(...)`` on the toy model
 the step slider, click token chips (and, in JupyterLab, the panel tabs), and check that the image
 changed, the overlay appeared, the kernel heard the step, and no JS errors were logged.
 
-Needs ``pip install jupyterlab notebook playwright anywidget`` and Debian's ``chromium`` at
-/usr/bin/chromium (or ``EXPLAINER_CHROMIUM``); skipped with that reason when one is missing.
+Needs ``pip install jupyterlab notebook playwright anywidget`` and a Chromium (``apt-get install
+chromium``), found by tests/_browser.py (``EXPLAINER_CHROMIUM``, ``PATH`` or Playwright's own);
+skipped with that reason when one is missing, and failed instead when ``CI=true``.
 """
 
 from __future__ import annotations
@@ -22,18 +23,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
-
+import _browser
 import pytest
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs Playwright: pip install playwright")
-pytest.importorskip("jupyterlab", reason="the browser test needs JupyterLab: pip install jupyterlab")
-CHROMIUM = os.environ.get("EXPLAINER_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"the browser test needs Chromium at {CHROMIUM}: apt-get install chromium", allow_module_level=True)
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]  # fmt: skip
 CELLS = [
     'import explainer\nw = explainer.explore("a red circle above a blue square", num_inference_steps=8, seed=0)\nw',
     "print('kernel step', w.step, 'selected', w.selected)",
@@ -66,6 +58,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> str:
+    """Chromium's path; first, so that anything missing skips (fails under CI) before JupyterLab starts."""
+    _browser.require_module("playwright.sync_api", "playwright")
+    _browser.require_module("jupyterlab", "jupyterlab")
+    return _browser.require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,11 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=_browser.CHROMIUM_ARGS)
         try:
             yield b
         finally:
@@ -235,9 +237,9 @@ def test_explore_in_jupyterlab(lab, browser):
 
 
 def test_explore_in_notebook7(lab, browser):
-    notebook = pytest.importorskip("notebook", reason="the Notebook 7 test needs it: pip install 'notebook>=7'")
+    notebook = _browser.require_module("notebook", "'notebook>=7'")
     if int(notebook.__version__.split(".")[0]) < 7:
-        pytest.skip(f"the Notebook 7 test needs notebook>=7, not {notebook.__version__}")
+        _browser.unavailable(f"the Notebook 7 test needs notebook>=7, not {notebook.__version__}: pip install 'notebook>=7'")
     base, token = lab
     errors: list[str] = []
     stacks: list[str] = []
