@@ -36,6 +36,9 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+import _json  # noqa: E402  (benchmarks/_json.py)
+
 import explainer  # noqa: E402
 from explainer.tracing.previews import SD1_LATENT_RGB_FACTORS  # noqa: E402
 
@@ -131,7 +134,10 @@ def main() -> None:
     parser.add_argument("--which", choices=["tiny512", "toy", "both"], default="both")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here (e.g. docs/data/export_speed.json)")
     args = parser.parse_args()
+    _json.check_path(parser, args.json)
+    rows: list[dict] = []
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -158,6 +164,10 @@ def main() -> None:
                 print(f"| {name} ({tr.width}px, {tr.num_steps} steps, {sched}) | {label} | {size} | "
                       f"{statistics.median(times):.2f} | {min(times):.2f} | {path.stat().st_size / 1e6:.2f} MB |",
                       flush=True)  # fmt: skip
+                rows.append({"trace": name, "width": tr.width, "steps": tr.num_steps, "scheduler": sched, "output": label,
+                             "frame_size": size, "median_s": statistics.median(times), "min_s": min(times),
+                             "file_mb": path.stat().st_size / 1e6})
+    _json.write(args.json, "export_speed", vars(args), rows)
 
 
 def _frame_size(path: Path) -> str:

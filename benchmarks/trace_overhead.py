@@ -33,7 +33,9 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import _json  # noqa: E402  (benchmarks/_json.py)
 import explainer  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -179,7 +181,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--pairs", type=int, default=3, help="interleaved A/B rounds (default 3)")
     parser.add_argument("--dtype", default=None, help="float32 / float16 (default: float16 on cuda, float32 on cpu)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here (e.g. docs/data/trace_overhead.json)")
     args = parser.parse_args()
+    _json.check_path(parser, args.json)
+    rows: list[dict] = []
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device.startswith("cuda") else torch.float32)
     if args.device.startswith("cuda"):
         machine = torch.cuda.get_device_name()
@@ -189,6 +194,7 @@ def main() -> None:
     print(f"# prompt: {PROMPT!r}")
     for which in args.which.split(","):
         r = bench(which.strip(), args.device, dtype, args.size, args.steps, args.pairs)
+        rows.append({**r, "device": args.device, "dtype": str(dtype).removeprefix("torch."), "machine": machine})
         print(
             f"{r['which']:>5} {r['size']:>8} {r['steps']:>3} steps | plain {r['plain_s']:.3f}s | "
             f"trace {r['default_s']:.3f}s ({r['overhead_default_pct']:+.1f}%) | "
@@ -204,6 +210,7 @@ def main() -> None:
             print(f"      default trace, 50 steps at 512x512, this prompt: {r['bytes_50_steps_512']:,} B "
                   f"({r['bytes_50_steps_512'] / 1e6:.1f} MB)")  # fmt: skip
         sys.stdout.flush()
+    _json.write(args.json, "trace_overhead", vars(args), rows)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 _spec = importlib.util.spec_from_file_location("export_speed", REPO / "benchmarks" / "export_speed.py")
 export_speed = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(export_speed)
+_json = export_speed._json  # benchmarks/_json.py
 
 from explainer.widgets import Explorer
 
@@ -146,7 +147,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--which", choices=["toy", "tiny512", "both"], default="both")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here (e.g. docs/data/widget_latency.json)")
     args = parser.parse_args()
+    _json.check_path(parser, args.json)
+    rows: list[dict] = []
     for which in ["toy", "tiny512"] if args.which == "both" else [args.which]:
         tr, _ = export_speed.make_trace(which, args.steps)
         t0 = time.perf_counter()
@@ -168,6 +172,12 @@ def main() -> None:
               f"p95 {p95:.1f} ms | changes that missed the first frame: {missed} | Event Timing keydown entries >= 16 ms: "
               f"{len(slow)} of 500, by duration (8 ms steps) {by_duration}, handlers max "
               f"{max([e['handler'] for e in slow], default=0):.1f} ms | frame interval p50 {gaps[0]:.1f} ms")  # fmt: skip
+        rows.append({"trace": which, "width": tr.width, "height": tr.height, "steps": tr.num_steps,
+                     "widget_build_s": build, "sent_mb": size / 1e6, "kernel_p50_ms": k50, "kernel_p95_ms": k95,
+                     "ready_p50_ms": r50, "ready_p95_ms": r95, "ready_max_ms": max(r["ready"] for r in out["results"]),
+                     "painted_p50_ms": p50, "painted_p95_ms": p95, "missed_first_frame": missed, "presses": 500,
+                     "slow_keydown_entries": len(slow), "frame_interval_p50_ms": gaps[0]})
+    _json.write(args.json, "widget_latency", vars(args), rows)
 
 
 if __name__ == "__main__":
