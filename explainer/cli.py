@@ -239,6 +239,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a folder")
+    _check_writable_folder(parser, args.out, "--out")  # before the run, not after it
     if args.image is None and (args.mask is not None or args.strength is not None):
         parser.error(f"{'--mask' if args.mask is not None else '--strength'} needs --image (the picture to edit)")
     edit = {}
@@ -251,8 +252,11 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _quiet_loading()
     try:
         pipe = load_pipeline(args.model, device=args.device)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        parser.error(f"--model {args.model}: {err}")
+    except ValueError as err:
+        flag = "--device" if str(err).startswith("device=") else "--model"
+        parser.error(f"{flag} {args.device if flag == '--device' else args.model}: {err}")
+    except (OSError, TypeError) as err:
+        parser.error(f"--model {args.model}: {_one_line(err)}")
     pipe.set_progress_bar_config(disable=True)
     try:
         result = trace(
@@ -270,6 +274,8 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except (ValueError, TypeError) as err:
         parser.error(str(err))
+    except FloatingPointError as err:  # NaN or infinite values during the run (e.g. an absurd --guidance)
+        parser.error(_one_line(err))
     args.out.mkdir(parents=True, exist_ok=True)
     trace_path = result.save(args.out / RUN_FILES["trace"])
     print(f"wrote {trace_path} ({trace_path.stat().st_size / 1e6:.2f} MB)")
@@ -289,6 +295,25 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         panels = RUN_EDIT_PANELS if edited else None
         export(result, args.out / RUN_FILES["html"], panels=panels, progress=not args.quiet, pipe=decoder)
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error message (library errors can span many)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _check_writable_folder(parser: argparse.ArgumentParser, folder: Path, flag: str) -> None:
+    """Exit with status 2 unless ``folder`` exists or can be created: its nearest existing parent is a writable folder."""
+    import os
+
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        parser.error(f"{flag} {folder}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"{flag} {folder}: no permission to write in {existing}")
 
 
 def _open_image(parser: argparse.ArgumentParser, path: Path, flag: str, mask: bool = False) -> Any:
@@ -313,6 +338,9 @@ def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     from .export import export, format_options
 
     suffix = args.out.suffix.lower()
+    if args.out.is_dir():
+        example = args.out / ("steps" + (suffix if suffix in EXPORT_SUFFIXES else ".gif"))
+        parser.error(f"OUT {args.out} is a folder; give a file name inside it, e.g. {example}")
     if suffix not in EXPORT_SUFFIXES:
         shown = f"'{args.out.suffix}'" if args.out.suffix else "no suffix"
         parser.error(f"OUT {args.out} has {shown}; the format follows the suffix, one of {', '.join(EXPORT_SUFFIXES)}")
@@ -341,6 +369,8 @@ def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         export(loaded, args.out, progress=not args.quiet, **options)
     except (ValueError, TypeError, IndexError) as err:
         parser.error(str(err))
+    except OSError as err:
+        parser.error(f"OUT {args.out}: {_one_line(err)}")
     return 0
 
 

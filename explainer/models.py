@@ -49,9 +49,28 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'.") from err
+    _check_available(dev, device)
+    return dev
+
+
+def _check_available(dev: torch.device, given: object) -> None:
+    """Refuse a CUDA or MPS device this torch build or machine does not have (torch would fail later, unclearly)."""
+    fallback = "use device='cpu', or device=None to pick the best available"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")  # fmt: skip
+            raise ValueError(f"device={given!r} is not available: {why} (torch {torch.__version__}); {fallback}.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={given!r} is not available: this machine has {count} CUDA device(s); {fallback}.")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device={given!r} is not available: MPS needs Apple silicon and a torch built for it; {fallback}.")
 
 
 def _pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -71,6 +90,33 @@ def _looks_like_path(text: str) -> bool:
         or os.sep != "/" and os.sep in text
         or (len(text) > 1 and text[1] == ":")
     )
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Refuse a pipeline folder whose model components have pickle weights (``.bin``) but no ``.safetensors``."""
+    import json
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{folder / 'model_index.json'} is not readable JSON ({err}).") from err
+    for name in ("unet", "vae", "text_encoder"):
+        sub = folder / name
+        if name not in index or not sub.is_dir():
+            continue
+        files = [p.name for p in sub.iterdir() if p.is_file()]
+        if any(f.endswith(".safetensors") for f in files):
+            continue
+        pickled = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))
+        if pickled:
+            raise FileNotFoundError(
+                f"{sub} has only pickle weights ({', '.join(pickled)}), and load_pipeline reads safetensors only "
+                "(pickle files can run code when loaded). If you trust the folder, convert it once: "
+                "StableDiffusionPipeline.from_pretrained(folder, use_safetensors=False).save_pretrained(new_folder)."
+            )
 
 
 def _dtype_kwarg() -> str:
@@ -98,8 +144,10 @@ def load_pipeline(
         The pipeline, moved to ``device``.
 
     Raises:
-        FileNotFoundError: the toy model is not installed, the folder does not exist, or the Hub id
-            cannot be fetched (offline) and is not cached; the message says what to pass instead.
+        FileNotFoundError: the toy model is not installed, the folder does not exist or has only pickle
+            (``.bin``) weights, or the Hub id cannot be fetched (offline) and is not cached; the message
+            says what to pass instead.
+        ValueError: ``device`` is not a torch device or is not available on this machine, or ``dtype`` is unknown.
 
     Example:
         >>> pipe = explainer.load_pipeline()                       # the bundled toy model
@@ -132,6 +180,8 @@ def load_pipeline(
                 )
         elif _looks_like_path(source):
             raise FileNotFoundError(f"no model folder at {candidate}; pass an existing folder, a Hub id, or 'toy'.")
+    if local is not None:
+        _check_safetensors(local)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             str(local) if local is not None else source, use_safetensors=True, **{_dtype_kwarg(): torch_dtype}

@@ -50,7 +50,8 @@ def export(trace: Trace, path: str | Path, *, verbose: bool = True, **options: A
     Args:
         trace: a :class:`~explainer.Trace`.
         path: ``.gif``, ``.webp``, ``.mp4`` (animations, one frame per step), ``.png`` (a labelled grid of
-            chosen steps) or ``.html`` (a standalone interactive page). Parent folders are created.
+            chosen steps) or ``.html`` (a standalone interactive page). Parent folders are created; a
+            folder, or a path under a file, raises ``IsADirectoryError`` / ``NotADirectoryError``.
         verbose: print the path, the frame count and the file size when done.
         **options: the format's options, among ``panels`` (``"xt"``, ``"x0"``, ``"final"``, ``"overlay"``,
             ``"guidance"``...), ``words``, ``size``, ``steps``, ``every``, ``captions``, ``fps``, ``loop``,
@@ -75,15 +76,20 @@ def export(trace: Trace, path: str | Path, *, verbose: bool = True, **options: A
         raise TypeError(
             f"trace must be an explainer Trace (from explainer.trace or load_trace), not {type(trace).__name__}."
         )
+    from ..tracing.trace import writable_path
+
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a str or Path, not {type(path).__name__}.")
     path = Path(path)
+    if path.is_dir():
+        suffix = path.suffix.lower() if path.suffix.lower() in FORMATS else ".gif"
+        raise IsADirectoryError(f"path={str(path)!r} is a folder; give a file name inside it, e.g. {path / ('steps' + suffix)}.")
     writer = _writer(path.suffix)
     allowed = format_options(path.suffix)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"option(s) {unknown} do not apply to {path.suffix} export; its options are {allowed}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_path(path, "path", "a file name ending in " + ", ".join(sorted(set(FORMATS))))  # parents made here
     count = writer(trace, path, **options)
     if verbose:
         what = "steps" if path.suffix.lower() in (".png", ".html", ".htm") else "frames"

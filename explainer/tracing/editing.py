@@ -66,7 +66,10 @@ def composite_x0(trace: Trace, step: int) -> np.ndarray:
 
 def latent_image(trace: Trace, latent: np.ndarray, method: str = "linear", pipe: Any = None,
                  key: tuple | None = None) -> Image.Image:  # fmt: skip
-    """A ``[C, h, w]`` latent as an image (linear latent → RGB, or a VAE decode cached under ``key``)."""
+    """A ``[C, h, w]`` latent as an image: linear latent → RGB, or a VAE decode.
+
+    A VAE decode is cached by the latent's content unless ``key`` is ``None`` (then it is decoded once).
+    """
     from . import previews
 
     if method == "linear":
@@ -79,7 +82,7 @@ def latent_image(trace: Trace, latent: np.ndarray, method: str = "linear", pipe:
         if key is None:  # not cacheable: decode once
             image = previews.decode_latents(previews._vae_of(pipe), np.asarray(latent, np.float32)[None])[0]
             return previews.to_pil(image.permute(1, 2, 0).numpy())
-        return previews.vae_preview(pipe, latent, (trace.uid, *key))
+        return previews.vae_preview(pipe, latent)
     raise ValueError(f"method={method!r} is not allowed; use 'linear' or 'vae'.")
 
 

@@ -2,12 +2,14 @@
 
 Linear previews map each latent pixel (in the UNet's scaled latent space) through a ``[C, 3]``
 matrix plus a bias to RGB in [-1, 1], as ComfyUI's live previews do. The VAE preview decodes the
-latent with the pipeline's VAE; decodes are cached per VAE in a module-level weak map keyed by
-``(trace uid, step, kind, ...)``, so the Trace never holds the model and the cache dies with the VAE.
+latent with the pipeline's VAE; decodes are cached per VAE in a module-level weak map keyed by the
+latent's content (a hash of its bytes), so the Trace never holds the model, the cache dies with the
+VAE, and a trace changed after the fact (``dataclasses.replace``, edited arrays) never gets a stale decode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -153,6 +155,7 @@ def choose_latent_rgb(vae_config: Any, final_latent: torch.Tensor, final_image: 
 def decode_latents(vae: Any, latents: torch.Tensor | np.ndarray, clamp: bool = True) -> torch.Tensor:
     """Decode scaled latents ``[N, C, h, w]`` as the pipeline does; returns ``[N, 3, H, W]`` (in [-1, 1] if ``clamp``)."""
     lat = torch.as_tensor(np.asarray(latents) if isinstance(latents, np.ndarray) else latents)
+    check_latent_layout(vae, tuple(lat.shape[1:]))
     param = next(vae.parameters())
     z = lat.to(device=param.device, dtype=param.dtype) / vae.config.scaling_factor
     shift = vae.config.get("shift_factor", None)
@@ -166,9 +169,32 @@ def _vae_of(pipe_or_vae: Any) -> Any:
     vae = getattr(pipe_or_vae, "vae", pipe_or_vae)
     if not (isinstance(vae, torch.nn.Module) and hasattr(vae, "decode") and hasattr(vae, "config")):
         raise TypeError(
-            f"pipe must be a diffusers pipeline with a VAE, or an AutoencoderKL, not {type(pipe_or_vae).__name__}."
+            f"pipe must be a diffusers pipeline with a VAE, or an AutoencoderKL, not {type(pipe_or_vae).__name__}; "
+            "load one with explainer.load_pipeline()."
         )
     return vae
+
+
+def check_latent_layout(vae: Any, shape: tuple[int, ...], name: str = "pipe") -> None:
+    """Refuse latents ``[C, h, w]`` whose channel count is not the one ``vae`` decodes.
+
+    Args:
+        vae: the ``AutoencoderKL``.
+        shape: the latent's ``(C, h, w)``.
+        name: the argument that gave the VAE, for messages.
+    """
+    channels = vae.config.get("latent_channels") if hasattr(vae.config, "get") else None
+    if channels is not None and (len(shape) != 3 or shape[0] != channels):
+        raise ValueError(
+            f"{name}'s VAE decodes latents with {channels} channels, but these latents have shape {list(shape)} "
+            "([C, h, w]); decode with the model the trace was recorded with."
+        )
+
+
+def latent_key(latent: np.ndarray) -> tuple:
+    """Cache key of one ``[C, h, w]`` latent: its shape and a hash of its float32 bytes."""
+    arr = np.ascontiguousarray(latent, dtype=np.float32)
+    return (arr.shape, hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest())
 
 
 def fit_latent_rgb_factors(
@@ -236,10 +262,12 @@ def linear_preview(latent: np.ndarray, rgb: LatentRGB, size: tuple[int, int] | N
     return to_pil(rgb.apply(latent), size)
 
 
-def vae_preview(pipe_or_vae: Any, latent: np.ndarray, key: tuple) -> Image.Image:
-    """Decode one ``[C, h, w]`` latent with the VAE, cached per VAE under ``key``."""
+def vae_preview(pipe_or_vae: Any, latent: np.ndarray) -> Image.Image:
+    """Decode one ``[C, h, w]`` latent with the VAE, cached per VAE by the latent's content."""
     vae = _vae_of(pipe_or_vae)
+    check_latent_layout(vae, tuple(np.shape(latent)))
     cache = _CACHE.setdefault(vae, OrderedDict())
+    key = latent_key(latent)
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
@@ -331,13 +359,15 @@ def decode_steps(
     if kind not in ("x0", "xt"):
         raise ValueError(f"kind={kind!r} is not allowed; use 'x0' (predicted clean) or 'xt' (noisy latent).")
     vae = _vae_of(pipe_or_vae)
+    check_latent_layout(vae, tuple(trace.latents.shape[1:]))
     count = trace.num_steps + 1 if kind == "xt" else trace.num_steps
     wanted = list(range(count)) if steps is None else [trace._check_step(s, kind) for s in steps]
     latents = {s: trace.latent(s, kind) for s in wanted}
+    keys = {s: latent_key(latents[s]) for s in latents}
     cache = _CACHE.setdefault(vae, OrderedDict())
     found: dict[int, Image.Image] = {}
     for s in dict.fromkeys(wanted):
-        key = (trace.uid, s, kind)
+        key = keys[s]
         if key in cache:
             cache.move_to_end(key)
             found[s] = cache[key]
@@ -346,7 +376,7 @@ def decode_steps(
         chunk = missing[start : start + batch_size]
         images = decode_latents(vae, np.stack([latents[s] for s in chunk])).permute(0, 2, 3, 1).numpy()
         for s, image in zip(chunk, images, strict=True):
-            found[s] = cache[(trace.uid, s, kind)] = to_pil(image)
+            found[s] = cache[keys[s]] = to_pil(image)
     while len(cache) > _CACHE_SIZE:
         cache.popitem(last=False)
     return [found[s] for s in wanted]

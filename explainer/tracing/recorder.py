@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import platform
 import time
 import warnings
@@ -276,6 +277,7 @@ class Recorder:
         self.mask: torch.Tensor | None = None  # [H, W]
         self.mask_latent: torch.Tensor | None = None  # [h, w]
         self._preparing = False  # inside pipe.prepare_latents (its add_noise call sees the encoded image)
+        self.guidance: float | None = None  # the run's guidance scale, for the non-finite message
 
     # -------------------------------------------------------------- attach / detach
 
@@ -420,6 +422,7 @@ class Recorder:
         if self.captured:
             self.flush_attention()
         out = output[0] if isinstance(output, tuple) else output.sample
+        self._pending["out_finite"] = torch.isfinite(out).all()  # a device flag, read once per step
         if self.plan.cfg:
             ci = self.cond_index
             self._pending["eps_cond"] = out[ci].to(self.dtype, copy=True)
@@ -511,7 +514,10 @@ class Recorder:
         if not self.active:
             return {}
         p = self._pending
-        self.latents.append(callback_kwargs["latents"][0].to(self.dtype, copy=True))
+        latents = callback_kwargs["latents"]
+        kept = latents[0].to(self.dtype, copy=True)
+        self._check_finite(p, latents, kept)
+        self.latents.append(kept)
         self.next_scale = p["next_scale"]
         self.x0.append(p["x0"])
         if self.blend:
@@ -529,6 +535,34 @@ class Recorder:
         self._pending = {}
         self._bar.update(1)
         return {}
+
+    def _check_finite(self, p: dict[str, Any], latents: torch.Tensor, kept: torch.Tensor) -> None:
+        """Raise ``FloatingPointError`` naming the step if its model output or latent is NaN or infinite.
+
+        Checks what the pipeline carries and what the trace stores (one host sync per step), before the
+        step is committed: the partial trace keeps only finite steps.
+        """
+        stored = [kept, p["x0"], p["eps_cond"]] + ([p["eps_uncond"]] if self.plan.cfg else [])
+        flags = torch.stack([p.get("out_finite", torch.tensor(True)).to(latents.device), torch.isfinite(latents).all(),
+                             *(torch.isfinite(t).all().to(latents.device) for t in stored)]).tolist()  # fmt: skip
+        if all(flags):
+            return
+        step, t = len(self.x0), p["scalars"][0]
+        where = [name for name, ok in (("the UNet output", flags[0]), ("the latent", flags[1])) if not ok]
+        causes = []
+        if self.guidance is not None and self.guidance > 50:
+            causes.append(f"guidance_scale={self.guidance:g} is far above the usual range (1 to 15); use a smaller one")
+        if not where:
+            where = [f"the recorded values (they exceed {self.spec.dtype}'s range)"]
+            if self.spec.dtype == "float16":
+                causes.append("store float32 instead: record={'dtype': 'float32'}")
+        if self.pipe.unet.dtype == torch.float16:
+            causes.append("float16 weights can overflow: load the model with dtype='float32'")
+        causes.append("else the model or scheduler itself produced them (check the weights and scheduler settings)")
+        raise FloatingPointError(
+            f"step {step} of {self.plan.num_steps} (timestep {t:g}) gave NaN or infinite values in {' and '.join(where)}; "
+            f"the trace stops there. Likely causes: {'; '.join(causes)}."
+        )
 
     # -------------------------------------------------------------- result
 
@@ -549,8 +583,8 @@ class Recorder:
             return torch.stack(items).cpu().numpy()
 
         latents_np = stack(self.latents[: n + 1], (c, h, w))
-        if latents_np.shape[0] != n + 1:  # stopped before the initial latent existed
-            latents_np = np.full((n + 1, c, h, w), np.nan, np_dtype)
+        if latents_np.shape[0] != n + 1:  # stopped before the initial latent existed: a NaN view, nothing allocated
+            latents_np = np.broadcast_to(np.array(np.nan, np_dtype), (n + 1, c, h, w))
         scalars = np.asarray(self.scalars, np.float64).reshape(n, 5)
         sigmas = scalars[:, 1]
         attention: dict[str, np.ndarray] = {}
@@ -572,9 +606,9 @@ class Recorder:
                         flat = torch.stack(steps).cpu().numpy()
                         grid = flat.reshape(*flat.shape[:-2], layers[0].height, layers[0].width, t)
                         attention[f"{branch}/{group}"] = np.ascontiguousarray(np.moveaxis(grid, -1, -3))
-        final_latent = torch.from_numpy(latents_np[-1].astype(np.float32))
         rgb = None
         if final_image is not None:
+            final_latent = torch.from_numpy(latents_np[-1].astype(np.float32))
             rgb = previews.choose_latent_rgb(self.pipe.vae.config, final_latent, final_image)
         elif n:
             rgb = previews.preset_latent_rgb(self.pipe.vae.config)
@@ -903,12 +937,8 @@ def trace(
     )
     for branch, name in (("cond", "prompt"), ("uncond", "negative_prompt")):
         if branch in tokens and tokens[branch].truncated:
-            dropped = tokens[branch].truncated
-            warnings.warn(
-                f"{name} is longer than the tokenizer's {pipe.tokenizer.model_max_length} tokens; "
-                f"{len(dropped)} tokens were dropped: {dropped} (kept in trace.truncated_tokens).",
-                stacklevel=2,
-            )
+            warnings.warn(truncation_message(name, pipe.tokenizer.model_max_length, tokens[branch].truncated),
+                          stacklevel=2)  # fmt: skip
     estimate = plan.estimate_bytes()
     if estimate > spec.max_bytes:
         raise TraceBudgetError(
@@ -965,10 +995,16 @@ def trace(
             call.update(mask_image=req.mask, height=height, width=width)
 
     recorder = Recorder(pipe, sched, plan, progress)
+    recorder.guidance = guidance
     final_image = None
     failure: BaseException | None = None
     t_run = time.perf_counter()
+    # diffusers logs the dropped text in full; the warning above says it in one line
+    quiet = _DroppedTextFilter() if any(t.truncated for t in tokens.values()) else None
+    pipe_logger = logging.getLogger(type(pipe).__module__)
     try:
+        if quiet is not None:
+            pipe_logger.addFilter(quiet)
         recorder.attach()
         output = pipe(
             prompt=prompt,
@@ -984,6 +1020,8 @@ def trace(
         failure = err
     finally:
         recorder.detach()
+        if quiet is not None:
+            pipe_logger.removeFilter(quiet)
     if req.mode != "txt2img":
         meta["image_latent_source"] = "pipeline"
         if recorder.image_latent is None and failure is None:  # 9-channel inpainting from pure noise never encodes it
@@ -993,8 +1031,15 @@ def trace(
     meta["timings"] = {"setup_s": t_run - t_start, "run_s": t_built - t_run}
     error = None if failure is None else f"{type(failure).__name__}: {failure}".rstrip(": ")
     input_image = np.asarray(req.image, dtype=np.uint8).copy() if req.image is not None else None  # [H, W, 3]
-    result = recorder.build(final_image=final_image, meta=meta, tokens=tokens, complete=failure is None, error=error,
-                            input_image=input_image)  # fmt: skip
+    try:
+        result = recorder.build(final_image=final_image, meta=meta, tokens=tokens, complete=failure is None,
+                                error=error, input_image=input_image)  # fmt: skip
+    except Exception as build_error:  # e.g. out of memory again: the run's own error is the one to see
+        if failure is None:
+            raise
+        if hasattr(failure, "add_note"):
+            failure.add_note(f"explainer.trace: no partial trace ({type(build_error).__name__} while building it).")
+        raise failure from None
     result.metadata["timings"]["build_s"] = time.perf_counter() - t_built
     if failure is None:
         return result
@@ -1012,6 +1057,29 @@ def trace(
     except (AttributeError, TypeError):  # pragma: no cover - exceptions without a __dict__
         pass
     raise failure
+
+
+def truncation_message(name: str, max_len: int, dropped: list[str], shown: int = 5) -> str:
+    """One short line saying how many tokens a long prompt lost, with the first few of them.
+
+    Args:
+        name: ``"prompt"`` or ``"negative_prompt"``.
+        max_len: the tokenizer's length limit.
+        dropped: the BPE tokens that did not fit.
+        shown: how many of them to quote.
+    """
+    words = " ".join(tok.removesuffix("</w>") for tok in dropped[:shown])
+    more = f" and {len(dropped) - shown} more" if len(dropped) > shown else ""
+    where = "trace.truncated_tokens" if name == "prompt" else "trace.negative_truncated_tokens"
+    return (f"{name} is longer than the tokenizer's {max_len} tokens; {len(dropped)} tokens were dropped, "
+            f"starting {words!r}{more} (all in {where}).")  # fmt: skip
+
+
+class _DroppedTextFilter(logging.Filter):
+    """Drop diffusers' own "The following part of your input was truncated" record (it quotes the whole text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The following part of your input was truncated")
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ class Trace:
             known region blended back after every step).
         complete: ``False`` when the run was interrupted; arrays then hold the finished steps.
         error: why the run stopped early, or ``None``.
-        uid: unique id (keys the VAE preview cache).
+        uid: unique id of the run (kept in the file; the VAE preview cache is keyed by latent content instead).
         input_image: ``[H, W, 3]`` uint8, the image given to the pipeline (after any resize); ``None`` for txt2img.
         mask: ``[H, W]`` float32, the mask the pipeline used (binarised: 1 = repainted); inpaint only.
         mask_latent: ``[h, w]`` float32, that mask at latent resolution (what the latent blend and a
@@ -230,7 +230,7 @@ class Trace:
         if method == "vae":
             if pipe is None:
                 raise ValueError("method='vae' decodes with the model: pass pipe=<the pipeline or its VAE>.")
-            return _previews.vae_preview(pipe, latent, (self.uid, step, kind))
+            return _previews.vae_preview(pipe, latent)
         raise ValueError(f"method={method!r} is not allowed; use 'linear' or 'vae'.")
 
     def heatmap(
@@ -299,10 +299,21 @@ class Trace:
     def save(self, path: str | Path) -> Path:
         """Write the trace to one safetensors file; JSON fields go in its header. No pickle.
 
+        Args:
+            path: the file to write (an existing file is replaced). Missing parent folders are created.
+
         Returns:
             The path written.
+
+        Raises:
+            TypeError: ``path`` is not a str or Path.
+            IsADirectoryError: ``path`` is a folder.
+            NotADirectoryError: a parent of ``path`` is a file.
+            OSError: the file cannot be written (the message names the path).
         """
         from safetensors.numpy import save_file
+
+        path = writable_path(path, "path", "the trace file, e.g. 'run.safetensors'")
 
         header = {
             "prompt": self.prompt,
@@ -323,15 +334,43 @@ class Trace:
             "error": self.error,
             "uid": self.uid,
         }
-        path = Path(path)
         arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
         meta = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
             "trace": json.dumps(header, allow_nan=True, ensure_ascii=False),
         }
-        save_file(arrays, str(path), metadata=meta)
+        try:
+            save_file(arrays, str(path), metadata=meta)
+        except Exception as err:  # safetensors reports I/O failures as SafetensorError, without the path
+            raise OSError(f"could not write the trace to {path} ({type(err).__name__}: {err}).") from err
         return path
+
+
+def writable_path(path: Any, name: str, example: str) -> Path:
+    """``path`` as a Path whose parent folders exist (created if missing); refuse folders and paths under a file.
+
+    Args:
+        path: the file to write.
+        name: the argument's name, for messages.
+        example: what to pass instead, for messages.
+
+    Returns:
+        The path.
+    """
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"{name} must be a str or Path, not {type(path).__name__}.")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name}={str(path)!r} is a folder; give a file name inside it: {example}.")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(f"{name}={str(path)!r} cannot be written: {blocker} is a file, not a folder.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{name}={str(path)!r}: could not create the folder {path.parent} ({err.strerror or err}).") from err
+    return path
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -347,11 +386,15 @@ def load_trace(path: str | Path) -> Trace:
         >>> tr = explainer.load_trace("demo/trace.safetensors")  # doctest: +SKIP
 
     Raises:
+        TypeError: ``path`` is not a str or Path.
         FileNotFoundError: no such file.
-        TraceFileError: the file is not a trace, is corrupt, or comes from a newer format version.
+        TraceFileError: the file is not a trace, is corrupt, comes from a newer format version, or holds
+            arrays its metadata does not describe (checked before any array is read).
     """
     from safetensors import safe_open
 
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path naming a trace file, not {type(path).__name__}.")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no trace file at {path}")
@@ -367,6 +410,13 @@ def load_trace(path: str | Path) -> Trace:
                     f"{FORMAT_VERSION} and older (upgrade sd-explainer to read newer files)."
                 )
             header = json.loads(meta["trace"])
+            layout = {key: (tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype()) for key in f.keys()}
+            try:
+                check_layout(header, layout)
+            except TraceFileError as err:
+                raise TraceFileError(f"{path}: {err}") from None
+            except Exception as err:
+                raise TraceFileError(f"{path} has incomplete trace metadata ({type(err).__name__}: {err}).") from err
             arrays = {key: f.get_tensor(key) for key in f.keys()}
     except TraceFileError:
         raise
@@ -378,6 +428,98 @@ def load_trace(path: str | Path) -> Trace:
         raise
     except Exception as err:
         raise TraceFileError(f"{path} is an incomplete or inconsistent trace file ({type(err).__name__}: {err}).") from err
+
+
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+_SCALARS = ("timesteps", "sigmas", "alphas_cumprod", "x0_coef_sample", "x0_coef_model")
+
+
+def check_layout(header: dict[str, Any], layout: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """Check every array of a trace file against its metadata before anything is read.
+
+    Each name must be one a trace of that mode and recording writes, and each shape must follow from
+    the metadata (image size, scale factor, tokens, attention layers) and the step count.
+
+    Args:
+        header: the file's ``trace`` JSON.
+        layout: array name → (shape, safetensors dtype string such as ``"F16"``).
+
+    Raises:
+        TraceFileError: an array is missing, unexpected, or has a shape or dtype the metadata rules out.
+    """
+    meta = header["metadata"]
+    height, width, factor = int(meta["height"]), int(meta["width"]), int(meta["model"]["vae_scale_factor"])
+    if height < 1 or width < 1 or factor < 1 or height % factor or width % factor:
+        raise TraceFileError(f"its metadata gives an impossible size ({width}x{height}, VAE scale factor {factor}).")
+    h, w = height // factor, width // factor
+    required = [*_SCALARS, "input_scale", "latents", "x0", "eps_cond"]
+    missing = [k for k in required if k not in layout]
+    if missing:
+        raise TraceFileError(f"the trace file lacks arrays {missing}.")
+    latents = layout["latents"][0]
+    if len(latents) != 4 or latents[0] < 1:
+        raise TraceFileError(f"its latents have shape {list(latents)}; a trace stores [steps + 1, channel, h, w].")
+    if tuple(latents[2:]) != (h, w):
+        raise TraceFileError(
+            f"its metadata says {width}x{height} pixels (latents {h}x{w} at VAE scale factor {factor}), but its "
+            f"latents are {latents[2]}x{latents[3]}; the file is inconsistent."
+        )
+    steps, channels = latents[0] - 1, latents[1]
+    recorded = meta.get("num_steps_recorded")
+    if recorded is not None and int(recorded) != steps:
+        raise TraceFileError(f"its metadata records {recorded} steps, but its latents hold {steps}.")
+    lat = (channels, h, w)
+    expected: dict[str, tuple[int, ...]] = {k: (steps,) for k in _SCALARS}
+    expected.update(input_scale=(steps + 1,), latents=(steps + 1, *lat), x0=(steps, *lat), eps_cond=(steps, *lat))
+    cfg = "eps_uncond" in layout if meta.get("classifier_free_guidance") is None else bool(meta["classifier_free_guidance"])
+    if cfg:
+        expected["eps_uncond"] = (steps, *lat)
+    expected["final_image"] = (height, width, 3)
+    mode = meta.get("mode", "txt2img")
+    if mode != "txt2img":
+        expected.update(input_image=(height, width, 3), image_latent=lat, start_latent=lat)
+    if mode == "inpaint":
+        expected.update(mask=(height, width), mask_latent=(h, w))
+        if meta.get("inpaint_mode") == "blend4":
+            expected.update(latents_blended=(steps, *lat), latents_unblended=(steps, *lat))
+    max_len = meta["model"].get("tokenizer_max_length")
+    branches = {"cond": len(header["tokens"])}
+    if cfg:
+        branches["uncond"] = len(header["negative_tokens"])
+    mode_attn = header["attention_mode"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for layer in header["attention_layers"]:
+        groups.setdefault(layer["group"], []).append(layer)
+    attention: dict[str, tuple[int, ...]] = {}
+    for branch in branches:
+        if mode_attn == "per_step":
+            attention[f"attention/{branch}/steps"] = (steps, -1, h, w)
+        elif mode_attn in ("per_layer", "per_head"):
+            for group, layers in groups.items():
+                heads = (layers[0]["heads"],) if mode_attn == "per_head" else ()
+                attention[f"attention/{branch}/{group}"] = (steps, len(layers), *heads, -1, layers[0]["height"],
+                                                            layers[0]["width"])  # fmt: skip
+    expected.update(attention)
+    unexpected = sorted(set(layout) - set(expected))
+    if unexpected:
+        raise TraceFileError(
+            f"it holds arrays a {mode} trace with attention={mode_attn!r} does not have: {unexpected[:5]}"
+            + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "") + "."
+        )
+    for key, (shape, dtype) in layout.items():
+        want = expected[key]
+        if key.startswith("attention/"):
+            branch = key.split("/")[1]
+            tokens = shape[-3] if len(shape) == len(want) else None
+            if tokens not in (branches[branch], max_len):
+                want = tuple(branches[branch] if d == -1 else d for d in want)
+            else:
+                want = tuple(tokens if d == -1 else d for d in want)
+        if tuple(shape) != want:
+            raise TraceFileError(f"its array {key!r} has shape {list(shape)}; its metadata implies {list(want)}.")
+        allowed = ("U8",) if key in ("final_image", "input_image") else _FLOAT_DTYPES
+        if dtype not in allowed:
+            raise TraceFileError(f"its array {key!r} has dtype {dtype}; a trace stores {' or '.join(allowed)} there.")
 
 
 def _from_parts(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Trace:

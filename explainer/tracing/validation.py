@@ -60,8 +60,8 @@ def parse_record(record: str | dict[str, Any] | RecordSpec | None) -> RecordSpec
     """
     if record is None:
         return RecordSpec()
-    if isinstance(record, RecordSpec):
-        return record
+    if isinstance(record, RecordSpec):  # checked like the other forms: a hand-built spec may hold anything
+        record = record.to_dict()
     allowed = sorted(set(ATTENTION_MODES) | set(_RECORD_ALIASES))
     if isinstance(record, str):
         record = {"attention": record}

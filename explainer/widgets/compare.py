@@ -8,6 +8,7 @@ import ipywidgets
 import traitlets
 
 from ..tracing import Trace
+from ..tracing.previews import _vae_of
 from ..views import latent_trajectory
 from ..views._common import figure_png
 from .explore import Explorer, default_pipeline, readable
@@ -52,10 +53,18 @@ def compare(
         4
     """
     try:
+        if pipe is not None:
+            _vae_of(pipe)  # refuse a model name or anything else that is not a pipeline or a VAE
         ta = _as_trace(a, pipe, {**trace_kwargs, **(a_kwargs or {})})
         tb = _as_trace(b, pipe, {**trace_kwargs, **(b_kwargs or {})})
         if ta.num_steps != tb.num_steps:
             raise ValueError(f"compare needs the same number of steps on both sides, got {ta.num_steps} and {tb.num_steps}.")
+        if ta.latents.shape[1:] != tb.latents.shape[1:]:
+            raise ValueError(
+                f"compare needs traces of one size and latent layout: a is {ta.width}x{ta.height} (latent "
+                f"{'x'.join(map(str, ta.latents.shape[1:]))}), b is {tb.width}x{tb.height} (latent "
+                f"{'x'.join(map(str, tb.latents.shape[1:]))}); trace both with the same model, height and width."
+            )
     except (TypeError, ValueError, FileNotFoundError, RuntimeError) as err:
         box = ipywidgets.VBox([Explorer(error=readable(err))])
         box.explorers = []
