@@ -25,7 +25,7 @@ import traitlets
 from ..export.frames import OVERLAY_ALPHA, colormap_lut, format_sigma, overlay_heatmap
 from ..tracing import Trace
 from ..tracing.guidance import guided_output
-from ..tracing.previews import decode_steps, linear_preview, vae_decode_is_cheap
+from ..tracing.previews import _vae_of, decode_steps, linear_preview, vae_decode_is_cheap
 from ..views import (
     guidance_decomposition,
     guidance_sweep,
@@ -603,7 +603,12 @@ def explore(prompt_or_trace: str | Trace, *, pipe: Any = None, **trace_kwargs: A
     from ..tracing import trace as run_trace
 
     if isinstance(prompt_or_trace, Trace):
-        return Explorer(prompt_or_trace, pipe=pipe, trace_kwargs=trace_kwargs)
+        try:
+            if pipe is not None:
+                _vae_of(pipe)  # refuse a model name or anything else that is not a pipeline or a VAE
+            return Explorer(prompt_or_trace, pipe=pipe, trace_kwargs=trace_kwargs)
+        except (TypeError, ValueError) as err:
+            return Explorer(error=readable(err))
     if not isinstance(prompt_or_trace, str):
         return Explorer(error=f"TypeError: prompt_or_trace must be a prompt (str) or an explainer.Trace, "
                               f"not {type(prompt_or_trace).__name__}.")  # fmt: skip
