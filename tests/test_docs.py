@@ -143,3 +143,106 @@ def test_library_chatter_is_dropped_but_real_warnings_stay() -> None:
     nb = nbformat.v4.new_notebook(cells=[cell])
     hooks._quiet(nb)
     assert [o.get("text") for o in nb.cells[0].outputs] == ["UserWarning: prompt is longer than 77 tokens\n", "done\n"]
+
+
+# ------------------------------------------------------------------------------------ offline
+
+#: Tags that make the browser fetch what they name, and the attribute that names it.
+_FETCHING = re.compile(r"<(script|img|iframe|source|audio|video|embed|track|input)\b[^>]*?\s(?:src|srcset)\s*=\s*[\"']?([^\"'\s>]+)",
+                       re.IGNORECASE)  # fmt: skip
+_LINK = re.compile(r"<link\b[^>]*>", re.IGNORECASE)
+_CSS_URL = re.compile(r"(?:url\(\s*[\"']?|@import\s+[\"'])([^\"')\s]+)", re.IGNORECASE)
+#: <link rel=...> values that name another page, not something the page loads.
+_PAGE_RELS = {"canonical", "alternate", "author", "license", "next", "prev", "help", "search"}
+
+
+def _remote(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://", "//"))
+
+
+def remote_resources(html: str) -> list[str]:
+    """Every http(s) URL that ``html`` loads: scripts, stylesheets, fonts, images, preconnects, CSS url()s.
+
+    Links to other pages (``<a href>``, ``<link rel=canonical>``...) are not loads and are not listed.
+    """
+    found = [url for _, url in _FETCHING.findall(html) if _remote(url)]
+    for tag in _LINK.findall(html):
+        href = re.search(r"\shref\s*=\s*[\"']?([^\"'\s>]+)", tag, re.IGNORECASE)
+        rel = re.search(r"\srel\s*=\s*[\"']?([^\"'>]+)", tag, re.IGNORECASE)
+        rels = set(rel.group(1).lower().split()) if rel else set()
+        if href and _remote(href.group(1)) and not (rels and rels <= _PAGE_RELS):
+            found.append(href.group(1))
+    for style in re.findall(r"<style\b[^>]*>(.*?)</style>|\sstyle\s*=\s*\"([^\"]*)\"", html, re.IGNORECASE | re.DOTALL):
+        found += [url for url in _CSS_URL.findall("".join(style)) if _remote(url)]
+    return found
+
+
+def test_remote_resource_check_catches_what_a_cdn_page_loads() -> None:
+    """Control: the checker flags the CDN script and web fonts the site used to load, and no page links."""
+    html = """<html><head>
+      <link rel="preconnect" href="https://fonts.gstatic.com">
+      <link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto">
+      <link rel="canonical" href="https://example.org/page/">
+      <style>@font-face { src: url("https://example.org/f.woff2"); }</style>
+      <script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>
+      <script src="../javascripts/vendor/mathjax/tex-chtml-full.js"></script>
+    </head><body><a href="https://squidfunk.github.io/mkdocs-material/">Material</a><img src=//example.org/x.png></body></html>"""
+    assert remote_resources(html) == [
+        "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js",
+        "//example.org/x.png",
+        "https://fonts.gstatic.com",
+        "https://fonts.googleapis.com/css?family=Roboto",
+        "https://example.org/f.woff2",
+    ]
+
+
+def test_no_page_loads_anything_from_the_network(site: Path) -> None:
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 10
+    loads = {str(p.relative_to(site)): remote_resources(p.read_text(errors="replace")) for p in pages}
+    assert {page: urls for page, urls in loads.items() if urls} == {}
+    for css in site.rglob("*.css"):  # the stylesheets the site ships fetch nothing either
+        assert [u for u in _CSS_URL.findall(css.read_text(errors="replace")) if _remote(u)] == [], css
+    mathjax = site / "javascripts" / "vendor" / "mathjax"
+    assert (mathjax / "tex-chtml-full.js").is_file() and list((mathjax / "output/chtml/fonts/woff-v2").glob("*.woff"))
+
+
+def test_math_renders_offline_in_chromium(site: Path) -> None:
+    """A page with math, opened from disk in headless Chromium with every non-file request aborted."""
+    import _browser
+
+    _browser.require_module("playwright.sync_api", "playwright")
+    chromium = _browser.require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    page_file = site / "concepts" / "diffusion" / "index.html"
+    assert 'class="arithmatex"' in page_file.read_text()
+    blocked: list[str] = []
+    failed: list[str] = []
+
+    def route(r) -> None:
+        if r.request.url.startswith(("file://", "data:", "blob:")):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=_browser.CHROMIUM_ARGS)
+        try:
+            context = browser.new_context()
+            context.route("**/*", route)
+            page = context.new_page()
+            page.on("requestfailed", lambda r: failed.append(r.url))
+            page.goto(page_file.as_uri())
+            page.wait_for_function(
+                "() => { const m = document.querySelectorAll('.arithmatex');"
+                " return m.length > 0 && [...m].every(e => e.querySelector('mjx-container')); }",
+                timeout=30_000,
+            )
+            fonts = page.evaluate("async () => { await document.fonts.ready;"
+                                  " return [...document.fonts].filter(f => f.status === 'loaded').map(f => f.family); }")  # fmt: skip
+        finally:
+            browser.close()
+    assert blocked == [] and failed == [], (blocked, failed)
+    assert any(f.startswith("MJXTEX") for f in fonts), fonts  # MathJax's own fonts, from the vendored copy
