@@ -125,7 +125,13 @@ def test_panels_need_what_the_trace_has(pipe, tr):
     no_rgb = dataclasses.replace(tr, latent_rgb=None)
     with pytest.raises(ValueError, match="no latent->RGB factors"):
         FrameRenderer(no_rgb)
-    assert FrameRenderer(no_rgb, panels=["final"]).frame(0).size  # the final image needs no factors
+    final_only = FrameRenderer(no_rgb, panels=["final"])  # the final image needs no factors
+    frame = final_only.frame(0)
+    assert frame.size == (final_only.layout.width, final_only.layout.height)
+    left, top, right, bottom = final_only.layout.box(0)
+    shown = frame.crop((left, top, right, bottom))
+    assert shown.size == final_only.panel_wh
+    assert mad(shown, tr.final_image.convert("RGB").resize(final_only.panel_wh, Image.NEAREST)) == 0
     unguided = explainer.trace(pipe, "a red circle", num_inference_steps=2, guidance_scale=1.0, progress=False)
     with pytest.raises(ValueError, match="without classifier-free guidance"):
         FrameRenderer(unguided, panels=["guidance"])
@@ -224,7 +230,8 @@ def test_webp_reads_back(smooth, tmp_path):
 
 def test_mp4_reads_back(smooth, tmp_path):
     tr = smooth
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="MP4 export needs imageio-ffmpeg")
+    import imageio_ffmpeg  # a declared dependency: missing or broken is a failure, not a skip
+
     fps, hold = 8, 0.5
     path = export(tr, tmp_path / "run.mp4", size=SIZE, fps=fps, hold=hold, verbose=False)
     renderer = FrameRenderer(tr, size=SIZE)

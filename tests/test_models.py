@@ -14,10 +14,23 @@ from explainer import models
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_toy_path_falls_back_to_the_checkout():
-    path = explainer.toy_model_path()
-    assert path.name == "toy"
-    assert path == REPO / "assets" / "toy" or (path / "model_index.json").is_file()
+def test_toy_path_is_the_installed_model(monkeypatch, tmp_path):
+    assert (explainer.toy_model_path() / "model_index.json").is_file()  # whichever way it is installed
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "model_index.json").write_text("{}")
+    monkeypatch.setattr(models.importlib.resources, "files", lambda name: tmp_path)
+    assert models.toy_model_path() == tmp_path / "toy"  # the package data comes first
+
+
+@pytest.mark.parametrize("installed", ["missing", "empty"])
+def test_toy_path_falls_back_to_the_checkout(monkeypatch, tmp_path, installed):
+    def files(name):
+        if installed == "missing":
+            raise ModuleNotFoundError(name)
+        return tmp_path  # a package folder without toy/model_index.json
+
+    monkeypatch.setattr(models.importlib.resources, "files", files)
+    assert models.toy_model_path() == Path(models.__file__).resolve().parent.parent / "assets" / "toy"
 
 
 def test_toy_missing_is_a_clear_error(monkeypatch, tmp_path):
