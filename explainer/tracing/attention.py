@@ -254,12 +254,25 @@ def resolve_steps(step: int | slice | None, num_steps: int) -> list[int]:
     return steps
 
 
+LAYER_CONVENTIONS = ("all", "daam")  # named layer selections accepted by resolve_layers
+DEFAULT_LAYERS = "all"  # what layers=None selects (docs/concepts/cross_attention.md says why)
+
+
 def resolve_layers(trace: Trace, layers: Any) -> list[AttentionLayer]:
-    """Select layers: ``None`` (all), a resolution (``16``, ``"16x16"``, ``(16, 16)``) or a list of indices/names."""
+    """Select layers: ``None`` or ``"all"`` (every attn2 layer), ``"daam"`` (DAAM's convention: every
+    layer but the UNet mid-block's), a resolution (``16``, ``"16x16"``, ``(16, 16)``) or a list of
+    indices/names."""
     available = trace.attention_layers
     sizes = sorted({(la.height, la.width) for la in available})
     if layers is None:
+        layers = DEFAULT_LAYERS
+    if isinstance(layers, str) and layers == "all":
         return list(available)
+    if isinstance(layers, str) and layers == "daam":
+        chosen = [la for la in available if not la.name.startswith("mid_block.")]
+        if not chosen:
+            raise ValueError("layers='daam': this trace has only mid-block layers; use layers='all'.")
+        return chosen
     if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
         chosen = [la for la in available if la.height == int(layers) or la.width == int(layers)]
         if not chosen:
@@ -287,7 +300,7 @@ def resolve_layers(trace: Trace, layers: Any) -> list[AttentionLayer]:
                 )
         return chosen
     raise ValueError(
-        f"layers={layers!r} is not allowed; use None, a resolution such as {sizes[0][0] if sizes else 8} "
+        f"layers={layers!r} is not allowed; use None, 'all', 'daam', a resolution such as {sizes[0][0] if sizes else 8} "
         f"or '{sizes[0][0] if sizes else 8}x{sizes[0][1] if sizes else 8}', or a list of layer indices/names."
     )
 

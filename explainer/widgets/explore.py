@@ -108,7 +108,8 @@ class Explorer(anywidget.AnyWidget):
     Attributes (synced with the browser):
         step: the step shown. selected: chip keys (``"cond:3"``, ``"uncond:1"``) of the mapped tokens.
         map_range: ``"step"`` (map of the current step), ``"all"`` or ``"range"`` (``range_lo..range_hi``).
-        layer_filter: ``"all"``, a resolution such as ``"16x16"``, or a layer name.
+        layer_filter: ``"all"``, ``"daam"`` (all but the UNet mid-block), a resolution such as ``"16x16"``,
+            or a layer name.
         opacity: overlay opacity in [0, 1]. guidance_live: the guidance slider while it moves (what-if
         preview); guidance: its value on release (re-run). decode_request: increment to VAE-decode the step.
         panel: the open on-demand panel: ``"guidance"`` (decomposition of the step), ``"sweep"`` (what-if
@@ -256,6 +257,8 @@ class Explorer(anywidget.AnyWidget):
         options = ["all"]
         if trace.attention_mode not in ("none", "per_step"):
             sizes = sorted({(la.height, la.width) for la in trace.attention_layers}, reverse=True)
+            if any(la.name.startswith("mid_block.") for la in trace.attention_layers):
+                options.append("daam")  # DAAM's convention: every layer but the mid-block's
             options += [f"{h}x{w}" for h, w in sizes]
             options += [la.name for la in trace.attention_layers]
         cfg = trace.has_uncond
