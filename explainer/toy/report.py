@@ -1,4 +1,5 @@
-"""Figures of a toy-model training run: loss, learning curve, guidance curve, grounding fine-tune (for the model card).
+"""Figures of a toy-model training run: loss, learning curve, guidance curve, grounding fine-tune (for the
+model card), and ``train_summary.json``: the stage times and step rates derived from the logged times.
 
     python -m explainer.toy.report docs/data docs/img
 """
@@ -46,15 +47,17 @@ def plot_learning_curve(data: str | Path):
     if loc:
         ax.plot([p["step"] for p in loc], [100 * p["localisation"] for p in loc], marker="s", label="attention localisation")
     ax.set_xlabel("stage-2 step")
-    ax.set_ylabel("% of held-out captions (guidance 7.5)")
+    ax.set_ylabel("% of evaluation captions (guidance 7.5)")
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    if evals:
-        sec = ax.secondary_xaxis("top", functions=(
-            lambda s: s * evals[-1]["minutes"] / max(1, evals[-1]["step"]),
-            lambda m: m * max(1, evals[-1]["step"]) / max(1e-9, evals[-1]["minutes"])))
-        sec.set_xlabel("training minutes (approx., linear in steps)")
+    if len(evals) > 1:  # the logged training minutes (both stages) at each evaluation, interpolated between them
+        import numpy as np
+
+        mins = [e["minutes"] for e in evals]
+        sec = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, steps, mins, left=np.nan, right=np.nan),
+                                                   lambda m: np.interp(m, mins, steps, left=np.nan, right=np.nan)))
+        sec.set_xlabel("training minutes (logged, stages 1 + 2)")
     fig.tight_layout()
     return fig
 
@@ -68,7 +71,7 @@ def plot_guidance_curve(data: str | Path):
     for key, label in (("colour_position", "colour + position"), ("shape", "shape"), ("all", "all correct")):
         ax.plot([float(g) for g in gs], [100 * curve[g][key] for g in gs], marker="o", label=label)
     ax.set_xlabel("guidance scale")
-    ax.set_ylabel("% of held-out captions")
+    ax.set_ylabel("% of evaluation captions")
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -97,7 +100,7 @@ def plot_grounding(data: str | Path):
     if g.get("shipped_alpha") is not None:
         axes[1].axvline(g["shipped_alpha"], color="#444", lw=1, ls=":")
         axes[1].text(g["shipped_alpha"], 3, " shipped", fontsize=7)
-    axes[0].set_ylabel(f"% of held-out captions (g {g.get('guidance', 7.5)})", fontsize=8)
+    axes[0].set_ylabel(f"% of evaluation captions (g {g.get('guidance', 7.5)})", fontsize=8)
     axes[0].set_ylim(0, 102)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(g.get("title", ""), fontsize=9)
@@ -105,11 +108,37 @@ def plot_grounding(data: str | Path):
     return fig
 
 
+def train_summary(data: str | Path) -> dict:
+    """Stage times and step rates from the logged times of ``train_log.jsonl`` (one row every 50 steps).
+
+    Returns:
+        ``{"stage1": {"last_logged_step", "minutes"}, "stage2": {"first_logged_step", "last_logged_step",
+        "minutes_between", "steps_per_s"}}``; ``minutes`` is the cumulative training time the trainer
+        logs (stage 1 included, evaluation excluded), so stage 2 took ``final minutes - stage1.minutes``.
+    """
+    rows = _rows(Path(data) / "train_log.jsonl")
+    s1 = [r for r in rows if r["stage"] == 1]
+    s2 = [r for r in rows if r["stage"] == 2]
+    out: dict = {}
+    if s1:
+        out["stage1"] = {"last_logged_step": s1[-1]["step"], "minutes": s1[-1]["minutes"]}
+    if len(s2) > 1:
+        span = s2[-1]["minutes"] - s2[0]["minutes"]
+        out["stage2"] = {"first_logged_step": s2[0]["step"], "last_logged_step": s2[-1]["step"], "minutes_between": span,
+                         "steps_per_s": (s2[-1]["step"] - s2[0]["step"]) / (60 * span) if span > 0 else None}
+    return out
+
+
 def write_figures(data: str | Path, out: str | Path) -> list[Path]:
-    """Save the loss, learning-curve and guidance-curve PNGs into ``out``."""
+    """Save the loss, learning-curve, guidance-curve and grounding PNGs into ``out``, and
+    :func:`train_summary` as ``train_summary.json`` into ``data``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
+    if (Path(data) / "train_log.jsonl").exists():
+        summary = Path(data) / "train_summary.json"
+        summary.write_text(json.dumps(train_summary(data), indent=1) + "\n")
+        paths.append(summary)
     for name, fn in (("toy_loss.png", plot_loss), ("toy_learning_curve.png", plot_learning_curve),
                      ("toy_guidance_curve.png", plot_guidance_curve), ("toy_grounding.png", plot_grounding)):
         if fn is plot_grounding and not (Path(data) / "grounding.json").exists():
