@@ -24,6 +24,37 @@ def test_what_if_at_recorded_scale_equals_recorded_x0(pipe, name):
     assert np.array_equal(np.asarray(tr.what_if(1, tr.guidance_scale)), np.asarray(tr.preview(1)))
 
 
+def _scheduler_x0(pipe, name: str, steps: int, step: int, latent: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """x0 that diffusers' own scheduler ``name`` computes from a model output at ``step`` (no explainer code)."""
+    sched = explainer.SCHEDULERS[name].from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    t = sched.timesteps[step]
+    if hasattr(sched, "_init_step_index"):  # the schedulers that count their steps (DDIM does not)
+        sched._init_step_index(t)
+    sample, out = torch.from_numpy(latent)[None], torch.from_numpy(output)[None]
+    if name == "dpm++":  # DPM-Solver++ turns the model output into x0 before its update
+        return sched.convert_model_output(out, sample=sample)[0].numpy()
+    return sched.step(out, t, sample).pred_original_sample[0].numpy()
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "dpm++"])
+@pytest.mark.parametrize("fixture", ["pipe", "vpipe"])
+def test_what_if_at_another_scale_matches_the_scheduler(request, fixture, name):
+    """At scales other than the recorded one, what_if_x0 equals the x0 that the scheduler itself computes
+    from the recorded branches guided at that scale, ``uncond + g * (cond - uncond)``, at every step."""
+    pipe = request.getfixturevalue(fixture)
+    tr = explainer.trace(pipe, PROMPT, num_inference_steps=3, scheduler=name, progress=False,
+                         record={"attention": "none", "dtype": "float32"})  # fmt: skip
+    assert tr.guidance_scale == 7.5
+    for step in range(tr.num_steps):
+        uncond, cond = tr.eps_uncond[step], tr.eps_cond[step]
+        for scale in (0.0, 1.0, 3.0, 12.0):
+            expected = _scheduler_x0(pipe, name, 3, step, tr.latents[step], uncond + np.float32(scale) * (cond - uncond))
+            got = tr.what_if_x0(step, scale)
+            assert np.allclose(got, expected, atol=1e-4 * (1 + np.abs(expected).max())), (step, scale)
+        assert not np.allclose(tr.what_if_x0(step, 3.0), tr.x0[step], atol=1e-3)  # the scale matters
+
+
 @pytest.mark.parametrize("fixture", ["pipe", "vpipe"])
 def test_what_if_matches_a_real_rerun_of_that_step(request, fixture):
     """At another scale, what_if equals the x0 the scheduler computes from that step's real UNet outputs."""
