@@ -918,6 +918,9 @@ def trace(
     Raises:
         TraceBudgetError: the estimated trace exceeds ``record["max_bytes"]`` (1 GiB by default).
         TypeError, ValueError: bad arguments, each named in the message.
+        FloatingPointError: a step's model output or latent became NaN or infinite (an absurd
+            ``guidance_scale``, float16 overflow...); the message names the step and likely causes, and
+            ``err.partial_trace`` holds the finite steps before it. Checked every step (one host sync).
 
     Example:
         >>> pipe = explainer.load_pipeline()  # doctest: +SKIP
