@@ -620,7 +620,7 @@ class Trainer:
         return d
 
     def evaluate(self, guidance_scales: tuple[float, ...] = (7.5,), n: int | None = None) -> dict:
-        """Fidelity of the EMA weights on held-out scenes; appended to ``eval_log.jsonl``."""
+        """Fidelity of the EMA weights on evaluation scenes (new seeds; captions seen in training); appended to ``eval_log.jsonl``."""
         from .evaluate import fidelity
 
         pipe = self.pipeline()
