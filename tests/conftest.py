@@ -149,3 +149,91 @@ def _smooth_latents(steps: int) -> tuple:
 def smooth_latents():
     """The function ``steps -> (latents, x0, input_scale)`` of smooth synthetic latents (export tests)."""
     return _smooth_latents
+
+
+# ------------------------------------------------------------------------ real weights (opt-in)
+
+#: A real SD 1.x checkpoint for the ``real_weights`` tests: a diffusers folder or a cached Hub id.
+REAL_MODEL_ENV = "EXPLAINER_SD_MODEL"
+#: Hub ids preferred, in order, among the SD 1.x snapshots in the Hugging Face cache.
+SD1_HUB_IDS = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--real-weights",
+        action="store_true",
+        default=False,
+        help=f"run the tests marked real_weights: they trace a real SD 1.x checkpoint from ${REAL_MODEL_ENV} or the "
+        "Hugging Face cache, and fail when there is none",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--real-weights"):
+        return
+    skip = pytest.mark.skip(reason=f"opt-in: pytest --real-weights (an SD 1.x checkpoint from ${REAL_MODEL_ENV} or the HF cache)")
+    for item in items:
+        if item.get_closest_marker("real_weights") is not None:
+            item.add_marker(skip)
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache folder, by huggingface_hub's precedence of environment variables."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return cache / "huggingface" / "hub"
+
+
+def _is_sd1_folder(folder: Path) -> bool:
+    """A complete SD 1.x pipeline folder: StableDiffusionPipeline, a 768-wide cross-attention UNet with weights."""
+    import json
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    weights = [p for p in (folder / "unet").glob("diffusion_pytorch_model*.safetensors") if p.exists()]
+    return index.get("_class_name") == "StableDiffusionPipeline" and unet.get("cross_attention_dim") == 768 and bool(weights)
+
+
+def find_real_sd1() -> tuple[str | None, str]:
+    """The SD 1.x checkpoint to test: ``$EXPLAINER_SD_MODEL``, else the best snapshot in the HF cache.
+
+    Returns:
+        ``(folder or Hub id, "")``, or ``(None, why)`` naming where it looked.
+    """
+    named = os.environ.get(REAL_MODEL_ENV, "").strip()
+    if named:
+        return named, ""  # a folder or a Hub id: load_pipeline says clearly what is wrong with it
+    cache = hf_hub_cache()
+    found: dict[str, Path] = {}
+    for repo in sorted(cache.glob("models--*")):
+        snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        snapshot = next((s for s in snapshots if _is_sd1_folder(s)), None)
+        if snapshot is not None:
+            found[repo.name.removeprefix("models--").replace("--", "/")] = snapshot
+    for hub_id in (*SD1_HUB_IDS, *sorted(found)):
+        if hub_id in found:
+            return str(found[hub_id]), ""
+    return None, (
+        f"${REAL_MODEL_ENV} is unset and the Hugging Face cache {cache} holds no SD 1.x snapshot (a StableDiffusionPipeline "
+        "whose UNet has 768-wide cross-attention and .safetensors weights)"
+    )
+
+
+@pytest.fixture(scope="session")
+def real_model() -> str:
+    """The real SD 1.x checkpoint of the ``real_weights`` tests; with --real-weights and none found, FAIL."""
+    path, why = find_real_sd1()
+    if path is None:
+        pytest.fail(
+            f"--real-weights was given but {why}. Set {REAL_MODEL_ENV}=/path/to/stable-diffusion-v1-5 (a diffusers "
+            "folder) or a cached Hub id, or download one into the cache.",
+            pytrace=False,
+        )
+    return path

@@ -78,7 +78,7 @@ def test_every_notebook_is_a_page(site: Path) -> None:
 
 def test_key_pages_exist(site: Path) -> None:
     assert "generated/figures/diffusion_reverse.png" in _page(site, "")
-    assert "Benchmark" in _page(site, "performance") or "Trace overhead" in _page(site, "performance")
+    assert "Trace overhead" in _page(site, "performance")
     assert "Model card" in _page(site, "toy_model")
     api = _page(site, "api")
     for anchor in ("explainer.tracing.recorder.trace", "explainer.Trace.heatmap", "explainer.load_pipeline",
