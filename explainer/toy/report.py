@@ -51,15 +51,24 @@ def plot_learning_curve(data: str | Path):
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    if len(evals) > 1:  # the logged training minutes (both stages) at each evaluation, interpolated between them
-        import numpy as np
-
+    if len(evals) > 1:  # the logged training minutes (both stages) at each evaluation, piecewise linear between them
         mins = [e["minutes"] for e in evals]
-        sec = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, steps, mins, left=np.nan, right=np.nan),
-                                                   lambda m: np.interp(m, mins, steps, left=np.nan, right=np.nan)))
+        sec = ax.secondary_xaxis("top", functions=(lambda s: _interp(s, steps, mins), lambda m: _interp(m, mins, steps)))
         sec.set_xlabel("training minutes (logged, stages 1 + 2)")
     fig.tight_layout()
     return fig
+
+
+def _interp(x, xp: list[float], fp: list[float]):
+    """Piecewise-linear through ``(xp, fp)``, extended linearly past both ends (invertible for axes)."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=float)
+    y = np.interp(x, xp, fp)
+    lo, hi = x < xp[0], x > xp[-1]
+    y[lo] = fp[0] + (x[lo] - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0])
+    y[hi] = fp[-1] + (x[hi] - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+    return y
 
 
 def plot_guidance_curve(data: str | Path):
