@@ -31,156 +31,33 @@ Everything stays on the pipeline's device until the run ends, then moves to the 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
-import platform
 import time
 import warnings
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from diffusers.models.attention_processor import Attention
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import previews
-from .attention import AttentionLayer, PromptTokens, attention_probs, cross_attention_modules, level_size, tokenize_prompt
-from .errors import TraceBudgetError, UnsupportedPipelineError
-from .schedulers import (
-    SCHEDULERS,
-    current_sigma,
-    model_input_scale,
-    prediction_type,
-    resolve_scheduler,
-    scheduler_space,
-    scheduler_x0,
-    x0_coefficients,
-)
-from .trace import Trace, json_safe
-from .validation import (
-    RecordSpec,
-    check_guidance,
-    check_image,
-    check_mask,
-    check_pipeline,
-    check_prompt,
-    check_seed,
-    check_size,
-    check_steps,
-    check_strength,
-    parse_record,
-    round_size,
-)
+from .attention import AttentionLayer, PromptTokens, attention_probs
+from .build import build_trace, encode_mean, versions
+from .families import MODEL_OUTPUTS, family_for
+from .plan import Plan, copy_scheduler, make_plan, start_step
+from .request import TraceRequest, fit_image, prepare_request, truncation_message
+from .schedulers import current_sigma, model_input_scale, scheduler_x0, x0_coefficients
+from .trace import Trace
+
+__all__ = ["Plan", "Recorder", "TraceRequest", "estimate_trace_bytes", "family_for", "fit_image", "make_plan",
+           "pipeline_for", "prepare_request", "start_step", "trace", "truncation_message"]  # fmt: skip
 
 BRANCHES = ("uncond", "cond")
-
-
-# ----------------------------------------------------------------------------------------- planning
-
-
-@dataclass
-class Plan:
-    """Sizes of one run, known before it starts (all read from the pipeline's configs)."""
-
-    num_steps: int  # loop iterations = len(scheduler.timesteps)
-    latent_shape: tuple[int, int, int]  # (C, h, w)
-    layers: list[AttentionLayer]
-    tokens: dict[str, int]  # recorded tokens per branch
-    cfg: bool
-    spec: RecordSpec
-    groups: dict[str, list[AttentionLayer]] = field(default_factory=dict)
-    initial_scale: float = 1.0  # input scale of the initial latent
-    modules: dict[str, Attention] = field(default_factory=dict, repr=False)  # attn2 modules by name
-    mode: str = "txt2img"  # "txt2img" | "img2img" | "inpaint"
-    inpaint_mode: str | None = None  # "unet9" | "blend4" for inpainting
-    start_index: int = 0  # index in the full scheduler.timesteps of the first step run (strength < 1)
-    image_size: tuple[int, int] = (0, 0)  # (H, W) in pixels
-    schedule: dict[str, list[float]] = field(default_factory=dict)  # the full schedule: timesteps, sigmas
-
-    def estimate_bytes(self) -> int:
-        """Bytes the finished trace will hold (arrays only; the image adds ``H * W * 3``)."""
-        c, h, w = self.latent_shape
-        item = 2 if self.spec.dtype == "float16" else 4
-        s = self.num_steps
-        tensors = (s + 1) * c * h * w * item + s * c * h * w * item * (2 + int(self.cfg)) + 6 * s * 8 + 8
-        if self.mode != "txt2img":  # input image, image and start latents; mask at two resolutions
-            big_h, big_w = self.image_size
-            tensors += big_h * big_w * 3 + 2 * c * h * w * item
-            if self.mode == "inpaint":
-                tensors += (big_h * big_w + h * w) * 4
-            if self.inpaint_mode == "blend4":
-                tensors += 2 * s * c * h * w * item
-        attn = 0
-        mode = self.spec.attention
-        for branch, t in self.tokens.items():
-            if mode == "per_step":
-                attn += s * t * h * w * 2
-            elif mode in ("per_layer", "per_head"):
-                for la in self.layers:
-                    attn += s * t * la.height * la.width * 2 * (la.heads if mode == "per_head" else 1)
-        return int(tensors + attn)
-
-
-def start_step(num_inference_steps: int, strength: float) -> int:
-    """Steps of the full schedule that image-to-image and inpainting skip (diffusers' ``get_timesteps``).
-
-    The pipelines run the last ``min(int(num_inference_steps * strength), num_inference_steps)`` steps.
-    """
-    return max(num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps), 0)
-
-
-def _plan(
-    pipe: StableDiffusionPipeline,
-    scheduler: SchedulerMixin,
-    steps: int,
-    height: int,
-    width: int,
-    spec: RecordSpec,
-    cfg: bool,
-    tokens: dict[str, PromptTokens],
-    mode: str = "txt2img",
-    strength: float = 1.0,
-) -> Plan:
-    probe = _copy_scheduler(scheduler)
-    probe.set_timesteps(steps, device="cpu")
-    start_index = 0 if mode == "txt2img" else start_step(steps, strength) * int(getattr(probe, "order", 1))
-    num_steps = len(probe.timesteps) - start_index
-    space = scheduler_space(probe)
-    initial_scale = model_input_scale(space, float(probe.sigmas[start_index])) if space == "ve" else 1.0
-    h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
-    layers: list[AttentionLayer] = []
-    groups: dict[str, list[AttentionLayer]] = {}
-    modules: dict[str, Attention] = {}
-    for index, (name, module, level) in enumerate(cross_attention_modules(pipe.unet)):
-        modules[name] = module
-        lh, lw = level_size(h, w, level)
-        group = f"{lh}x{lw}" if spec.attention != "per_head" else f"{lh}x{lw}x{module.heads}h"
-        layer = AttentionLayer(index, name, lh, lw, module.heads, group, len(groups.get(group, [])))
-        groups.setdefault(group, []).append(layer)
-        layers.append(layer)
-    max_len = pipe.tokenizer.model_max_length
-    counts = {b: (max_len if spec.tokens == "all" else len(t.ids)) for b, t in tokens.items()}
-    full_t = probe.timesteps.detach().to("cpu", torch.float64)  # the whole schedule, for plots of what strength skips
-    table = probe.alphas_cumprod.detach().to("cpu", torch.float64)
-    abar = table[full_t.round().long().clamp(0, len(table) - 1)]
-    schedule = {"timesteps": full_t.tolist(), "sigmas": ((1 - abar) / abar).sqrt().tolist()}
-    inpaint_mode = None
-    if mode == "inpaint":
-        inpaint_mode = "unet9" if pipe.unet.config.in_channels == 9 else "blend4"
-    return Plan(num_steps, (pipe.vae.config.latent_channels, h, w), layers, counts, cfg, spec, groups, initial_scale,
-                modules, mode, inpaint_mode, start_index, (height, width), schedule)  # fmt: skip
-
-
-def _copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
-    return type(scheduler).from_config(scheduler.config)
 
 
 # ---------------------------------------------------------------------------------------- recording
@@ -242,14 +119,15 @@ class _CrossAttentionRecorder:
 class Recorder:
     """Attaches to a pipeline for one call, collects each step, and builds the :class:`Trace`."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, scheduler: SchedulerMixin, plan: Plan, progress: bool) -> None:
+    def __init__(self, pipe: Any, scheduler: SchedulerMixin, plan: Plan, progress: bool) -> None:
         self.pipe = pipe
         self.scheduler = scheduler
         self.plan = plan
+        self.family = plan.family if plan.family is not None else family_for(pipe)
         self.spec = plan.spec
         self.dtype = plan.spec.torch_dtype
-        self.space = scheduler_space(scheduler)
-        self.prediction = prediction_type(scheduler)
+        self.space = self.family.schedule_kind(scheduler)
+        self.prediction = self.family.model_output(scheduler)
         self.progress = progress
         self.active = False
         self.cond_index: int | None = None  # batch position of the conditional half
@@ -278,6 +156,8 @@ class Recorder:
         self.mask_latent: torch.Tensor | None = None  # [h, w]
         self._preparing = False  # inside pipe.prepare_latents (its add_noise call sees the encoded image)
         self.guidance: float | None = None  # the run's guidance scale, for the non-finite message
+        self.encoded: Any = None  # what encode_prompt returned (the family reads it)
+        self.conditioning: dict[str, Any] = {}  # the family's extra conditioning, read at the first model call
 
     # -------------------------------------------------------------- attach / detach
 
@@ -295,7 +175,7 @@ class Recorder:
             self._wrap_attribute(self.scheduler, "add_noise", self._wrap_add_noise(self.scheduler.add_noise))
         if self.plan.mode == "inpaint":
             self._wrap_attribute(pipe, "prepare_mask_latents", self._wrap_prepare_mask(pipe.prepare_mask_latents))
-        unet = pipe.unet
+        unet = self.family.denoiser(pipe)
         pre = unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)
         post = unet.register_forward_hook(self._unet_post_hook, with_kwargs=True)
         self._undo += [pre.remove, post.remove]
@@ -344,7 +224,8 @@ class Recorder:
         @functools.wraps(encode)
         def encode_prompt(*args: Any, **kwargs: Any) -> Any:
             result = encode(*args, **kwargs)
-            self.embeds = (result[0], result[1])
+            self.encoded = result
+            self.embeds = self.family.read_embeddings(result)
             return result
 
         return encode_prompt
@@ -391,10 +272,13 @@ class Recorder:
         return prepare_mask_latents
 
     def _unet_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if not self.active or self.cond_index is not None or not self.plan.cfg:
+        if not self.active:
             return
-        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        self.cond_index = self._detect_order(context)
+        if self.cond_index is None and self.plan.cfg:
+            context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+            self.cond_index = self._detect_order(context)
+        if not self.conditioning and not self.x0:
+            self.conditioning = self.family.conditioning(self.pipe, self.encoded, kwargs, self.cond_index or 0)
 
     def _detect_order(self, context: torch.Tensor | None) -> int:
         """Return the batch index of the conditional half, read from the embeddings the pipeline built."""
@@ -438,7 +322,11 @@ class Recorder:
         layer, laid out as ``[t, h, w]`` on the host once the run is over.
         """
         mode = self.spec.attention
-        halves = {"cond": 0} if not self.plan.cfg else {"cond": self.cond_index, "uncond": 1 - self.cond_index}
+        rows = {"cond": 0} if not self.plan.cfg else {"cond": self.cond_index, "uncond": 1 - self.cond_index}
+        halves = {b: rows[b] for b in self.plan.attention_branches}
+        if not halves:
+            self.captured.clear()
+            return
         longest = max(self.plan.tokens[b] for b in halves)
         by_shape: dict[tuple, list[AttentionLayer]] = {}
         for la in self.plan.layers:
@@ -556,7 +444,7 @@ class Recorder:
             where = [f"the recorded values (they exceed {self.spec.dtype}'s range)"]
             if self.spec.dtype == "float16":
                 causes.append("store float32 instead: record={'dtype': 'float32'}")
-        if self.pipe.unet.dtype == torch.float16:
+        if self.family.denoiser(self.pipe).dtype == torch.float16:
             causes.append("float16 weights can overflow: load the model with dtype='float32'")
         causes.append("else the model or scheduler itself produced them (check the weights and scheduler settings)")
         raise FloatingPointError(
@@ -568,263 +456,22 @@ class Recorder:
 
     def build(self, *, final_image: Any, meta: dict[str, Any], tokens: dict[str, PromptTokens], complete: bool,
               error: str | None, input_image: np.ndarray | None = None) -> Trace:  # fmt: skip
-        """Move everything to the CPU once and assemble the Trace (valid for interrupted runs too).
-
-        Args:
-            input_image: ``[H, W, 3]`` uint8, the image given to an image-to-image or inpainting pipeline.
-        """
-        c, h, w = self.plan.latent_shape
-        n = len(self.x0)
-        np_dtype = np.float16 if self.spec.dtype == "float16" else np.float32
-
-        def stack(items: list[torch.Tensor], shape: tuple[int, ...]) -> np.ndarray:
-            if not items:
-                return np.zeros((0, *shape), np_dtype)
-            return torch.stack(items).cpu().numpy()
-
-        latents_np = stack(self.latents[: n + 1], (c, h, w))
-        if latents_np.shape[0] != n + 1:  # stopped before the initial latent existed: a NaN view, nothing allocated
-            latents_np = np.broadcast_to(np.array(np.nan, np_dtype), (n + 1, c, h, w))
-        scalars = np.asarray(self.scalars, np.float64).reshape(n, 5)
-        sigmas = scalars[:, 1]
-        attention: dict[str, np.ndarray] = {}
-        for branch in self.attn:
-            if branch == "uncond" and not self.plan.cfg:
-                continue
-            t = self.plan.tokens[branch]
-            if self.spec.attention == "per_step":
-                attention[f"{branch}/steps"] = stack(self.attn[branch].get(0, []), (t, h, w)).astype(np.float16)
-            elif self.spec.attention != "none":
-                for group, layers in self.plan.groups.items():
-                    per_layer = [self.attn[branch].get(la.index, [])[:n] for la in layers]
-                    shape = (len(layers), *((layers[0].heads,) if self.spec.attention == "per_head" else ()), t,
-                             layers[0].height, layers[0].width)  # fmt: skip
-                    if n == 0:
-                        attention[f"{branch}/{group}"] = np.zeros((0, *shape), np.float16)
-                    else:  # recorded [step, layer, (head,) N, token] -> stored [step, layer, (head,) token, h, w]
-                        steps = [torch.stack([maps[s] for maps in per_layer]) for s in range(n)]
-                        flat = torch.stack(steps).cpu().numpy()
-                        grid = flat.reshape(*flat.shape[:-2], layers[0].height, layers[0].width, t)
-                        attention[f"{branch}/{group}"] = np.ascontiguousarray(np.moveaxis(grid, -1, -3))
-        rgb = None
-        if final_image is not None:
-            final_latent = torch.from_numpy(latents_np[-1].astype(np.float32))
-            rgb = previews.choose_latent_rgb(self.pipe.vae.config, final_latent, final_image)
-        elif n:
-            rgb = previews.preset_latent_rgb(self.pipe.vae.config)
-        cond, uncond = tokens["cond"], tokens.get("uncond")
-        meta["x0_source"] = self.x0_source
-        meta["batch_order"] = self.batch_order
-        meta["num_steps_recorded"] = n
-
-        def host(tensor: torch.Tensor | None, dtype: Any = None) -> np.ndarray | None:
-            return None if tensor is None else tensor.cpu().numpy().astype(dtype or np_dtype, copy=False)
-
-        edits: dict[str, Any] = {}
-        if self.plan.mode != "txt2img":
-            started = len(self.latents) > 0
-            edits = dict(
-                input_image=input_image,
-                image_latent=host(self.image_latent),
-                start_latent=latents_np[0].copy() if started else None,
-            )
-            if self.plan.mode == "inpaint":
-                edits.update(mask=host(self.mask, np.float32), mask_latent=host(self.mask_latent, np.float32))
-            if self.blend:
-                edits.update(
-                    latents_unblended=stack(self.unblended[:n], (c, h, w)),
-                    latents_blended=latents_np[1:].copy(),
-                )
-        return Trace(
-            prompt=meta["prompt"],
-            negative_prompt=meta["negative_prompt"],
-            tokens=cond.tokens,
-            token_ids=cond.ids,
-            words=cond.words,
-            truncated_tokens=cond.truncated,
-            negative_tokens=uncond.tokens if uncond else [],
-            negative_token_ids=uncond.ids if uncond else [],
-            negative_words=uncond.words if uncond else [],
-            negative_truncated_tokens=uncond.truncated if uncond else [],
-            timesteps=scalars[:, 0].copy(),
-            sigmas=sigmas.copy(),
-            alphas_cumprod=1.0 / (sigmas**2 + 1.0),
-            x0_coef_sample=scalars[:, 2].copy(),
-            x0_coef_model=scalars[:, 3].copy(),
-            input_scale=np.append(scalars[:, 4], self.next_scale if n else self.plan.initial_scale),
-            latents=latents_np,
-            x0=stack(self.x0, (c, h, w)),
-            eps_cond=stack(self.eps["cond"], (c, h, w)),
-            eps_uncond=stack(self.eps["uncond"], (c, h, w)) if self.plan.cfg else None,
-            final_image=final_image,
-            attention=attention,
-            attention_layers=list(self.plan.layers) if self.spec.attention in ("per_layer", "per_head") else [],
-            attention_mode=self.spec.attention,
-            latent_rgb=rgb,
-            metadata=json_safe(meta),
-            complete=complete,
-            error=error,
-            **edits,
-        )
-
-
-#: The diffusers pipeline class that runs each mode (derived with ``from_pipe`` when needed).
-MODE_PIPELINES: dict[str, type] = {
-    "txt2img": StableDiffusionPipeline,
-    "img2img": StableDiffusionImg2ImgPipeline,
-    "inpaint": StableDiffusionInpaintPipeline,
-}
-
-
-_DERIVED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+        """Move everything to the CPU once and assemble the Trace (``build.build_trace``)."""
+        return build_trace(self, final_image=final_image, meta=meta, tokens=tokens, complete=complete, error=error,
+                           input_image=input_image)  # fmt: skip
 
 
 def pipeline_for(pipe: Any, mode: str) -> Any:
-    """The pipeline that runs ``mode``: ``pipe`` itself if it is of that class, else ``Class.from_pipe(pipe)``.
-
-    ``from_pipe`` shares the components (no copy, no weights loaded). The derived pipelines are cached
-    (weakly, by ``pipe``) so that repeated traces do not rebuild them.
-    """
-    cls = MODE_PIPELINES[mode]
-    if isinstance(pipe, cls):
-        return pipe
-    cache = _DERIVED.setdefault(pipe, {})
-    derived = cache.get(mode)
-    if derived is None or any(getattr(derived, n) is not getattr(pipe, n) for n in ("unet", "vae", "text_encoder")):
-        from diffusers.utils import logging as diffusers_logging
-
-        level = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # from_pipe re-announces each component's dtype
-        try:
-            derived = cls.from_pipe(pipe)
-        finally:
-            diffusers_logging.set_verbosity(level)
-        cache[mode] = derived
-    derived.scheduler = pipe.scheduler  # follow the user's scheduler swaps
-    return derived
-
-
-@dataclass
-class _Request:
-    """A validated trace request and its plan."""
-
-    pipe: StableDiffusionPipeline  # the pipeline that runs (derived for image-to-image and inpainting)
-    prompt: str
-    negative_prompt: str | None
-    guidance: float
-    steps: int
-    height: int
-    width: int
-    seed: int | None
-    scheduler: SchedulerMixin
-    tokens: dict[str, PromptTokens]
-    plan: Plan
-    mode: str = "txt2img"
-    strength: float | None = None
-    image: Image.Image | None = None  # RGB, height x width
-    mask: Image.Image | None = None  # mode L, height x width
-    notes: list[str] = field(default_factory=list)  # what was converted or resized
-
-
-def _fit_image(
-    image: Any, mask: Any, height: Any, width: Any, multiple: int
-) -> tuple[Image.Image, Image.Image | None, int, int, list[str]]:
-    """Check the image (and mask), pick the run's size and resize both to it, saying so.
-
-    The size is the image's own, rounded to the nearest multiple the model needs, unless ``height`` /
-    ``width`` ask for another.
-    """
-    img = check_image(image)
-    mask_arr = check_mask(mask, img.size) if mask is not None else None
-    w0, h0 = img.size
-    height = round_size(h0, multiple) if height is None else check_size(height, "height", multiple, h0)
-    width = round_size(w0, multiple) if width is None else check_size(width, "width", multiple, w0)
-    notes = []
-    if (width, height) != (w0, h0):
-        why = "the height/width asked for" if (height, width) != (round_size(h0, multiple), round_size(w0, multiple)) \
-            else f"this model needs sides that are multiples of {multiple}"  # fmt: skip
-        notes.append(f"image is {w0}x{h0} pixels; resized to {width}x{height} ({why})")
-        warnings.warn(notes[-1] + (", and the mask with it." if mask_arr is not None else "."), stacklevel=3)
-        img = img.resize((width, height), Image.Resampling.BICUBIC)
-        if mask_arr is not None:
-            mask_arr = np.asarray(Image.fromarray(mask_arr, "F").resize((width, height), Image.Resampling.BILINEAR))
-    mask_img = None
-    if mask_arr is not None:
-        mask_img = Image.fromarray((np.clip(mask_arr, 0, 1) * 255).round().astype(np.uint8), "L")
-    return img, mask_img, height, width, notes
-
-
-def _prepare(
-    pipe: Any,
-    prompt: Any,
-    negative_prompt: Any,
-    num_inference_steps: Any,
-    guidance_scale: Any,
-    seed: Any,
-    generator: Any,
-    height: Any,
-    width: Any,
-    scheduler: Any,
-    record: Any,
-    image: Any = None,
-    mask: Any = None,
-    strength: Any = None,
-) -> _Request:
-    """Check every argument (each error names its argument) and plan the recording."""
-    pipe = check_pipeline(pipe)
-    prompt = check_prompt(prompt)
-    negative_prompt = check_prompt(negative_prompt, "negative_prompt", optional=True)
-    guidance = check_guidance(guidance_scale)
-    spec = parse_record(record)
-    if image is None and mask is not None:
-        raise ValueError("mask needs image=: pass the picture to inpaint as image and the region to repaint as mask.")
-    if image is None and strength is not None:
-        raise ValueError(f"strength={strength!r} applies to image-to-image and inpainting only; pass image= too.")
-    mode = "txt2img" if image is None else ("img2img" if mask is None else "inpaint")
-    if mode == "txt2img" and not isinstance(pipe, StableDiffusionPipeline):
-        raise UnsupportedPipelineError(
-            f"pipe must be a diffusers StableDiffusionPipeline for text-to-image, not {type(pipe).__name__}; "
-            "pass image= (and mask=) to trace an edit with it, or trace StableDiffusionPipeline.from_pipe(pipe)."
-        )
-    unet = pipe.unet
-    channels = unet.config.in_channels
-    if channels == 9 and mode != "inpaint":
-        raise UnsupportedPipelineError(
-            f"pipe has an inpainting UNet (9 input channels), which cannot run {mode}; pass image= and mask=."
-        )
-    if channels not in (4, 9) or channels != 9 and channels != pipe.vae.config.latent_channels:
-        raise UnsupportedPipelineError(f"pipe's UNet has {channels} input channels; the tracer supports 4 and 9.")
-    run_pipe = pipeline_for(pipe, mode)
-    sched = resolve_scheduler(scheduler, pipe.scheduler)
-    prediction_type(sched)  # refuses unsupported prediction types before the run
-    steps = check_steps(num_inference_steps, int(sched.config.num_train_timesteps))
-    multiple = pipe.vae_scale_factor * 2 ** int(getattr(unet, "num_upsamplers", len(unet.config.block_out_channels) - 1))
-    img = mask_img = None
-    notes: list[str] = []
-    if mode == "txt2img":
-        sample = unet.config.sample_size
-        sample_h, sample_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
-        height = check_size(height, "height", multiple, sample_h * pipe.vae_scale_factor)
-        width = check_size(width, "width", multiple, sample_w * pipe.vae_scale_factor)
-        strength = None
-    else:
-        strength = check_strength(0.75 if mode == "img2img" and strength is None else
-                                  1.0 if strength is None else strength, steps)  # fmt: skip
-        img, mask_img, height, width, notes = _fit_image(image, mask, height, width, multiple)
-    seed = check_seed(seed, generator)
-    cfg = guidance > 1 and unet.config.time_cond_proj_dim is None  # the pipeline's do_classifier_free_guidance
-    tokens = {"cond": tokenize_prompt(pipe.tokenizer, prompt)}
-    if cfg:
-        tokens["uncond"] = tokenize_prompt(pipe.tokenizer, negative_prompt or "")
-    plan = _plan(run_pipe, sched, steps, height, width, spec, cfg, tokens, mode, strength or 1.0)
-    return _Request(run_pipe, prompt, negative_prompt, guidance, steps, height, width, seed, sched, tokens, plan,
-                    mode, strength, img, mask_img, notes)  # fmt: skip
+    """The pipeline that runs ``mode`` for ``pipe``'s family (``Family.pipeline_for``)."""
+    return family_for(pipe).pipeline_for(pipe, mode)
 
 
 def estimate_trace_bytes(
-    pipe: StableDiffusionPipeline,
+    pipe: Any,
     prompt: str,
     *,
+    prompt_2: str | None = None,
+    negative_prompt_2: str | None = None,
     image: Image.Image | np.ndarray | None = None,
     mask: Image.Image | np.ndarray | None = None,
     strength: float | None = None,
@@ -848,8 +495,10 @@ def estimate_trace_bytes(
         >>> explainer.estimate_trace_bytes(pipe, "a red circle", record="per_head") / 1e6  # doctest: +SKIP
         3.1
     """
-    req = _prepare(pipe, prompt, negative_prompt, num_inference_steps, guidance_scale, 0, None, height, width,
-                   scheduler, record, image, mask, strength)  # fmt: skip
+    req = prepare_request(pipe, prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+                          guidance_scale=guidance_scale, seed=0, height=height, width=width, scheduler=scheduler,
+                          record=record, image=image, mask=mask, strength=strength,
+                          extra_texts={"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2})  # fmt: skip
     return req.plan.estimate_bytes() + req.height * req.width * 3
 
 
@@ -857,9 +506,11 @@ def estimate_trace_bytes(
 
 
 def trace(
-    pipe: StableDiffusionPipeline,
+    pipe: Any,
     prompt: str,
     *,
+    prompt_2: str | None = None,
+    negative_prompt_2: str | None = None,
     image: Image.Image | np.ndarray | None = None,
     mask: Image.Image | np.ndarray | None = None,
     strength: float | None = None,
@@ -932,24 +583,21 @@ def trace(
     t_start = time.perf_counter()
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, not {type(progress).__name__}.")
-    req = _prepare(pipe, prompt, negative_prompt, num_inference_steps, guidance_scale, seed, generator, height, width,
-                   scheduler, record, image, mask, strength)  # fmt: skip
+    req = prepare_request(pipe, prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+                          guidance_scale=guidance_scale, seed=seed, generator=generator, height=height, width=width,
+                          scheduler=scheduler, record=record, image=image, mask=mask, strength=strength,
+                          extra_texts={"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2})  # fmt: skip
     pipe, prompt, negative_prompt, guidance, steps = req.pipe, req.prompt, req.negative_prompt, req.guidance, req.steps
     sched, spec, tokens, plan, cfg, height, width, seed = (
         req.scheduler, req.plan.spec, req.tokens, req.plan, req.plan.cfg, req.height, req.width, req.seed
     )
-    for branch, name in (("cond", "prompt"), ("uncond", "negative_prompt")):
-        if branch in tokens and tokens[branch].truncated:
-            warnings.warn(truncation_message(name, pipe.tokenizer.model_max_length, tokens[branch].truncated),
-                          stacklevel=2)  # fmt: skip
-    estimate = plan.estimate_bytes()
-    if estimate > spec.max_bytes:
-        raise TraceBudgetError(
-            f"record={spec.attention!r} would store about {estimate / 1e6:.1f} MB for this run ({plan.num_steps} steps, "
-            f"{len(plan.layers)} cross-attention layers, {sum(plan.tokens.values())} tokens), over the budget of "
-            f"{spec.max_bytes / 1e6:.1f} MB; record less (record='per_layer', 'per_step' or 'none') or raise "
-            "record={'max_bytes': ...}."
-        )
+    family = req.family
+    for segments in req.segments.values():
+        for seg in segments:
+            if seg.tokens.truncated:
+                max_len = getattr(pipe, seg.tokenizer).model_max_length
+                warnings.warn(truncation_message(seg.name, max_len, seg.tokens.truncated), stacklevel=2)
+    estimate = plan.check_budget()
 
     device = pipe._execution_device
     if generator is None:
@@ -968,25 +616,21 @@ def trace(
         "num_steps": plan.num_steps,
         "height": height,
         "width": width,
-        "model": _model_info(pipe, device),
+        "model": family.model_info(pipe, device),
         "scheduler": {
             "class": type(sched).__name__,
             "name": short_name,
-            "space": scheduler_space(sched),
+            "space": plan.schedule_kind,
             "config": dict(sched.config),
         },
-        "prediction_type": prediction_type(sched),
-        "model_output": (
-            "eps_cond / eps_uncond hold the UNet's raw output: "
-            + {"epsilon": "the predicted noise (epsilon)", "v_prediction": "the predicted velocity v (not epsilon)",
-               "sample": "the predicted clean latent"}[prediction_type(sched)]  # fmt: skip
-        ),
+        "prediction_type": family.model_output(sched),
+        "model_output": "eps_cond / eps_uncond hold the UNet's raw output: " + MODEL_OUTPUTS[family.model_output(sched)],
         "record": spec.to_dict(),
         "estimated_bytes": estimate,
-        "versions": dict(_versions()),
+        "versions": dict(versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    call: dict[str, Any] = {}
+    call: dict[str, Any] = family.call_arguments(req.texts)
     if req.mode == "txt2img":
         call.update(height=height, width=width)
     else:
@@ -1003,7 +647,7 @@ def trace(
     failure: BaseException | None = None
     t_run = time.perf_counter()
     # diffusers logs the dropped text in full; the warning above says it in one line
-    quiet = _DroppedTextFilter() if any(t.truncated for t in tokens.values()) else None
+    quiet = _DroppedTextFilter() if any(s.tokens.truncated for segs in req.segments.values() for s in segs) else None
     pipe_logger = logging.getLogger(type(pipe).__module__)
     try:
         if quiet is not None:
@@ -1028,7 +672,7 @@ def trace(
     if req.mode != "txt2img":
         meta["image_latent_source"] = "pipeline"
         if recorder.image_latent is None and failure is None:  # 9-channel inpainting from pure noise never encodes it
-            recorder.image_latent = _encode_mean(pipe, req.image, height, width).to(recorder.dtype)
+            recorder.image_latent = encode_mean(pipe, req.image, height, width).to(recorder.dtype)
             meta["image_latent_source"] = "vae mean, encoded after the run (the pipeline did not encode the image)"
     t_built = time.perf_counter()
     meta["timings"] = {"setup_s": t_run - t_start, "run_s": t_built - t_run}
@@ -1062,61 +706,8 @@ def trace(
     raise failure
 
 
-def truncation_message(name: str, max_len: int, dropped: list[str], shown: int = 5) -> str:
-    """One short line saying how many tokens a long prompt lost, with the first few of them.
-
-    Args:
-        name: ``"prompt"`` or ``"negative_prompt"``.
-        max_len: the tokenizer's length limit.
-        dropped: the BPE tokens that did not fit.
-        shown: how many of them to quote.
-    """
-    words = " ".join(tok.removesuffix("</w>") for tok in dropped[:shown])
-    more = f" and {len(dropped) - shown} more" if len(dropped) > shown else ""
-    where = "trace.truncated_tokens" if name == "prompt" else "trace.negative_truncated_tokens"
-    return (f"{name} is longer than the tokenizer's {max_len} tokens; {len(dropped)} tokens were dropped, "
-            f"starting {words!r}{more} (all in {where}).")  # fmt: skip
-
-
 class _DroppedTextFilter(logging.Filter):
     """Drop diffusers' own "The following part of your input was truncated" record (it quotes the whole text)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("The following part of your input was truncated")
-
-
-@torch.no_grad()
-def _encode_mean(pipe: Any, image: Image.Image, height: int, width: int) -> torch.Tensor:
-    """``[C, h, w]`` the VAE's mean encoding of ``image``, scaled (no generator used: the run is over)."""
-    x = pipe.image_processor.preprocess(image, height=height, width=width)
-    x = x.to(pipe._execution_device, pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.mode()[0] * pipe.vae.config.scaling_factor
-
-
-def _model_info(pipe: StableDiffusionPipeline, device: torch.device) -> dict[str, Any]:
-    unet, vae = pipe.unet, pipe.vae
-    return {
-        "name_or_path": getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path"),
-        "pipeline": type(pipe).__name__,
-        "unet": type(unet).__name__,
-        "vae": type(vae).__name__,
-        "text_encoder": type(pipe.text_encoder).__name__,
-        "dtype": str(unet.dtype).removeprefix("torch."),
-        "device": str(device),
-        "vae_scale_factor": pipe.vae_scale_factor,
-        "vae_scaling_factor": vae.config.scaling_factor,
-        "latent_channels": unet.config.in_channels,
-        "cross_attention_dim": unet.config.cross_attention_dim,
-        "tokenizer_max_length": pipe.tokenizer.model_max_length,
-    }
-
-
-@functools.lru_cache(maxsize=1)
-def _versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for dist in ("sd-explainer", "torch", "diffusers", "transformers", "numpy", "safetensors"):
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            found[dist] = "not installed"
-    return found

@@ -33,19 +33,32 @@ class RecordSpec:
         tokens: ``"prompt"`` (BOS, the prompt's tokens, the first EOS) or ``"all"`` (padding too).
         dtype: storage dtype of latents, x0 and model outputs: ``"float16"`` (default) or ``"float32"``.
         max_bytes: refuse to start a run whose estimated trace is larger than this.
+        layers: which attention layers to hook, chosen before the run (like TransformerLens's
+            ``names_filter``): ``None`` (all), or a tuple of selectors, each a module path or a prefix of
+            one (``"up_blocks.0"``, ``"mid_block"``) or a resolution ``"HxW"`` (``"32x32"``).
     """
 
     attention: str = "per_layer"
     tokens: str = "prompt"
     dtype: str = "float16"
     max_bytes: int = DEFAULT_MAX_BYTES
+    layers: tuple[str, ...] | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
+    def selects(self, name: str, height: int, width: int) -> bool:
+        """Whether the attention layer at module path ``name`` (maps ``height x width``) is recorded."""
+        if self.layers is None:
+            return True
+        return any(sel == f"{height}x{width}" or name == sel or name.startswith(sel + ".") for sel in self.layers)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"attention": self.attention, "tokens": self.tokens, "dtype": self.dtype, "max_bytes": self.max_bytes}
+        out = {"attention": self.attention, "tokens": self.tokens, "dtype": self.dtype, "max_bytes": self.max_bytes}
+        if self.layers is not None:
+            out["layers"] = list(self.layers)
+        return out
 
 
 def parse_record(record: str | dict[str, Any] | RecordSpec | None) -> RecordSpec:
@@ -67,10 +80,10 @@ def parse_record(record: str | dict[str, Any] | RecordSpec | None) -> RecordSpec
         record = {"attention": record}
     if not isinstance(record, dict):
         raise TypeError(f"record must be one of {allowed} or a dict, not {type(record).__name__}.")
-    unknown = set(record) - {"attention", "tokens", "dtype", "max_bytes"}
+    unknown = set(record) - {"attention", "tokens", "dtype", "max_bytes", "layers"}
     if unknown:
         raise ValueError(
-            f"record has unknown keys {sorted(unknown)}; allowed keys: attention, tokens, dtype, max_bytes."
+            f"record has unknown keys {sorted(unknown)}; allowed keys: attention, tokens, dtype, max_bytes, layers."
         )
     mode = record.get("attention", "default")
     mode = _RECORD_ALIASES.get(mode, mode) if isinstance(mode, str) else mode
@@ -87,7 +100,22 @@ def parse_record(record: str | dict[str, Any] | RecordSpec | None) -> RecordSpec
     max_bytes = record.get("max_bytes", DEFAULT_MAX_BYTES)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes <= 0:
         raise ValueError(f"record['max_bytes']={max_bytes!r} must be a positive integer number of bytes.")
-    return RecordSpec(attention=mode, tokens=tokens, dtype=dtype, max_bytes=int(max_bytes))
+    layers = _parse_layers(record.get("layers"))
+    return RecordSpec(attention=mode, tokens=tokens, dtype=dtype, max_bytes=int(max_bytes), layers=layers)
+
+
+def _parse_layers(layers: Any) -> tuple[str, ...] | None:
+    """``record["layers"]``: ``None``/``"all"``, one selector or a list of them (module paths, prefixes, ``"HxW"``)."""
+    if layers is None or layers == "all":
+        return None
+    if isinstance(layers, str):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple)) or not all(isinstance(s, str) and s.strip() for s in layers) or not layers:
+        raise ValueError(
+            f"record['layers']={layers!r} is not allowed; use 'all' or a non-empty list of module paths, prefixes "
+            "such as 'up_blocks.0' or resolutions such as '32x32'."
+        )
+    return tuple(s.strip() for s in layers)
 
 
 #: The pipeline classes :func:`explainer.trace` accepts (and derives from one another with ``from_pipe``).
