@@ -39,9 +39,6 @@ def test_toy_missing_is_a_clear_error(monkeypatch, tmp_path):
         explainer.load_pipeline("toy", device="cpu")
 
 
-@pytest.mark.skipif(
-    not (explainer.toy_model_path() / "model_index.json").is_file(), reason="the toy model has not landed yet"
-)
 def test_toy_model_loads_and_traces():
     pipe = explainer.load_pipeline("toy", device="cpu")
     assert isinstance(pipe, StableDiffusionPipeline)
