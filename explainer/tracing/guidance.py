@@ -47,9 +47,11 @@ def what_if_x0(trace: Trace, step: int, guidance_scale: float) -> np.ndarray:
     """
     scale = check_guidance(guidance_scale)
     if not trace.has_uncond:
+        why = trace.metadata.get("unconditional") or "no unconditional branch"
         raise ValueError(
             "what_if needs both branches, but this trace was recorded without classifier-free guidance "
-            f"(guidance_scale={trace.guidance_scale}); trace again with guidance_scale > 1."
+            f"(guidance_scale={trace.guidance_scale}; {why}); trace again with guidance_scale > 1 "
+            "(a guidance-distilled model has no unconditional branch to re-guide)."
         )
     (step,) = resolve_steps(step, trace.num_steps)
     recorded = trace.x0[step].astype(np.float32)

@@ -626,6 +626,11 @@ def trace(
         "prediction_type": family.model_output(sched),
         "model_output": "eps_cond / eps_uncond hold the UNet's raw output: " + MODEL_OUTPUTS[family.model_output(sched)],
         "record": spec.to_dict(),
+        "family": family.name,
+        "schedule_kind": plan.schedule_kind,
+        "token_segments": {b: [seg.to_dict() for seg in segs] for b, segs in req.segments.items()},
+        "unconditional": unconditional_note(req),
+        "attention_layers_total": plan.all_layers,
         "estimated_bytes": estimate,
         "versions": dict(versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -704,6 +709,20 @@ def trace(
     except (AttributeError, TypeError):  # pragma: no cover - exceptions without a __dict__
         pass
     raise failure
+
+
+def unconditional_note(req: TraceRequest) -> str:
+    """What the unconditional branch of this run was, in one phrase (kept as ``metadata["unconditional"]``)."""
+    if not req.plan.cfg:
+        unet = req.family.denoiser(req.pipe)
+        if req.guidance > 1 and unet.config.time_cond_proj_dim is not None:
+            return (f"no unconditional branch: this model is guidance-distilled (time_cond_proj_dim="
+                    f"{unet.config.time_cond_proj_dim}); guidance_scale={req.guidance:g} is an input of the UNet")  # fmt: skip
+        return f"no unconditional branch: guidance_scale={req.guidance:g} <= 1 runs the prompt branch only"
+    if not req.segments.get("uncond"):
+        return ("zeros: no negative_prompt and force_zeros_for_empty_prompt, so the unconditional embedding is all "
+                "zeros (no negative tokens)")  # fmt: skip
+    return "negative prompt" if req.negative_prompt else "empty negative prompt"
 
 
 class _DroppedTextFilter(logging.Filter):
