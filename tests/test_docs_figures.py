@@ -23,6 +23,7 @@ PAGES = {
     "docs/concepts/guidance.md": 2,
     "docs/concepts/cross_attention.md": 6,
     "notebooks/05_cross_attention.ipynb": 2,
+    "docs/applications.md": 14,
     "README.md": 0,
 }
 
