@@ -18,6 +18,7 @@ from .tracing import (
     trace,
 )
 from .widgets import compare, explore
+from . import batch, corpus  # noqa: E402 - explainer.batch.run(...), explainer.corpus views
 
 __version__ = "0.1.0"
 
@@ -29,7 +30,9 @@ __all__ = [
     "TraceBudgetError",
     "TraceFileError",
     "UnsupportedPipelineError",
+    "batch",
     "compare",
+    "corpus",
     "estimate_trace_bytes",
     "explore",
     "export",

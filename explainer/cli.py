@@ -1,4 +1,5 @@
-"""The ``explainer`` command line: ``run`` a traced generation, ``export`` a trace, show its ``info``.
+"""The ``explainer`` command line: ``run`` a traced generation, ``export`` a trace, show its ``info``, ``batch``
+many prompts and show a batch's ``batch-status``.
 
 Bad input (a missing file, an unknown format or option, a negative step count...) prints a one-line
 message naming the argument and exits with status 2, as argparse does for its own errors.
@@ -205,7 +206,46 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("trace", type=Path, help="trace file (.safetensors)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(handler=_cmd_info, parser=info)
+    _add_batch_commands(sub)
     return parser
+
+
+def _add_batch_commands(sub: Any) -> None:
+    """The ``batch`` and ``batch-status`` subcommands (explainer.batch)."""
+    from .tracing.schedulers import SCHEDULERS
+
+    bat = sub.add_parser(
+        "batch",
+        help="trace many prompts and seeds into a folder: a trace + PNG each and a Parquet index (resumable)",
+        description="Trace every prompt of PROMPTS (a .txt file, one prompt a line, or a .csv/.parquet table with a "
+        "'prompt' column and optional per-row negative_prompt, seed, guidance_scale, num_inference_steps, scheduler, "
+        "image, mask, strength, height, width) with every seed, into --out: traces/, images/, records/ and "
+        "index.parquet. Run it again to continue after a crash. Exits 1 when some items recorded an error.",
+    )
+    bat.add_argument("prompts", help="prompts file (.txt, .csv, .parquet; a path or an fsspec URL)")
+    bat.add_argument("--out", required=True, metavar="DIR", help="output folder (a path or an fsspec URL)")
+    bat.add_argument("--seeds", default="0", help="seeds of rows without their own, e.g. 0-3 or 0,5,9 (default 0)")
+    bat.add_argument("--model", default="toy", help="'toy' (default), a local diffusers folder, or a cached Hub id")
+    bat.add_argument("--steps", type=_positive_int, help="denoising steps (default 25)")
+    bat.add_argument("--guidance", type=_non_negative_float, help="guidance scale (default 7.5)")
+    bat.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="scheduler (default: the model's own)")
+    bat.add_argument("--negative", metavar="TEXT", help="negative prompt of rows without their own")
+    bat.add_argument("--record", choices=["default", "none", "per_step", "per_layer", "per_head"],
+                     help="attention recording (default: per_layer)")
+    bat.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or ray")
+    bat.add_argument("--address", help="ray: the cluster to join, e.g. auto (default: start a local instance)")
+    bat.add_argument("--workers", type=_positive_int, help="ray: number of actors (default: GPUs, else CPUs)")
+    bat.add_argument("--device", help="torch device (default: CUDA, then MPS, then CPU; ray: cuda with GPUs)")
+    bat.add_argument("--retry-failed", action="store_true", help="run items that recorded an error again")
+    bat.add_argument("--allow-empty", action="store_true", help="trace empty prompts as unconditional images")
+    bat.add_argument("--quiet", action="store_true", help="no progress bar")
+    bat.set_defaults(handler=_cmd_batch, parser=bat)
+
+    st = sub.add_parser("batch-status", help="show how far a batch folder is", description="Count the planned, "
+                        "finished, failed and pending items of a batch folder and show the last errors.")
+    st.add_argument("folder", help="the batch's --out folder")
+    st.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    st.set_defaults(handler=_cmd_batch_status, parser=st)
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -445,6 +485,53 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import batch
+
+    if args.engine == "local" and (args.address is not None or args.workers is not None):
+        parser.error(f"{'--address' if args.address is not None else '--workers'} needs --engine ray")
+    try:
+        seeds = batch.parse_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(f"--seeds: {err}")
+    if "://" not in args.out:
+        _check_writable_folder(parser, Path(args.out), "--out")
+    options = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "scheduler": args.scheduler,
+               "negative_prompt": args.negative, "record": args.record}
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.engine == "ray":
+        options.update(address=args.address, workers=args.workers)
+    try:
+        report = batch.run(args.model, args.prompts, args.out, seeds=seeds, engine=args.engine, device=args.device,
+                           retry_failed=args.retry_failed, allow_empty_prompt=args.allow_empty,
+                           progress=not args.quiet, **options)
+    except (ValueError, TypeError, ImportError, OSError) as err:  # bad input, no Ray, a missing file or model
+        parser.error(_one_line(err))
+    print(f"{args.out}: {report.planned} items, {report.skipped} already done, {report.ok} traced, "
+          f"{report.errors} errors in {report.seconds:.1f} s")
+    for line in report.error_messages[:5]:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def _cmd_batch_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import batch
+
+    try:
+        s = batch.status(args.folder)
+    except (FileNotFoundError, OSError) as err:
+        parser.error(_one_line(err))
+    if args.json:
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+        return 0
+    mean = f"{s['mean_item_s']:.2f} s per trace" if s["mean_item_s"] is not None else "no trace yet"
+    print(f"{s['folder']}: {s['done']} done of {s['planned']} planned ({s['ok']} ok, {s['errors']} errors, "
+          f"{s['pending']} pending); {mean}; {s['trace_mb']:.1f} MB of traces")
+    for line in s["last_errors"]:
+        print(f"  error: {line}")
     return 0
 
 
