@@ -39,3 +39,12 @@ def test_views_pass_daam_through(basic_trace):
     from explainer.views.tokens import token_heat
 
     np.testing.assert_array_equal(token_heat(basic_trace, "cube", None, "daam"), basic_trace.heatmap("cube", layers="daam"))
+
+
+def test_explorer_offers_daam_and_draws_it(basic_trace):
+    from explainer.widgets import Explorer
+
+    w = Explorer(basic_trace)
+    assert w.layer_options[:2] == ["all", "daam"]
+    w.layer_filter = "daam"
+    assert w._map_args()[1] == "daam"
