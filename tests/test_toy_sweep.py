@@ -39,7 +39,8 @@ def test_grounding_fine_tunes_snapshots_and_blends(tmp_path):
     assert [r["x"] for r in data["steps"]] == [0, 1, 2] and [r["x"] for r in data["blend"]] == [0.0, 0.5, 1.0]
     for row in data["steps"] + data["blend"]:
         assert set(row) >= {"localisation", "object_words", "shape", "colour_position"}
-    assert data["blend"][0]["shape"] == data["steps"][0]["shape"]  # weight 0 is the base model
+    assert data["blend"][0] == {**data["steps"][0], "x": 0.0}  # weight 0 is the base model, 1 the end
+    assert data["blend"][-1] == {**data["steps"][-1], "x": 1.0}
     assert (tmp_path / "toy_grounding.png").stat().st_size > 0
 
 

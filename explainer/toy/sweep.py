@@ -11,7 +11,7 @@ evaluates with :mod:`explainer.toy.evaluate`:
     # the base model is the one the shipped weights were fine-tuned from (in git history):
     git archive f82a9d3^ assets/toy | tar -x -C /tmp/base
     python -m explainer.toy.sweep grounding --base /tmp/base/assets/toy --run runs/ground \\
-        --out docs/data/grounding.json --img docs/img        # 40 min of training + ~2 h of evaluation on one core
+        --out docs/data/grounding.json --img docs/img        # 40 min of training + ~1 h of evaluation on one core
     python -m explainer.toy.sweep quick-cpu --run runs/quick --out docs/data/quick_cpu_eval.json
                                                              # 60 min of training + ~15 min of evaluation
 Both resume: run again to continue a stopped run; a finished run is only re-evaluated.
@@ -79,6 +79,9 @@ def grounding(base: str, run: str, *, minutes: float, snapshots: tuple[int, ...]
     rows_steps.append({"x": tr.step, **_scores(_pipeline(tr), n_loc, n_fid, steps, progress)})
     rows_blend = []
     for a in alphas:
+        if a in (0.0, 1.0):  # the base model and the fine-tune's end: already evaluated
+            rows_blend.append({**rows_steps[0 if a == 0.0 else -1], "x": a})
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             tr.export(Path(tmp) / "m", blend_with=base, blend_alpha=a)
             blended = _read_init(Path(tmp) / "m")
