@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -103,7 +105,7 @@ def _check_safetensors(folder: Path) -> None:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ValueError(f"{folder / 'model_index.json'} is not readable JSON ({err}).") from err
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         sub = folder / name
         if name not in index or not sub.is_dir():
             continue
@@ -119,6 +121,52 @@ def _check_safetensors(folder: Path) -> None:
             )
 
 
+#: ``model_index.json`` class names load_pipeline accepts, and the pipeline class it loads them with.
+_SD_CLASSES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+_SDXL_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
+_NOT_YET = {"StableDiffusion3": "Stable Diffusion 3", "Flux": "FLUX.1"}
+
+
+def pipeline_class(index: dict, source: str) -> type:
+    """The diffusers pipeline class to load a model with, from its ``model_index.json``.
+
+    Args:
+        index: the parsed ``model_index.json``.
+        source: the folder or Hub id, for messages.
+
+    Returns:
+        ``StableDiffusionPipeline`` (SD 1.x/2.x) or ``StableDiffusionXLPipeline`` (SDXL base).
+
+    Raises:
+        ValueError: a model the tracer cannot trace yet (SD3, FLUX, an SDXL refiner, anything else).
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    name = str(index.get("_class_name", ""))
+    if name in _SD_CLASSES:
+        return StableDiffusionPipeline
+    if name in _SDXL_CLASSES:
+        encoder = index.get("text_encoder")
+        if not isinstance(encoder, (list, tuple)) or None in encoder:
+            raise ValueError(
+                f"model={source!r} is an SDXL refiner ({name} with only text_encoder_2); it is not supported: the "
+                "tracer maps attention to the prompt's tokens through the base model's two text encoders. "
+                "Load the SDXL base model instead."
+            )
+        return StableDiffusionXLPipeline
+    for prefix, label in _NOT_YET.items():
+        if name.startswith(prefix):
+            raise ValueError(
+                f"model={source!r} is a {label} pipeline ({name}); it is not supported yet (diffusion transformers "
+                "with joint attention). load_pipeline takes Stable Diffusion 1.x/2.x and SDXL base folders."
+            )
+    raise ValueError(
+        f"model={source!r} is a {name or 'pipeline with no _class_name'}; load_pipeline takes Stable Diffusion "
+        "1.x/2.x and SDXL base folders (model_index.json _class_name StableDiffusionPipeline or "
+        "StableDiffusionXLPipeline, or their Img2Img / Inpaint variants)."
+    )
+
+
 def _dtype_kwarg() -> str:
     # diffusers renamed `torch_dtype` to `dtype` (the old name still works but warns).
     from diffusers.utils import deprecation_utils
@@ -131,8 +179,12 @@ def load_pipeline(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-) -> StableDiffusionPipeline:
-    """Load a ``StableDiffusionPipeline`` with safetensors weights only.
+) -> Any:
+    """Load a ``StableDiffusionPipeline`` (SD 1.x/2.x) or ``StableDiffusionXLPipeline`` with safetensors weights only.
+
+    The class comes from the model's ``model_index.json``: SD 1.x/2.x and SDXL base folders (their
+    Img2Img / Inpaint variants too) load; SD3, FLUX and SDXL refiner folders get a clear "not
+    supported" error.
 
     Args:
         model: ``"toy"`` (the bundled model), a local folder in diffusers layout, or a Hugging Face Hub id
@@ -147,7 +199,8 @@ def load_pipeline(
         FileNotFoundError: the toy model is not installed, the folder does not exist or has only pickle
             (``.bin``) weights, or the Hub id cannot be fetched (offline) and is not cached; the message
             says what to pass instead.
-        ValueError: ``device`` is not a torch device or is not available on this machine, or ``dtype`` is unknown.
+        ValueError: ``device`` is not a torch device or is not available on this machine, ``dtype`` is unknown,
+            or the model is not one the tracer supports (SD3, FLUX, an SDXL refiner...).
 
     Example:
         >>> pipe = explainer.load_pipeline()                       # the bundled toy model
@@ -180,10 +233,29 @@ def load_pipeline(
                 )
         elif _looks_like_path(source):
             raise FileNotFoundError(f"no model folder at {candidate}; pass an existing folder, a Hub id, or 'toy'.")
+    cls = StableDiffusionPipeline
     if local is not None:
+        import json
+
+        try:
+            index = json.loads((local / "model_index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{local / 'model_index.json'} is not readable JSON ({err}).") from err
+        cls = pipeline_class(index, source)
         _check_safetensors(local)
+    else:
+        from diffusers import DiffusionPipeline
+
+        try:
+            with warnings.catch_warnings():  # huggingface_hub's deprecation notice about an argument diffusers passes
+                warnings.simplefilter("ignore")
+                index = DiffusionPipeline.load_config(source)  # model_index.json from the Hub or the local cache
+        except Exception:  # noqa: BLE001 - not reachable or not a pipeline: the load below says which
+            index = None
+        if isinstance(index, dict):
+            cls = pipeline_class(index, source)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
+        pipe = cls.from_pretrained(
             str(local) if local is not None else source, use_safetensors=True, **{_dtype_kwarg(): torch_dtype}
         )
     except (OSError, ValueError) as err:

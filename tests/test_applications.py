@@ -248,7 +248,7 @@ def test_version_1_files_load_as_txt2img(basic_trace, tmp_path):
     save_file(arrays, str(old), metadata={**meta, "format_version": "1", "trace": json.dumps(header)})
     loaded = explainer.load_trace(old)
     assert loaded.mode == "txt2img" and loaded.metadata["mode"] == "txt2img" and loaded.input_image is None
-    assert basic_trace.metadata["mode"] == "txt2img" and trace_module.FORMAT_VERSION == 2
+    assert basic_trace.metadata["mode"] == "txt2img" and trace_module.FORMAT_VERSION == 3
 
 
 # -------------------------------------------------------------------------------------------- outpaint

@@ -257,3 +257,81 @@ def test_sdxl_size_figures_are_current_and_default_fits_the_target():
     assert rows["default", None]["bytes"] <= 150e6  # the target for the default record
     with pytest.raises(explainer.TraceBudgetError, match="over the budget"):  # per_head: refused before it starts
         explainer.trace(pipe, script.PROMPT, num_inference_steps=30, height=1024, width=1024, record="per_head")
+
+
+def test_format_v3_round_trip_and_version_2_files(xl, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    tr = explainer.trace(xl, PROMPT, prompt_2="green grass", num_inference_steps=2, progress=False,
+                         **_inputs("inpaint"))  # fmt: skip
+    path = tr.save(tmp_path / "xl.safetensors")
+    with safe_open(str(path), framework="numpy") as f:
+        meta, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["format_version"] == "3" == str(explainer.tracing.FORMAT_VERSION)
+    back = explainer.load_trace(path)
+    assert back.family == "sdxl" and back.schedule_kind == "ve" and back.mode == "inpaint"
+    assert back.token_segments == tr.token_segments and [s["name"] for s in back.token_segments["cond"]] == [
+        "prompt", "prompt_2"]  # fmt: skip
+    assert back.metadata["conditioning"] == tr.metadata["conditioning"]
+    assert all(np.array_equal(back.attention[k], tr.attention[k]) for k in tr.attention)
+    # a version-2 file (SD only, before families) loads with the version-3 fields filled in
+    header = json.loads(meta["trace"])
+    for key in ("family", "schedule_kind", "token_segments"):
+        del header["metadata"][key]
+    old = tmp_path / "v2.safetensors"
+    save_file(arrays, str(old), metadata={**meta, "format_version": "2", "trace": json.dumps(header)})
+    v2 = explainer.load_trace(old)
+    assert v2.family == "sd" and v2.schedule_kind == "ve"
+    assert v2.token_segments["cond"][0]["ids"] == tr.token_ids and v2.token_segments["cond"][0]["name"] == "prompt"
+    assert "uncond" in v2.token_segments and v2.token_segments["uncond"][0]["ids"] == []
+
+
+def test_explorer_exports_and_info_on_an_sdxl_trace(xl, tmp_path):
+    from explainer import cli
+    from explainer.widgets import Explorer
+
+    tr = explainer.trace(xl, PROMPT, negative_prompt="blurry", num_inference_steps=3, progress=False)
+    w = Explorer(tr, pipe=xl)
+    w.selected = ["cond:3"]  # "cube"
+    assert w.wait_idle()
+    assert len(w.overlay_maps) == 3 and len(w.frames["x0"]) == 3
+    for suffix in ("gif", "png", "html", "webp"):
+        out = explainer.export(tr, tmp_path / f"run.{suffix}", verbose=False)
+        assert out.is_file() and out.stat().st_size > 0
+    path = tr.save(tmp_path / "xl.safetensors")
+    assert cli.main(["info", str(path)]) in (0, None)
+
+
+def test_load_pipeline_reads_the_family_from_model_index(xl, tmp_path):
+    import json
+
+    folder = tmp_path / "sdxl"
+    xl.save_pretrained(folder, safe_serialization=True)
+    loaded = explainer.load_pipeline(folder, device="cpu")
+    assert type(loaded) is StableDiffusionXLPipeline and loaded.config.force_zeros_for_empty_prompt
+    assert family_for(loaded).name == "sdxl"
+    from explainer import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["run", PROMPT, "--model", str(folder), "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    assert explainer.load_trace(out / "trace.safetensors").family == "sdxl"
+    assert (out / "steps.gif").is_file() and (out / "explainer.html").is_file()
+    index = json.loads((folder / "model_index.json").read_text())
+    cases = {
+        "refiner": ({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None],
+                     "tokenizer": [None, None]}, "SDXL refiner"),  # fmt: skip
+        "sd3": ({"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"]},
+                "Stable Diffusion 3 pipeline .* not supported yet"),
+        "flux": ({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]},
+                 "FLUX.1 pipeline .* not supported yet"),
+        "other": ({"_class_name": "KandinskyV22Pipeline"}, "is a KandinskyV22Pipeline; load_pipeline takes"),
+    }
+    for name, (content, message) in cases.items():
+        other = tmp_path / name
+        other.mkdir()
+        (other / "model_index.json").write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=message):
+            explainer.load_pipeline(other, device="cpu")

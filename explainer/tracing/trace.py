@@ -29,7 +29,9 @@ from .errors import StepIndexError, TraceFileError
 from .previews import LatentRGB
 
 FORMAT_NAME = "sd-explainer-trace"
-FORMAT_VERSION = 2  # 2 added the image-to-image / inpainting fields; version-1 files still load
+# 2 added the image-to-image / inpainting fields; 3 the model family, token segments and schedule kind
+# (metadata["family"], ["token_segments"], ["schedule_kind"]). Version 1 and 2 files still load (as "sd").
+FORMAT_VERSION = 3
 MODES = ("txt2img", "img2img", "inpaint")
 #: Optional arrays of image-to-image and inpainting traces (``None`` for text-to-image), in file order.
 EDIT_ARRAYS = ("input_image", "mask", "mask_latent", "image_latent", "start_latent", "latents_blended",
@@ -136,6 +138,27 @@ class Trace:
         """The ``strength`` of an image-to-image or inpainting run (``None`` for text-to-image)."""
         value = self.metadata.get("strength")
         return None if value is None else float(value)
+
+    @property
+    def family(self) -> str:
+        """The model family that made the trace: ``"sd"`` (SD 1.x/2.x) or ``"sdxl"``."""
+        return str(self.metadata.get("family", "sd"))
+
+    @property
+    def schedule_kind(self) -> str:
+        """``"vp"`` (samples ``sqrt(abar) x0 + sqrt(1 - abar) eps``) or ``"ve"`` (``x0 + sigma eps``)."""
+        return str(self.metadata.get("schedule_kind") or self.metadata.get("scheduler", {}).get("space", "vp"))
+
+    @property
+    def token_segments(self) -> dict[str, list[dict[str, Any]]]:
+        """Per branch, how its text became tokens: one dict per tokenizer pass (``name``, ``text``,
+        ``tokenizer``, ``ids``, ``tokens``, ``words``, ``truncated``, ``key_offset``, ``combine``).
+
+        SDXL keeps two per branch (``prompt`` and ``prompt_2``) with ``combine="features"``: both
+        encoders' states are concatenated along the feature axis, so key ``i`` carries token ``i`` of
+        each. A branch with no segments saw no text (SDXL's all-zero negative embedding).
+        """
+        return self.metadata["token_segments"]
 
     @property
     def start_step(self) -> int:
@@ -374,7 +397,7 @@ def writable_path(path: Any, name: str, example: str) -> Path:
 
 
 def load_trace(path: str | Path) -> Trace:
-    """Read a trace written by :meth:`Trace.save` (format versions 1 and 2).
+    """Read a trace written by :meth:`Trace.save` (format versions 1, 2 and 3).
 
     Args:
         path: the ``.safetensors`` file.
@@ -536,6 +559,7 @@ def _from_parts(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Trace:
     rgb = header.get("latent_rgb")
     metadata = dict(header["metadata"])
     metadata.setdefault("mode", "txt2img")  # version-1 files hold text-to-image traces only
+    _fill_version_2(metadata, header)
     return Trace(
         prompt=header["prompt"],
         negative_prompt=header["negative_prompt"],
@@ -568,6 +592,23 @@ def _from_parts(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Trace:
         uid=header["uid"],
         **{key: arrays.get(key) for key in EDIT_ARRAYS},
     )
+
+
+def _fill_version_2(metadata: dict[str, Any], header: dict[str, Any]) -> None:
+    """Give a version 1 or 2 file (SD 1.x/2.x only, one tokenizer) the version-3 metadata fields."""
+    metadata.setdefault("family", "sd")
+    metadata.setdefault("schedule_kind", metadata.get("scheduler", {}).get("space", "vp"))
+    if "token_segments" not in metadata:
+        segments = {}
+        for branch, prefix, name in (("cond", "", "prompt"), ("uncond", "negative_", "negative_prompt")):
+            if branch == "uncond" and not metadata.get("classifier_free_guidance"):
+                continue
+            segments[branch] = [{
+                "name": name, "text": header[name] or "", "tokenizer": "tokenizer", "key_offset": 0,
+                "combine": "sequence", "ids": list(header[prefix + "token_ids"]), "tokens": list(header[prefix + "tokens"]),
+                "words": [list(w) for w in header[prefix + "words"]], "truncated": list(header[prefix + "truncated_tokens"]),
+            }]  # fmt: skip
+        metadata["token_segments"] = segments
 
 
 def json_safe(value: Any) -> Any:
