@@ -9,7 +9,7 @@ scores (:func:`fidelity_chance`, the ``chance`` fields of :func:`localisation`).
 
 Writes the model card's figures (``docs/data/final_eval.json``)::
 
-    python -m explainer.toy.evaluate --out docs/data/final_eval.json            # all: about 40 min on one core
+    python -m explainer.toy.evaluate --out docs/data/final_eval.json            # all: about 1.6 h on one busy core
     python -m explainer.toy.evaluate --out docs/data/final_eval.json --what localisation --n-localisation 100
 """
 
@@ -136,6 +136,14 @@ def localisation_region(trace, caption: str, dilate: int = 2) -> np.ndarray:
     return _dilate(colour_masks(np.asarray(trace.final_image))[colour], dilate)
 
 
+def _mass_inside(trace, word: str, region: np.ndarray, layers=None) -> float:
+    """The share of ``word``'s global map (all steps, ``layers``) that falls inside ``region``:
+    stricter than a peak, it also counts a second blob elsewhere."""
+    heat = trace.heatmap(word, layers=layers).astype(np.float64)  # [H, W]
+    total = heat.sum()
+    return float(heat[region].sum() / total) if total > 0 else 0.0
+
+
 def attention_peak_hit(trace, caption: str, dilate: int = 2, layers=None) -> bool:
     """Whether the global (all steps, ``layers``) map of the caption's localisation word peaks
     inside its object's colour region in the final image, dilated by ``dilate`` pixels."""
@@ -176,9 +184,10 @@ def localisation(pipe, n: int = 100, *, guidance_scale: float = 7.5, num_inferen
     Returns:
         ``{"n", "localisation", "object_words", "by_form", "chance", "conventions", "per_caption"}``:
         ``object_words`` is the stricter share of all object words that peak on their own object
-        (:func:`object_word_hits`); ``chance`` is the rate a uniformly random peak position would
-        reach (the mean share of the image the dilated target regions cover); ``conventions`` holds
-        ``localisation``/``object_words``/``by_form`` for each selection in ``compare``.
+        (:func:`object_word_hits`); ``object_word_mass`` the mean share of each object word's map
+        inside its own object; ``chance`` is what a uniformly random peak (or a flat map) would reach:
+        the mean share of the image the dilated target regions cover; ``conventions`` holds these
+        scores for each selection in ``compare``.
     """
     from ..tracing import trace as trace_run
 
@@ -193,12 +202,14 @@ def localisation(pipe, n: int = 100, *, guidance_scale: float = 7.5, num_inferen
                "word_areas": {w: float(r.mean()) for w, r in regions.items()}}
         for name, sel in choices.items():
             row[name] = {"hit": attention_peak_hit(tr, cap, dilate, sel),
-                         "word_hits": {w: _peaks_inside(tr, w, r, sel) for w, r in regions.items()}}
+                         "word_hits": {w: _peaks_inside(tr, w, r, sel) for w, r in regions.items()},
+                         "word_mass": {w: _mass_inside(tr, w, r, sel) for w, r in regions.items()}}
         rows.append(row)
 
     def scores(name: str) -> dict:
         return {"localisation": float(np.mean([r[name]["hit"] for r in rows])),
                 "object_words": float(np.mean([h for r in rows for h in r[name]["word_hits"].values()])),
+                "object_word_mass": float(np.mean([h for r in rows for h in r[name]["word_mass"].values()])),
                 "by_form": {f: float(np.mean([r[name]["hit"] for r in rows if pred(r["caption"])]))
                             for f, pred in _FORMS.items() if any(pred(r["caption"]) for r in rows)}}
 
