@@ -24,6 +24,7 @@ PAGES = {
     "docs/concepts/cross_attention.md": 6,
     "notebooks/05_cross_attention.ipynb": 2,
     "docs/applications.md": 14,
+    "docs/performance.md": 5,
     "README.md": 0,
 }
 
