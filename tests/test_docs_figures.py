@@ -79,6 +79,8 @@ def test_pages_mark_their_figures(rel):
     text = _text(rel)
     broken = [text[m.start():m.end() + 12] for m in re.finditer(r"<!--d [^>]*-->", text) if not MARK.match(text, m.start())]
     assert not broken, f"{rel}: malformed figure marks {broken}"
+    starts = [line for line in text.splitlines() if line.lstrip().startswith("<!--d ")]
+    assert not starts, f"{rel}: a line starting with a mark opens an HTML block in CommonMark: {starts}"
 
 
 def test_every_marked_figure_matches_its_json():
