@@ -139,15 +139,10 @@ def train_summary(data: str | Path) -> dict:
 
 
 def write_figures(data: str | Path, out: str | Path) -> list[Path]:
-    """Save the loss, learning-curve, guidance-curve and grounding PNGs into ``out``, and
-    :func:`train_summary` as ``train_summary.json`` into ``data``."""
+    """Save the loss, learning-curve, guidance-curve and grounding PNGs into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    if (Path(data) / "train_log.jsonl").exists():
-        summary = Path(data) / "train_summary.json"
-        summary.write_text(json.dumps(train_summary(data), indent=1) + "\n")
-        paths.append(summary)
     for name, fn in (("toy_loss.png", plot_loss), ("toy_learning_curve.png", plot_learning_curve),
                      ("toy_guidance_curve.png", plot_guidance_curve), ("toy_grounding.png", plot_grounding)):
         if fn is plot_grounding and not (Path(data) / "grounding.json").exists():
@@ -159,5 +154,13 @@ def write_figures(data: str | Path, out: str | Path) -> list[Path]:
     return paths
 
 
+def write_summary(data: str | Path) -> Path:
+    """Write :func:`train_summary` of ``data`` as ``data/train_summary.json``."""
+    path = Path(data) / "train_summary.json"
+    path.write_text(json.dumps(train_summary(data), indent=1) + "\n")
+    return path
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(write_figures(sys.argv[1] if len(sys.argv) > 1 else "docs/data", sys.argv[2] if len(sys.argv) > 2 else "docs/img"))
+    _data = sys.argv[1] if len(sys.argv) > 1 else "docs/data"
+    print([write_summary(_data), *write_figures(_data, sys.argv[2] if len(sys.argv) > 2 else "docs/img")])
