@@ -269,7 +269,8 @@ class Trace:
             word_or_token_index: a word of the prompt (multi-token words average their tokens), a
                 token string, or an index into ``tokens`` (``negative_tokens`` for ``branch="uncond"``).
             step: ``None`` for all steps (DAAM-style), an int, or a slice.
-            layers: ``None`` (all), a resolution (``16``, ``"16x16"``, ``(16, 16)``), or a list of
+            layers: ``None`` or ``"all"`` (every layer), ``"daam"`` (DAAM's convention: all but the UNet
+                mid-block), a resolution (``16``, ``"16x16"``, ``(16, 16)``), or a list of
                 layer indices / names from ``attention_layers``.
             branch: ``"cond"`` (prompt) or ``"uncond"`` (negative prompt).
         """
