@@ -304,6 +304,8 @@ def plan(
             values = {k: _convert(k, v) for k, v in raw.items()}
         except (TypeError, ValueError) as err:
             values, error = {"prompt": raw.get("prompt") if isinstance(raw.get("prompt"), str) else None}, str(err)
+        if values.get("prompt") is None:  # an empty CSV cell
+            values["prompt"] = ""
         inputs.update({k: v for k, v in values.items() if v is not None and k != "seed"})
         row_seed = values.get("seed")
         for seed in [row_seed] if row_seed is not None else seeds:
@@ -698,10 +700,10 @@ def run(
     if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
         raise ValueError(f"flush_every={flush_every!r} must be a whole number >= 1")
     if engine == "ray":
-        _import_ray()
         if not isinstance(model, (str, os.PathLike)):
             raise TypeError("engine='ray' loads the model in each actor: pass model as 'toy', a folder or a Hub id, "
                             f"not a {type(model).__name__} object")
+        _import_ray()
     started = time.perf_counter()
     out_dir = str(out_dir)
     items = plan(prompts, seeds=seeds, model=model_name(model), **trace_kwargs)
