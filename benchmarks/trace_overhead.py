@@ -6,12 +6,19 @@ Pipelines (random weights, built from configs, nothing downloaded):
 - ``toy``: the bundled toy model (``explainer.load_pipeline("toy")``), if installed.
 - ``sd15``: the Stable Diffusion 1.x architecture: diffusers' default ``UNet2DConditionModel()``
   config, the standard SD VAE config and a CLIP ViT-L/14 text tower config.
+- ``sdxl``: the Stable Diffusion XL base architecture: the published SDXL base UNet and VAE configs
+  (``scripts/sdxl_trace_size.py``: 70 cross-attention layers), a CLIP ViT-L/14 text tower and an
+  OpenCLIP ViT-bigG/14 tower with projection, Euler with SDXL's scheduler settings,
+  ``force_zeros_for_empty_prompt`` as in the base model. Both tokenizer slots hold the CLIP tokenizer of
+  ``assets/toy`` (the real ``tokenizer_2`` differs only in its pad token).
 
 Usage::
 
     python benchmarks/trace_overhead.py                      # CPU, both pipelines, 256x256, 10 steps
     python benchmarks/trace_overhead.py --device cuda --pairs 5
     python benchmarks/trace_overhead.py --which sd15 --size 512 --steps 50   # also measures a full-size trace
+    python benchmarks/trace_overhead.py --which sdxl --size 256 --steps 4 --pairs 5
+    python benchmarks/trace_overhead.py --device cuda --which sdxl --size 1024 --steps 30 --pairs 5
 
 Each pair runs plain, traced (default recording) and traced (``record="none"``) in a rotating order;
 the ratio of each traced run to the plain run of the same pair is taken, and the median reported.
@@ -39,6 +46,7 @@ import _json  # noqa: E402  (benchmarks/_json.py)
 import explainer  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"
+GUIDANCE = 7.5
 TOKENIZER = REPO / "assets" / "toy" / "tokenizer"
 
 
@@ -81,6 +89,38 @@ def sd15_components() -> dict:
                 scheduler=scheduler)  # fmt: skip
 
 
+def clip_text_config(hidden: int, layers: int, heads: int, act: str):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
+                          num_hidden_layers=layers, vocab_size=49408, max_position_embeddings=77,
+                          projection_dim=hidden, hidden_act=act, bos_token_id=49406, eos_token_id=49407,
+                          pad_token_id=49407)  # fmt: skip
+
+
+def sdxl_components() -> dict:
+    """SDXL base architecture with random weights (UNet/VAE configs shared with scripts/sdxl_trace_size.py)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(REPO / "tests"))
+    from _sdxl import SDXL_SCHEDULER
+    from sdxl_trace_size import SDXL_UNET, SDXL_VAE
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SDXL_UNET)
+    vae = AutoencoderKL(**SDXL_VAE)
+    # stabilityai/stable-diffusion-xl-base-1.0: text_encoder is CLIP ViT-L/14, text_encoder_2 OpenCLIP ViT-bigG/14
+    text_encoder = CLIPTextModel(clip_text_config(768, 12, 12, "quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(1280, 32, 20, "gelu"))
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER))
+    with torch.device("cpu"):  # the scheduler keeps its tables on the CPU, as from_pretrained makes it
+        scheduler = EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                tokenizer_2=tokenizer, scheduler=scheduler, force_zeros_for_empty_prompt=True)  # fmt: skip
+
+
 def tiny_components() -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     onednn = torch.backends.mkldnn.enabled
@@ -101,7 +141,14 @@ def build(which: str, device: str, dtype: torch.dtype):
         pipe.set_progress_bar_config(disable=True)
         return pipe
     with torch.device(device):  # initialise the random weights on the target device (fast on GPUs)
-        parts = sd15_components() if which == "sd15" else tiny_components()
+        parts = {"sd15": sd15_components, "sdxl": sdxl_components}.get(which, tiny_components)()
+    if which == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(**parts)
+        pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -121,8 +168,9 @@ def timed(fn, device: str) -> tuple[float, float, object]:
 
 def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: int, pairs: int) -> dict:
     pipe = build(which, device, dtype)
-    size = size if which == "sd15" else None  # the tiny and toy pipelines run at their native size
-    kwargs = dict(num_inference_steps=steps, height=size, width=size)
+    size = size if which in ("sd15", "sdxl") else None  # the tiny and toy pipelines run at their native size
+    # guidance given to both calls: SD and SDXL pipelines have different defaults
+    kwargs = dict(num_inference_steps=steps, height=size, width=size, guidance_scale=GUIDANCE)
 
     def plain():
         gen = torch.Generator(device).manual_seed(0)
@@ -143,6 +191,7 @@ def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: 
             t, c, last[name] = timed(runs[name], device)
             times[name].append(t)
             cpu[name].append(c)
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
     ratio = {k: statistics.median(a / b for a, b in zip(times[k], times["plain"])) for k in ("default", "none")}
     cpu_ratio = {k: statistics.median(a / b for a, b in zip(cpu[k], cpu["plain"])) for k in ("default", "none")}
     tr = last["default"]
@@ -163,8 +212,12 @@ def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: 
         "trace_bytes": tr.nbytes,
         "trace_none_bytes": last["none"].nbytes,
         "tokens": len(tr.tokens) + len(tr.negative_tokens),
+        "attention_layers": len(tr.attention_layers),
+        "guidance_scale": GUIDANCE,
         "same_image": same,
     }
+    if peak is not None:
+        out["cuda_peak_allocated_bytes"] = peak
     if which == "sd15":
         out["bytes_50_steps_512"] = explainer.estimate_trace_bytes(
             pipe, PROMPT, num_inference_steps=50, height=512, width=512
@@ -176,8 +229,8 @@ def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--which", default="tiny,sd15", help="comma list of: tiny, toy, sd15")
-    parser.add_argument("--size", type=int, default=256, help="image side for sd15 (default 256)")
+    parser.add_argument("--which", default="tiny,sd15", help="comma list of: tiny, toy, sd15, sdxl")
+    parser.add_argument("--size", type=int, default=256, help="image side for sd15 and sdxl (default 256)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--pairs", type=int, default=3, help="interleaved A/B rounds (default 3)")
     parser.add_argument("--dtype", default=None, help="float32 / float16 (default: float16 on cuda, float32 on cpu)")
