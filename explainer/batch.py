@@ -692,6 +692,13 @@ def run(
     Raises:
         ValueError, TypeError: bad arguments, prompts file or columns (before anything runs).
         ImportError: ``engine="ray"`` without Ray (``pip install "sd-explainer[scale]"``).
+
+    Example:
+        >>> report = explainer.batch.run("toy", "prompts.csv", "runs/b", seeds="0-3")  # doctest: +SKIP
+        >>> explainer.batch.run("toy", "prompts.csv", "s3://bucket/b", seeds="0-3",
+        ...                     engine="ray", address="auto")  # doctest: +SKIP
+
+        The walk-through: ``docs/batch.md`` ("Beyond one notebook").
     """
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not allowed; use one of {', '.join(map(repr, ENGINES))}")

@@ -43,6 +43,10 @@ class Corpus:
     Args:
         out_dir: a folder written by :func:`explainer.batch.run` (path or fsspec URL).
         where: keep only index rows for which this returns true (called with each row as a dict).
+
+    Example:
+        >>> c = explainer.corpus.Corpus("runs/b", where=lambda r: r["guidance_scale"] == 7.5)  # doctest: +SKIP
+        >>> len(c), c.index.column_names[:3]  # doctest: +SKIP
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], where: Callable[[dict], bool] | None = None) -> None:
