@@ -576,12 +576,13 @@ def compact(out_dir: str | os.PathLike[str]) -> Any:
     old = _read_parquet(fs, index_path) if fs.isfile(index_path) else _records_to_table([])
     if old.schema != index_schema():
         old = _records_to_table([])  # written by another version: rebuild from the records
-    old = old.filter(pc.is_in(old["key"], pa.array(list(on_disk), pa.string())))
+    rows_before = old.num_rows
+    old = old.filter(pc.is_in(old["key"], pa.array(list(on_disk), pa.string())))  # records removed: rows dropped
     known = set(old["key"].to_pylist())
     new = [json.loads(fs.cat_file(f)) for k, f in on_disk.items() if k not in known]
     table = pa.concat_tables([old, _records_to_table(new)]) if new else old
     table = table.sort_by([("row", "ascending"), ("seed", "ascending"), ("key", "ascending")])
-    if new or len(table) != len(known) or not fs.isfile(index_path):
+    if new or old.num_rows != rows_before or not fs.isfile(index_path):
         _write_parquet(fs, index_path, table)
     return table
 
@@ -788,9 +789,10 @@ def _run_ray(model: Any, out_dir: str, items: list[Item], *, address: str | None
 
     t0 = time.perf_counter()
     started_here = False
+    actors: list[Any] = []
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        started_here = address is None
+        started_here = True  # shutdown() stops a local instance, or only disconnects from a cluster
     try:
         resources = ray.cluster_resources()
         if gpus_per_worker is None:
@@ -805,8 +807,8 @@ def _run_ray(model: Any, out_dir: str, items: list[Item], *, address: str | None
         actor_cls = ray.remote(Worker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                runtime_env={"env_vars": env})
         device = options.pop("device") or ("cuda" if gpus_per_worker else "cpu")
-        actors = [actor_cls.remote(str(model), out_dir, device=device, threads=threads, **options)
-                  for _ in range(workers)]
+        actors += [actor_cls.remote(str(model), out_dir, device=device, threads=threads, **options)
+                   for _ in range(workers)]
         ray.get([a.ready.remote() for a in actors])  # pipelines loaded: the start-up ends here
         report.startup_seconds = time.perf_counter() - t0
         pool = ActorPool(actors)
@@ -821,9 +823,9 @@ def _run_ray(model: Any, out_dir: str, items: list[Item], *, address: str | None
             if nxt is not None:
                 pool.submit(lambda actor, it: actor.process.remote(it), nxt)
             yield rec
+    finally:  # also when the run stops early: actors on a cluster that outlives this run are not left behind
         for a in actors:
             ray.kill(a)
-    finally:
         if started_here:
             ray.shutdown()
 
