@@ -161,13 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--steps", type=_positive_int, default=25, help="denoising steps (default 25)")
     run.add_argument(
-        "--guidance", type=_non_negative_float, default=7.5, help="classifier-free guidance scale (default 7.5)"
+        "--guidance",
+        type=_non_negative_float,
+        help="classifier-free guidance scale (default: the pipeline's own, 7.5 for SD 1.x/2.x, 5.0 for SDXL)",
     )
     run.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     run.add_argument(
         "--scheduler", choices=sorted(SCHEDULERS), help="scheduler for this run (default: the model's own)"
     )
     run.add_argument("--negative", metavar="TEXT", help="negative prompt")
+    run.add_argument("--prompt-2", metavar="TEXT", help="SDXL only: the second text encoder's prompt (default: the prompt)")
+    run.add_argument(
+        "--negative-prompt-2", metavar="TEXT", help="SDXL only: the second text encoder's negative prompt"
+    )
     edit = run.add_argument_group("image-to-image and inpainting")
     edit.add_argument("--image", type=Path, metavar="IN.png", help="input image: trace image-to-image (or inpainting)")
     edit.add_argument(
@@ -298,11 +304,14 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (OSError, TypeError) as err:
         parser.error(f"--model {args.model}: {_one_line(err)}")
     pipe.set_progress_bar_config(disable=True)
+    _check_family_flags(parser, args, pipe)
     try:
         result = trace(
             pipe,
             args.prompt,
             negative_prompt=args.negative,
+            prompt_2=args.prompt_2,
+            negative_prompt_2=args.negative_prompt_2,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             seed=args.seed,
@@ -414,6 +423,24 @@ def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def _check_family_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, pipe: Any) -> None:
+    """Refuse --prompt-2 / --negative-prompt-2 for a model without a second text encoder (exit 2, one line)."""
+    from .tracing.errors import UnsupportedPipelineError
+    from .tracing.families import family_for
+
+    given = [flag for flag, value in (("--prompt-2", args.prompt_2), ("--negative-prompt-2", args.negative_prompt_2))
+             if value is not None]  # fmt: skip
+    if not given:
+        return
+    try:
+        family = family_for(pipe)
+    except UnsupportedPipelineError as err:
+        parser.error(f"--model {args.model}: {_one_line(err)}")
+    if "prompt_2" not in family.prompt_arguments:
+        parser.error(f"{given[0]} applies to Stable Diffusion XL models (a second text encoder); --model {args.model} "
+                     f"is a {family.label} model with one, so leave {given[0]} out.")  # fmt: skip
+
+
 def trace_summary(loaded: Any, path: Path | None = None) -> dict[str, Any]:
     """The facts ``explainer info`` shows, as JSON-ready data."""
     from .export.html import model_name
@@ -429,6 +456,14 @@ def trace_summary(loaded: Any, path: Path | None = None) -> dict[str, Any]:
         "tokens": loaded.tokens,
         "words": [w.text for w in loaded.words],
         "truncated_tokens": loaded.truncated_tokens,
+        "family": loaded.family,
+        "token_segments": {
+            branch: [{k: seg.get(k) for k in ("name", "text", "tokenizer", "combine", "key_offset", "tokens")} for seg in segs]
+            for branch, segs in loaded.token_segments.items()
+        },
+        "unconditional": meta.get("unconditional") or (
+            "no unconditional branch" if not loaded.has_uncond else
+            "negative prompt" if loaded.negative_prompt else "empty negative prompt"),  # files before format 3
         "model": model_name(loaded),
         "scheduler": sched.get("class"),
         "steps": loaded.num_steps,
@@ -467,7 +502,14 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     ]
     if s["truncated_tokens"]:
         rows.append(("truncated", " ".join(s["truncated_tokens"])))
+    for segs in s["token_segments"].values():  # the second tokenizer's reading (SDXL), on the same key positions
+        for seg in segs[1:]:
+            shared = " (same key positions)" if seg["combine"] == "features" else f" (keys from {seg['key_offset']})"
+            rows.append(("segment", f"{seg['name']} = {seg['text']!r} via {seg['tokenizer']}{shared}, "
+                                    f"{len(seg['tokens'])} tokens: " + " ".join(seg["tokens"])))  # fmt: skip
     rows += [
+        ("family", s["family"]),
+        ("uncond", str(s["unconditional"])),
         ("model", str(s["model"])),
         ("scheduler", str(s["scheduler"])),
         ("settings", f"steps {s['steps']}, guidance {s['guidance_scale']:g}, seed {s['seed']}"),

@@ -208,6 +208,16 @@ def attention_probs(
 # --------------------------------------------------------------------------------------------- heatmaps
 
 
+def no_negative_tokens_message(trace: Trace) -> str:
+    """Why a trace with an unconditional branch has no negative-prompt tokens to map (one line)."""
+    note = str(trace.metadata.get("unconditional", ""))
+    if note.startswith("zeros"):
+        return ("the unconditional embedding was all zeros: no negative tokens (no negative_prompt, and this SDXL "
+                "pipeline has force_zeros_for_empty_prompt), so the unconditional branch attended to no text; "
+                "trace with a negative_prompt to map negative tokens.")  # fmt: skip
+    return f"this trace recorded no negative-prompt tokens ({note or 'no attention over the unconditional branch'})."
+
+
 def resolve_tokens(trace: Trace, word_or_token_index: str | int, branch: str) -> list[int]:
     """Return the token indices a heatmap should average for a word, a token string or an index."""
     tokens, words = (trace.tokens, trace.words) if branch == "cond" else (trace.negative_tokens, trace.negative_words)
@@ -327,6 +337,8 @@ def heatmap(
         raise ValueError("this trace recorded no attention (record='none'); trace again with record='default'.")
     if branch == "uncond" and not trace.has_uncond:
         raise ValueError("this trace has no unconditional branch (guidance_scale <= 1 disables it).")
+    if branch == "uncond" and not trace.recorded_token_count("uncond"):
+        raise ValueError(no_negative_tokens_message(trace))
     token_idx = resolve_tokens(trace, word_or_token_index, branch)
     steps = resolve_steps(step, trace.num_steps)
     height, width = trace.height, trace.width

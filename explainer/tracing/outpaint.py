@@ -115,7 +115,8 @@ def outpaint(
     """Extend ``image`` by the given margins and trace the inpainting of the new border.
 
     Args:
-        pipe: a Stable Diffusion pipeline (text-to-image, image-to-image or inpainting; see :func:`trace`).
+        pipe: a Stable Diffusion 1.x/2.x or SDXL pipeline (text-to-image, image-to-image or inpainting; see
+            :func:`trace`).
         prompt: what the whole extended picture shows.
         image: the picture to extend (PIL image or array, as for :func:`trace`).
         left, right, top, bottom: pixels to add on each side (>= 0, at least one > 0). The canvas is
@@ -136,8 +137,8 @@ def outpaint(
 
     See ``notebooks/10_applications.ipynb``.
     """
+    from .families import family_for
     from .recorder import trace
-    from .validation import check_pipeline
 
     for name in ("mask", "height", "width"):
         if name in trace_kwargs:
@@ -149,9 +150,9 @@ def outpaint(
     if fill not in FILLS:
         raise ValueError(f"fill={fill!r} is not allowed; use one of {list(FILLS)}.")
     img = check_image(image)
-    pipe = check_pipeline(pipe)
-    unet = pipe.unet
-    multiple = pipe.vae_scale_factor * 2 ** int(getattr(unet, "num_upsamplers", len(unet.config.block_out_channels) - 1))
+    family = family_for(pipe)  # SD 1.x/2.x or SDXL; anything else is refused here
+    pipe = family.check(pipe)
+    multiple = family.size_multiple(pipe)
     w0, h0 = img.size  # the image keeps its pixels: the canvas is rounded, not the picture
     margins, note = canvas_margins(w0, h0, margins, multiple)
     if note:

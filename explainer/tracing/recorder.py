@@ -477,7 +477,7 @@ def estimate_trace_bytes(
     strength: float | None = None,
     negative_prompt: str | None = None,
     num_inference_steps: int = 25,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     height: int | None = None,
     width: int | None = None,
     scheduler: str | SchedulerMixin | None = None,
@@ -516,7 +516,7 @@ def trace(
     strength: float | None = None,
     negative_prompt: str | None = None,
     num_inference_steps: int = 25,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
     height: int | None = None,
@@ -547,7 +547,11 @@ def trace(
             image-to-image and 1.0 (diffusers' default) for inpainting. It must leave >= 1 step.
         negative_prompt: optional negative prompt (used only when ``guidance_scale > 1``).
         num_inference_steps: denoising steps of the full schedule (>= 1).
-        guidance_scale: classifier-free guidance scale (finite, >= 0; <= 1 turns guidance off).
+        guidance_scale: classifier-free guidance scale (finite, >= 0; <= 1 turns guidance off). Default
+            ``None``: the running pipeline's own ``__call__`` default (7.5 for SD 1.x/2.x, 5.0 for SDXL
+            text-to-image and image-to-image, 7.5 for SDXL inpainting), so ``trace(pipe, p)`` guides as
+            ``pipe(p)`` does. ``num_inference_steps`` keeps the tracer's own default of 25 (diffusers': 50)
+            for every family, and ``strength`` the defaults above.
         seed: seed of a ``torch.Generator`` on the pipeline's execution device.
         generator: use this generator instead of ``seed``.
         height, width: image size in pixels; default from the UNet config (text-to-image) or the

@@ -6,6 +6,7 @@ Each bad input gets one short message naming the argument (the checks themselves
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +97,7 @@ def prepare_request(
     *,
     negative_prompt: Any = None,
     num_inference_steps: Any = 25,
-    guidance_scale: Any = 7.5,
+    guidance_scale: Any = None,
     seed: Any = 0,
     generator: Any = None,
     height: Any = None,
@@ -132,7 +133,8 @@ def prepare_request(
                 f"{family.label} pipeline ({type(pipe).__name__}) with one, so leave {name} out."
             )
         texts[name] = check_prompt(value, name, optional=True)
-    guidance = check_guidance(guidance_scale)
+    if guidance_scale is not None:
+        check_guidance(guidance_scale)  # a bad value is refused before the pipeline is derived
     spec = parse_record(record)
     if image is None and mask is not None:
         raise ValueError("mask needs image=: pass the picture to inpaint as image and the region to repaint as mask.")
@@ -154,6 +156,9 @@ def prepare_request(
     if channels not in (4, 9) or channels != 9 and channels != pipe.vae.config.latent_channels:
         raise UnsupportedPipelineError(f"pipe's UNet has {channels} input channels; the tracer supports 4 and 9.")
     run_pipe = family.pipeline_for(pipe, mode)
+    if guidance_scale is None:  # the running pipeline's own default: 7.5 for SD, 5.0 for SDXL text-to-image
+        guidance_scale = call_default(run_pipe, "guidance_scale")
+    guidance = check_guidance(guidance_scale)
     sched = resolve_scheduler(scheduler, pipe.scheduler)
     family.model_output(sched)  # refuses unsupported prediction types before the run
     steps = check_steps(num_inference_steps, int(sched.config.num_train_timesteps))
@@ -177,6 +182,22 @@ def prepare_request(
     plan = make_plan(family, run_pipe, sched, steps, height, width, spec, cfg, segments, mode, strength or 1.0)
     return TraceRequest(run_pipe, family, prompt, negative_prompt, guidance, steps, height, width, seed, sched,
                         segments, plan, mode, strength, img, mask_img, notes, texts)  # fmt: skip
+
+
+def call_default(pipe: Any, name: str) -> Any:
+    """The default of argument ``name`` of ``type(pipe).__call__`` (what a plain ``pipe(prompt)`` uses).
+
+    Args:
+        pipe: a diffusers pipeline.
+        name: an argument of its ``__call__``.
+
+    Returns:
+        That argument's default value.
+    """
+    param = inspect.signature(type(pipe).__call__).parameters.get(name)
+    if param is None or param.default is inspect.Parameter.empty:
+        raise UnsupportedPipelineError(f"{type(pipe).__name__}.__call__ has no default for {name}; pass {name}= explicitly.")
+    return param.default
 
 
 def truncation_message(name: str, max_len: int, dropped: list[str], shown: int = 5) -> str:

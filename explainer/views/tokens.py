@@ -158,11 +158,12 @@ def emergence_curve(
         lines += [(t, "uncond", "--") for t in _as_list(negative_tokens)]
     both = negative_tokens is not None
     for token, br, style in lines:
+        values = concentration(trace, token, layers, br)  # first: it explains a token the trace does not have
         names = trace.tokens if br == "cond" else trace.negative_tokens
         label = token if isinstance(token, str) else names[int(token)].removesuffix("</w>")
         if both:
             label = f"{label} ({'prompt' if br == 'cond' else 'negative'})"
-        ax.plot(np.arange(trace.num_steps), concentration(trace, token, layers, br), label=str(label), linestyle=style)
+        ax.plot(np.arange(trace.num_steps), values, label=str(label), linestyle=style)
     ax.set_xlim(-0.5, trace.num_steps - 0.5)
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel("concentration", fontsize=8)

@@ -24,6 +24,7 @@ import traitlets
 
 from ..export.frames import OVERLAY_ALPHA, colormap_lut, format_sigma, overlay_heatmap
 from ..tracing import Trace
+from ..tracing.attention import no_negative_tokens_message
 from ..tracing.guidance import guided_output
 from ..tracing.previews import _vae_of, decode_steps, linear_preview, vae_decode_is_cheap
 from ..views import (
@@ -404,7 +405,10 @@ class Explorer(anywidget.AnyWidget):
             return
         bad = [k for k in self.selected if not self._valid_key(k)]
         if bad:
-            self.error = f"selected has unknown token keys {bad}; keys look like 'cond:3' (see the chips)."
+            zeros = [k for k in bad if k.startswith("uncond:") and self.trace.has_uncond
+                     and not self.trace.recorded_token_count("uncond")]  # fmt: skip
+            self.error = (f"selected has {zeros}: {no_negative_tokens_message(self.trace)}" if zeros else
+                          f"selected has unknown token keys {bad}; keys look like 'cond:3' (see the chips).")  # fmt: skip
             return
         self._worker.submit("maps", self._update_maps)
 
