@@ -24,7 +24,8 @@ PAGES = {
     "docs/concepts/cross_attention.md": 6,
     "notebooks/05_cross_attention.ipynb": 2,
     "docs/applications.md": 14,
-    "docs/performance.md": 5,
+    "docs/performance.md": 20,
+    "docs/model_families.md": 4,
     "README.md": 0,
 }
 
