@@ -10,10 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from PIL import Image
-
-from .errors import UnsupportedPipelineError
 
 ATTENTION_MODES = ("none", "per_step", "per_layer", "per_head")
 _RECORD_ALIASES = {"default": "per_layer"}
@@ -116,23 +113,6 @@ def _parse_layers(layers: Any) -> tuple[str, ...] | None:
             "such as 'up_blocks.0' or resolutions such as '32x32'."
         )
     return tuple(s.strip() for s in layers)
-
-
-#: The pipeline classes :func:`explainer.trace` accepts (and derives from one another with ``from_pipe``).
-PIPELINE_CLASSES = (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
-
-
-def check_pipeline(pipe: Any) -> StableDiffusionPipeline:
-    """Accept a diffusers Stable Diffusion text-to-image, image-to-image or inpainting pipeline; refuse anything else."""
-    if not isinstance(pipe, PIPELINE_CLASSES):
-        raise UnsupportedPipelineError(
-            f"pipe must be a diffusers StableDiffusionPipeline (text-to-image, SD 1.x/2.x layout; the "
-            f"Img2Img and Inpaint variants work too), not {type(pipe).__name__}; load one with explainer.load_pipeline()."
-        )
-    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if getattr(pipe, name, None) is None:
-            raise UnsupportedPipelineError(f"pipe has no {name}; the tracer needs a complete text-to-image pipeline.")
-    return pipe
 
 
 def check_prompt(prompt: Any, name: str = "prompt", *, optional: bool = False) -> str | None:
