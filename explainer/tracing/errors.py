@@ -38,7 +38,7 @@ class UnsupportedPipelineError(TypeError):
     Example:
         >>> explainer.trace("toy", "a red circle")
         Traceback (most recent call last):
-        UnsupportedPipelineError: pipe must be a diffusers StableDiffusionPipeline (...)
+        UnsupportedPipelineError: pipe must be a diffusers StableDiffusionPipeline (...) or StableDiffusionXLPipeline (...), not str; ...
         >>> explainer.trace(explainer.load_pipeline("toy"), "a red circle")  # load it first
     """
 

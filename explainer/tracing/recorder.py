@@ -1,4 +1,7 @@
-"""Record every denoising step of a real diffusers ``StableDiffusionPipeline`` call.
+"""Record every denoising step of a real diffusers pipeline call (SD 1.x/2.x or SDXL).
+
+What is model-specific (pipeline classes, tokenizers, attention sites, latent layout, schedule kind)
+comes from the pipeline's family adapter (``families/``); this module only attaches and detaches.
 
 :func:`trace` runs the pipeline's own ``__call__`` once. While it runs, the recorder is attached
 through diffusers' and torch's public swap points, and detached in a ``finally``:
@@ -14,8 +17,9 @@ through diffusers' and torch's public swap points, and detached in a ``finally``
    the scheduler's own x0 where it exposes one, else its parameterisation (``schedulers.py``).
 5. ``callback_on_step_end`` marks a step complete and keeps the latent after it.
 
-Image-to-image and inpainting run diffusers' own ``StableDiffusionImg2ImgPipeline`` /
-``StableDiffusionInpaintPipeline``, derived from the given pipeline's components with ``from_pipe``.
+Image-to-image and inpainting run diffusers' own image-to-image / inpainting pipeline of the family
+(e.g. ``StableDiffusionImg2ImgPipeline``, ``StableDiffusionXLInpaintPipeline``), derived from the given
+pipeline's components with ``from_pipe``.
 Three more public swap points record what they add:
 
 6. ``pipe.prepare_latents`` (wrapped, as for text-to-image) gives the starting latent, and during it a
@@ -528,14 +532,15 @@ def trace(
     """Run ``pipe`` once on ``prompt`` and record every denoising step.
 
     Without ``image`` this is text-to-image; with ``image`` image-to-image; with ``image`` and ``mask``
-    inpainting. The run uses diffusers' own ``StableDiffusionPipeline``, ``StableDiffusionImg2ImgPipeline``
-    or ``StableDiffusionInpaintPipeline``, derived from ``pipe``'s components with ``from_pipe`` (a
+    inpainting. The run uses diffusers' own pipeline of ``pipe``'s family for that mode (for example
+    ``StableDiffusionPipeline``, ``StableDiffusionImg2ImgPipeline``, ``StableDiffusionXLInpaintPipeline``),
+    derived from ``pipe``'s components with ``from_pipe`` (a
     pipeline that already is one of them is used as it is). The image is exactly what that pipeline
     gives with the same arguments and ``generator=torch.Generator(device).manual_seed(seed)``; the
     pipeline (scheduler, processors, hooks) is left as it was.
 
     Args:
-        pipe: a diffusers Stable Diffusion pipeline (text-to-image, image-to-image or inpainting).
+        pipe: a diffusers SD 1.x/2.x or SDXL pipeline (text-to-image, image-to-image or inpainting).
         prompt: one prompt; ``""`` is an unconditional image.
         image: the input picture (PIL image or uint8 / [0, 1] float array ``[H, W, 3]``). Other modes
             are converted to RGB, and a size the model cannot take is rounded to the nearest multiple
