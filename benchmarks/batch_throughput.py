@@ -104,7 +104,7 @@ def rss_child(n: int, steps: int, threads: int, out: str) -> None:
         marks.append(rss_mb())
 
     batch.run("toy", items(n), out, num_inference_steps=steps, progress=False, device="cpu", on_item=on_item)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB -> MB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux -> MB (10^6 B)
     print(json.dumps({"rss_mb": [[i + 1, round(m, 1)] for i, m in enumerate(marks) if (i + 1) % 10 == 0 or i == 0],
                       "peak_rss_mb": round(peak, 1)}))
 
