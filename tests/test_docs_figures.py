@@ -26,6 +26,7 @@ PAGES = {
     "docs/applications.md": 14,
     "docs/performance.md": 20,
     "docs/model_families.md": 4,
+    "docs/batch.md": 6,
     "README.md": 0,
 }
 
