@@ -38,7 +38,8 @@ def build_sdxl_components(seed: int = 0, unet_in_channels: int = 4, time_cond_pr
                           force_zeros_for_empty_prompt: bool = True) -> dict:  # fmt: skip
     """UNet (cross-attention at 8x8 for 32x32 images, 2 transformer layers per block there), VAE, two CLIP
     towers (hidden 32 each, so the UNet's cross_attention_dim is 64), the real tokenizer twice, Euler."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from conftest import tiny_vae
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     enc = text_config()
@@ -62,17 +63,7 @@ def build_sdxl_components(seed: int = 0, unet_in_channels: int = 4, time_cond_pr
         norm_num_groups=8,
         time_cond_proj_dim=time_cond_proj_dim,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = tiny_vae(seed)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(enc)
     torch.manual_seed(seed + 1)

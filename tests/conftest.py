@@ -35,10 +35,27 @@ SD_SCHEDULER = dict(
 )
 
 
+def tiny_vae(seed: int = 0):
+    """The tiny ``AutoencoderKL`` every test pipeline uses (4 latent channels, scale factor 2, 32x32 images)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
 def build_components(prediction_type: str = "epsilon", seed: int = 0, unet_in_channels: int = 4) -> dict:
     """Tiny UNet (two cross-attention resolutions; 9 input channels makes it an inpainting UNet), VAE,
     CLIP text encoder, real tokenizer, PNDM."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers import PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -54,17 +71,7 @@ def build_components(prediction_type: str = "epsilon", seed: int = 0, unet_in_ch
         attention_head_dim=2,
         norm_num_groups=8,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = tiny_vae(seed)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
