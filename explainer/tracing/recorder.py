@@ -50,6 +50,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .._quiet import KnownNoticeFilter
 from .attention import AttentionLayer, PromptTokens, attention_probs
 from .build import build_trace, encode_mean, versions
 from .families import MODEL_OUTPUTS, family_for
@@ -661,7 +662,8 @@ def trace(
     failure: BaseException | None = None
     t_run = time.perf_counter()
     # diffusers logs the dropped text in full; the warning above says it in one line
-    quiet = _DroppedTextFilter() if any(s.tokens.truncated for segs in req.segments.values() for s in segs) else None
+    truncated = any(s.tokens.truncated for segs in req.segments.values() for s in segs)
+    quiet = KnownNoticeFilter(r"^The following part of your input was truncated") if truncated else None
     pipe_logger = logging.getLogger(type(pipe).__module__)
     try:
         if quiet is not None:
@@ -732,10 +734,3 @@ def unconditional_note(req: TraceRequest) -> str:
         return ("zeros: no negative_prompt and force_zeros_for_empty_prompt, so the unconditional embedding is all "
                 "zeros (no negative tokens)")  # fmt: skip
     return "negative prompt" if req.negative_prompt else "empty negative prompt"
-
-
-class _DroppedTextFilter(logging.Filter):
-    """Drop diffusers' own "The following part of your input was truncated" record (it quotes the whole text)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("The following part of your input was truncated")
