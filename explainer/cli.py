@@ -233,7 +233,7 @@ def _add_batch_commands(sub: Any) -> None:
     bat.add_argument("--seeds", default="0", help="seeds of rows without their own, e.g. 0-3 or 0,5,9 (default 0)")
     bat.add_argument("--model", default="toy", help="'toy' (default), a local diffusers folder, or a cached Hub id")
     bat.add_argument("--steps", type=_positive_int, help="denoising steps (default 25)")
-    bat.add_argument("--guidance", type=_non_negative_float, help="guidance scale (default 7.5)")
+    bat.add_argument("--guidance", type=_non_negative_float, help="guidance scale (default: the pipeline's own, 7.5 for SD 1.x/2.x, 5.0 for SDXL)")
     bat.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="scheduler (default: the model's own)")
     bat.add_argument("--negative", metavar="TEXT", help="negative prompt of rows without their own")
     bat.add_argument("--record", choices=["default", "none", "per_step", "per_layer", "per_head"],
