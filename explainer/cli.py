@@ -224,7 +224,7 @@ def _add_batch_commands(sub: Any) -> None:
         "batch",
         help="trace many prompts and seeds into a folder: a trace + PNG each and a Parquet index (resumable)",
         description="Trace every prompt of PROMPTS (a .txt file, one prompt a line, or a .csv/.parquet table with a "
-        "'prompt' column and optional per-row negative_prompt, seed, guidance_scale, num_inference_steps, scheduler, "
+        "'prompt' column and optional per-row negative_prompt, prompt_2, negative_prompt_2 (SDXL), seed, guidance_scale, num_inference_steps, scheduler, "
         "image, mask, strength, height, width) with every seed, into --out: traces/, images/, records/ and "
         "index.parquet. Run it again to continue after a crash. Exits 1 when some items recorded an error.",
     )

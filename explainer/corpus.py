@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import batch as _batch
+from .batch import files as _files
 
 
 def is_toy(model: str | None) -> bool:
@@ -51,7 +52,7 @@ class Corpus:
 
     def __init__(self, out_dir: str | os.PathLike[str], where: Callable[[dict], bool] | None = None) -> None:
         self.out_dir = str(out_dir)
-        self._fs, self._root = _batch._filesystem(self.out_dir)
+        self._fs, self._root = _files._filesystem(self.out_dir)
         table = _batch.read_index(self.out_dir)
         import pyarrow.compute as pc
 
@@ -84,7 +85,7 @@ class Corpus:
 
         for row in self.rows():
             path = f"{self._root}/{row['trace_path']}"
-            if _batch._is_local(self._fs):
+            if _files._is_local(self._fs):
                 yield row, load_trace(path)
             else:
                 import tempfile
@@ -401,14 +402,14 @@ def guidance_sweep(
     rows, _ = _batch.read_prompts(prompts)
     if any(r.get("guidance_scale") is not None for r in rows):
         raise ValueError("prompt rows set guidance_scale; a sweep sets it for every row")
-    base = _batch._parent(str(prompts)) if isinstance(prompts, (str, os.PathLike)) else None
+    base = _files._parent(str(prompts)) if isinstance(prompts, (str, os.PathLike)) else None
     swept = []
     for r in rows:
         for g in scales:
             row = {**r, "guidance_scale": g}
             for name in ("image", "mask"):
                 if row.get(name) and base is not None:
-                    row[name] = _batch._join(base, row[name])
+                    row[name] = _files._join(base, row[name])
             swept.append(row)
     _batch.run(model, swept, out_dir, **run_kwargs)
     corpus = Corpus(out_dir, where=lambda r: float(r["guidance_scale"]) in scales)

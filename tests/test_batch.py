@@ -233,6 +233,28 @@ def test_fsspec_output_folder(toy):
     fs.rm("/h17-batch", recursive=True)
 
 
+def test_per_row_second_prompts_on_sdxl_and_an_error_on_a_one_encoder_model(toy, tmp_path):
+    from _sdxl import build_sdxl_pipeline
+
+    rows = [{"prompt": "a red circle", "prompt_2": "a blue square", "negative_prompt": "yellow", "negative_prompt_2": "green"},
+            {"prompt": "a red circle"}]
+    xl = batch.run(build_sdxl_pipeline(), rows, tmp_path / "xl", num_inference_steps=STEPS, guidance_scale=5.0,
+                   height=64, width=64, progress=False)
+    assert (xl.ok, xl.errors) == (2, 0)
+    first, second = batch.read_index(tmp_path / "xl").to_pylist()
+    assert (first["prompt_2"], first["negative_prompt_2"], second["prompt_2"]) == ("a blue square", "green", None)
+    tr = explainer.load_trace(tmp_path / "xl" / first["trace_path"])
+    texts = {seg["name"]: seg["text"] for seg in tr.metadata["token_segments"]["cond"]}
+    assert texts["prompt_2"] == "a blue square"
+    negative = {seg["name"]: seg["text"] for seg in tr.metadata["token_segments"]["uncond"]}
+    assert negative["negative_prompt_2"] == "green"
+    # the same row on a model with one text encoder is recorded as that row's error, the other row completes
+    one = batch.run(toy, rows, tmp_path / "toy", num_inference_steps=STEPS, progress=False)
+    assert (one.ok, one.errors) == (1, 1)
+    bad = batch.read_index(tmp_path / "toy").to_pylist()[0]
+    assert bad["status"] == "error" and "prompt_2" in bad["error"], bad["error"]
+
+
 # ---------------------------------------------------------------------------------------- Ray
 
 
