@@ -272,16 +272,27 @@ def ray_local():
 
 def test_ray_traces_are_bit_identical_to_local(ray_local, tmp_path, monkeypatch):
     import torch
+    from ray.experimental import tqdm_ray
 
-    prompts = [PROMPTS[0], {"prompt": PROMPTS[1], "scheduler": "euler"}, PROMPTS[2], ""]
-    kw = dict(seeds="0-1", num_inference_steps=STEPS, progress=False)
+    prompts = [PROMPTS[0], {"prompt": PROMPTS[1], "scheduler": "euler"}, ""]
+    kw = dict(seeds="0", num_inference_steps=STEPS)
     # CPU float results depend on the kernels and the thread count: the local run uses what a fresh Ray actor
     # uses (conftest turns oneDNN off for this process; actors run 1 thread each)
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
-    local = batch.run("toy", prompts, tmp_path / "local", threads=1, **kw)
+    local = batch.run("toy", prompts, tmp_path / "local", threads=1, progress=False, **kw)
     monkeypatch.undo()
+    updates = []
+
+    class Recording(tqdm_ray.tqdm):  # the driver's bar is Ray's distributed tqdm (the actors keep their own)
+        def update(self, n: int = 1) -> None:
+            updates.append(n)
+            super().update(n)
+
+    monkeypatch.setenv("RAY_TQDM_PATCH_PRINT", "0")
+    monkeypatch.setattr(tqdm_ray, "tqdm", Recording)
     remote = batch.run("toy", prompts, tmp_path / "ray", engine="ray", workers=2, **kw)
-    assert (local.ok, local.errors) == (remote.ok, remote.errors) == (6, 2)
+    assert sum(updates) == 3
+    assert (local.ok, local.errors) == (remote.ok, remote.errors) == (2, 1)
     a, b = batch.read_index(tmp_path / "local").to_pylist(), batch.read_index(tmp_path / "ray").to_pylist()
     assert [r["key"] for r in a] == [r["key"] for r in b]
     assert len({r["worker"] for r in b}) == 2  # both actors worked
@@ -295,6 +306,18 @@ def test_ray_traces_are_bit_identical_to_local(ray_local, tmp_path, monkeypatch)
             assert ta[name].dtype == tb[name].dtype and np.array_equal(ta[name], tb[name]), name
         assert (tmp_path / "local" / ra["image_path"]).read_bytes() == (tmp_path / "ray" / rb["image_path"]).read_bytes()
     assert remote.startup_seconds > 0 and ray_local.is_initialized()  # an existing instance is left running
+
+
+def test_a_worker_keeps_its_own_ray_progress_bar(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_TQDM_PATCH_PRINT", "0")  # outside an actor the bar is drawn here; leave print() alone
+    for sub in batch.DIRS.values():
+        (tmp_path / sub).mkdir()
+    worker = batch.Worker(toy, str(tmp_path), ray_progress=True)
+    for item in batch.plan(PROMPTS[:2], num_inference_steps=STEPS):
+        worker.process(item)
+    state = worker.bar._get_state()
+    worker.bar.close()
+    assert state["x"] == 2 and state["desc"] == f"worker {worker.name}" and state["unit"] == "trace"
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -32,7 +32,7 @@ def _import_ray() -> Any:
 
 def _run_ray(model: Any, out_dir: str, items: list[Item], *, address: str | None, workers: int | None,
              threads: int | None, cpus_per_worker: float, gpus_per_worker: float | None, report: BatchReport,
-             **options: Any) -> Iterator[dict]:
+             progress: bool = False, **options: Any) -> Iterator[dict]:
     ray = _import_ray()
     from ray.util import ActorPool
 
@@ -40,7 +40,8 @@ def _run_ray(model: Any, out_dir: str, items: list[Item], *, address: str | None
     started_here = False
     actors: list[Any] = []
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        # with progress, actors' output reaches this process: Ray's tqdm reports each actor's bar that way
+        ray.init(address=address, include_dashboard=False, log_to_driver=progress)
         started_here = True  # shutdown() stops a local instance, or only disconnects from a cluster
     try:
         resources = ray.cluster_resources()
@@ -56,7 +57,7 @@ def _run_ray(model: Any, out_dir: str, items: list[Item], *, address: str | None
         actor_cls = ray.remote(Worker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                runtime_env={"env_vars": env})
         device = options.pop("device") or ("cuda" if gpus_per_worker else "cpu")
-        actors += [actor_cls.remote(str(model), out_dir, device=device, threads=threads, **options)
+        actors += [actor_cls.remote(str(model), out_dir, device=device, threads=threads, ray_progress=progress, **options)
                    for _ in range(workers)]
         ray.get([a.ready.remote() for a in actors])  # pipelines loaded: the start-up ends here
         report.startup_seconds = time.perf_counter() - t0

@@ -44,6 +44,31 @@ class BatchReport:
         return read_index(self.out_dir)
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(engine: str, *, total: int, initial: int, enabled: bool) -> Any:
+    """The batch's progress bar: tqdm locally; on Ray, Ray's distributed tqdm, which also draws the actors' bars."""
+    if not enabled:
+        return _NoBar()
+    desc = f"batch ({engine})"
+    if engine == "ray":
+        from ray.experimental import tqdm_ray
+
+        bar = tqdm_ray.tqdm(total=total, desc=desc, unit="trace")
+        if initial:
+            bar.update(initial)
+        return bar
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="trace")
+
+
 def _retry_cleanup(fs: Any, root: str, items: list[Item], index: Any) -> None:
     failed = {k for k, s in zip(index["key"].to_pylist(), index["status"].to_pylist()) if s != "ok"}
     for item in items:
@@ -92,7 +117,8 @@ def run(
         threads: torch CPU threads per worker (Ray default ``cpus_per_worker``; local default: unchanged).
         retry_failed: run items whose record is an error again (default: finished is finished).
         allow_empty_prompt: trace empty prompts as unconditional images (default: record them as errors).
-        progress: show a tqdm bar.
+        progress: show progress: a tqdm bar locally; with ``engine="ray"``, Ray's own distributed bars
+            (``ray.experimental.tqdm_ray``): the batch's, and one per actor, all drawn by this process.
         flush_every: rewrite ``index.parquet`` after this many items (it is always rewritten at the end).
         on_item: called in this process with each finished item's record.
         **trace_kwargs: batch-wide :func:`explainer.trace` keywords (``num_inference_steps``, ``record``...).
@@ -141,9 +167,7 @@ def run(
     if not pending:
         report.seconds = time.perf_counter() - started
         return report
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(items), initial=report.skipped, desc=f"batch ({engine})", unit="trace", disable=not progress)
+    bar = _progress_bar(engine, total=len(items), initial=report.skipped, enabled=progress)
     since_flush = 0
     try:
         options = dict(device=device, allow_empty_prompt=allow_empty_prompt)
@@ -152,7 +176,7 @@ def run(
         else:
             results = _run_ray(model, out_dir, pending, address=address, workers=workers, threads=threads,
                                cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, report=report,
-                               **options)
+                               progress=progress, **options)
         for rec in results:
             if rec["status"] == "ok":
                 report.ok += 1

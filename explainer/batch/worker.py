@@ -45,10 +45,13 @@ class Worker:
         threads: torch CPU threads (``None``: leave as is). CPU results depend on the thread count, so
             traces are bit-identical across engines when it matches.
         allow_empty_prompt: trace ``""`` as an unconditional image instead of recording an error.
+        ray_progress: keep a progress bar of this worker's items with Ray's distributed tqdm
+            (``ray.experimental.tqdm_ray``): inside a Ray actor it is reported to the driver, which
+            draws every actor's bar below the batch's own.
     """
 
     def __init__(self, model: Any, out_dir: str, *, device: str | None = None, threads: int | None = None,
-                 allow_empty_prompt: bool = False) -> None:
+                 allow_empty_prompt: bool = False, ray_progress: bool = False) -> None:
         import torch
 
         from ..models import load_pipeline
@@ -66,6 +69,11 @@ class Worker:
         self.fs, self.root = _filesystem(self.out_dir)
         self.allow_empty_prompt = allow_empty_prompt
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.bar = None
+        if ray_progress:
+            from ray.experimental import tqdm_ray
+
+            self.bar = tqdm_ray.tqdm(desc=f"worker {self.name}", unit="trace")
 
     def ready(self) -> str:
         """This worker's ``host:pid`` (Ray engine: waits for the actor to load its pipeline)."""
@@ -122,6 +130,8 @@ class Worker:
         rec["finished_at"] = time.time()
         _write_bytes(self.fs, f"{self.root}/{DIRS['record']}/{item.key}.json",
                      json.dumps(rec, default=str).encode())
+        if self.bar is not None:
+            self.bar.update(1)
         return rec
 
 
