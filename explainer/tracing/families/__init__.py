@@ -6,11 +6,12 @@ from typing import Any
 
 from ..errors import UnsupportedPipelineError
 from .base import MODEL_OUTPUTS, Family, TokenSegment
+from .flux import FluxFamily
 from .sd import SDFamily
 from .sdxl import SDXLFamily
 
 #: The families the tracer knows, most specific first.
-FAMILIES: tuple[type[Family], ...] = (SDXLFamily, SDFamily)
+FAMILIES: tuple[type[Family], ...] = (SDXLFamily, SDFamily, FluxFamily)
 
 
 def family_for(pipe: Any) -> Family:
@@ -35,4 +36,4 @@ def family_for(pipe: Any) -> Family:
     )
 
 
-__all__ = ["FAMILIES", "MODEL_OUTPUTS", "Family", "SDFamily", "SDXLFamily", "TokenSegment", "family_for"]
+__all__ = ["FAMILIES", "MODEL_OUTPUTS", "Family", "FluxFamily", "SDFamily", "SDXLFamily", "TokenSegment", "family_for"]
