@@ -182,6 +182,8 @@ class FluxFamily(Family):
     joint_recorder: ClassVar[type] = FluxAttentionRecorder
     #: true CFG runs the transformer once per branch (batch 1 each), not on a [negative, prompt] batch
     separate_guidance_calls: ClassVar[bool] = True
+    #: FluxImg2ImgPipeline takes its size from height/width (default 1024^2 for FLUX.1), not from the image
+    edit_needs_size: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ options
 
@@ -402,4 +404,6 @@ class FluxFamily(Family):
             "tokenizer_max_length": pipe.tokenizer.model_max_length,
             "tokenizer_2_max_length": pipe.tokenizer_2.model_max_length,
             "max_sequence_length": self.sequence_length(pipe),
+            # which kind of block each attention layer sits in (the maps of both kinds are recorded)
+            "attention_blocks": {name: block_kind(name) for name, _, _ in self.attention_sites(pipe)},
         }
