@@ -179,3 +179,15 @@ def test_bad_input(dev):
     assert "guidance_embeds=True" in tr.metadata["unconditional"]
     with pytest.raises(ValueError, match=r"true_cfg_scale=-1"):
         explainer.trace(dev, PROMPT, true_cfg_scale=-1, height=32, width=32)
+
+
+def test_true_cfg_what_if_uses_true_cfg_scale(schnell):
+    tr = explainer.trace(schnell, PROMPT, negative_prompt="a green cone", true_cfg_scale=3.0, seed=0,
+                         progress=False, **RUN)  # fmt: skip
+    assert tr.cfg_scale == 3.0 and tr.guidance_scale == 3.5  # guidance_scale: the pipeline's (unused) embedding value
+    np.testing.assert_allclose(tr.what_if_x0(0, 3.0), tr.x0[0].astype(np.float32), atol=1e-6)
+    v = lambda g: tr.eps_uncond[0].astype(np.float32) + g * (tr.eps_cond[0] - tr.eps_uncond[0]).astype(np.float32)  # noqa: E731
+    expected = tr.x0[0].astype(np.float32) - tr.sigmas[0] * (v(5.0) - v(3.0))
+    np.testing.assert_allclose(tr.what_if_x0(0, 5.0), expected, atol=2e-3)
+    seg = tr.metadata["token_segments"]["uncond"]
+    assert [s["combine"] for s in seg] == ["sequence", "pooled"] and seg[0]["tokenizer"] == "tokenizer_2"

@@ -747,6 +747,8 @@ def trace(
         "versions": dict(versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if cfg and hasattr(family, "cfg_scale"):  # FLUX true CFG: the branches mix with true_cfg_scale
+        meta["cfg_scale"] = family.cfg_scale()
     call: dict[str, Any] = family.call_arguments(req.texts)
     if req.mode == "txt2img":
         call.update(height=height, width=width)

@@ -320,7 +320,7 @@ class Explorer(anywidget.AnyWidget):
         tr = self.trace
         if tr.eps_uncond is None:
             return tr.eps_cond[step].astype(np.float32)
-        return guided_output(tr.eps_uncond[step], tr.eps_cond[step], tr.guidance_scale)
+        return guided_output(tr.eps_uncond[step], tr.eps_cond[step], tr.cfg_scale)
 
     @staticmethod
     def _chip_groups(trace: Trace) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from ..attention import AttentionLayer, tokenize_prompt
 from ..errors import UnsupportedPipelineError
 from ..joint_attention import text_probabilities
+from ..t5_tokens import tokenize_sequence
 from .base import Family, TokenSegment
 
 #: the two kinds of FLUX transformer block with attention, by module-path prefix
@@ -338,12 +339,16 @@ class FluxFamily(Family):
         clip_text = texts.get(names[0]) or ""
         t5_text = texts.get(names[1]) or clip_text
         t5_name = names[1] if texts.get(names[1]) else names[0]
-        t5 = tokenize_prompt(pipe.tokenizer_2, t5_text, max_length=self.sequence_length(pipe))
+        t5 = tokenize_sequence(pipe.tokenizer_2, t5_text, self.sequence_length(pipe))  # sentencepiece words
         clip = tokenize_prompt(pipe.tokenizer, clip_text)
         return [
             TokenSegment(t5_name, t5_text, "tokenizer_2", t5, 0, "sequence"),
             TokenSegment(names[0], clip_text, "tokenizer", clip, 0, "pooled"),
         ]
+
+    def token_limit(self, pipe: Any, segment: TokenSegment) -> int:
+        """``max_sequence_length`` for the T5 segment, CLIP's ``model_max_length`` for the pooled one."""
+        return self.sequence_length(pipe) if segment.tokenizer == "tokenizer_2" else super().token_limit(pipe, segment)
 
     def recorded_keys(self, pipe: Any, segments: list[TokenSegment], token_mode: str) -> list[int]:
         sequence = [s for s in segments if s.combine == "sequence"]
