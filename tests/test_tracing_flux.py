@@ -191,3 +191,15 @@ def test_true_cfg_what_if_uses_true_cfg_scale(schnell):
     np.testing.assert_allclose(tr.what_if_x0(0, 5.0), expected, atol=2e-3)
     seg = tr.metadata["token_segments"]["uncond"]
     assert [s["combine"] for s in seg] == ["sequence", "pooled"] and seg[0]["tokenizer"] == "tokenizer_2"
+
+
+def test_latent_rgb_published_flux_factors_or_fit(dev):
+    from explainer.tracing.previews import FLUX_LATENT_RGB_FACTORS, choose_latent_rgb, preset_latent_rgb
+
+    preset = preset_latent_rgb(dev.vae.config)  # FLUX's scaling/shift and 16 channels: ComfyUI's Flux factors
+    assert preset.source == "comfyui-flux" and preset.factors.shape == (len(FLUX_LATENT_RGB_FACTORS), 3)
+    tr = explainer.trace(dev, PROMPT, seed=0, progress=False, **RUN)
+    # random VAE weights: the published factors do not explain the image, so the least-squares fit is used
+    chosen = choose_latent_rgb(dev.vae.config, torch.from_numpy(tr.latents[-1].astype(np.float32)), tr.final_image)
+    assert chosen.source == "fit:final-image" and tr.latent_rgb.source == "fit:final-image"
+    assert tr.preview(0).size == (16, 16) or tr.preview(0).size[0] > 0
