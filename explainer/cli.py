@@ -477,6 +477,9 @@ def trace_summary(loaded: Any, path: Path | None = None) -> dict[str, Any]:
         "start_step": loaded.start_step,
         "inpaint_mode": meta.get("inpaint_mode"),
         "attention_mode": loaded.attention_mode,
+        "attention_method": meta.get("attention_method"),
+        "schedule_kind": loaded.schedule_kind,
+        "schedule": meta.get("schedule"),
         "attention_layers": len(loaded.attention_layers),
         "attention_resolutions": [f"{h}x{w}" for h, w in sizes],
         "array_mb": round(loaded.nbytes / 1e6, 3),
@@ -520,6 +523,10 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                               + (f", {s['inpaint_mode']}" if s["inpaint_mode"] else ""))),
         ("attention", f"{s['attention_mode']}, {s['attention_layers']} layers"
          + (f" at {', '.join(s['attention_resolutions'])}" if s["attention_resolutions"] else "")),
+        *([("maps", s["attention_method"])] if s["attention_method"] else []),
+        *([("schedule", "flow matching (σ, velocity)" + "".join(
+            f", {k} {s['schedule'][k]:.3g}" for k in ("shift", "mu") if isinstance((s["schedule"] or {}).get(k), (int, float))
+        ))] if s["schedule_kind"] == "flow" else []),
         ("arrays", f"{s['array_mb']:.2f} MB"),
         ("status", "complete" if s["complete"] else f"incomplete: {s['error']}"),
         ("created", str(s["created"])),

@@ -209,3 +209,29 @@ def test_sd3_save_load_round_trip(sd3, tmp_path):
     assert np.array_equal(back.sigmas, tr.sigmas) and np.array_equal(back.alphas_cumprod, tr.alphas_cumprod)
     assert all(np.array_equal(back.attention[k], tr.attention[k]) for k in tr.attention)
     assert np.array_equal(back.x0, tr.x0) and np.array_equal(back.eps_uncond, tr.eps_uncond)
+
+
+def test_explorer_exports_info_and_previews_on_an_sd3_trace(sd3, tmp_path, capsys):
+    from explainer import cli
+    from explainer.tracing.previews import preset_latent_rgb
+    from explainer.widgets import Explorer
+
+    tr = explainer.trace(sd3, PROMPT, negative_prompt="blurry", num_inference_steps=3, max_sequence_length=T5_LEN,
+                         height=32, width=32, progress=False)  # fmt: skip
+    # SD3's VAE format has ComfyUI's published factors; these random weights do not fit them, so a fit is used
+    assert preset_latent_rgb(sd3.vae.config).source == "comfyui-sd3"
+    assert tr.latent_rgb.source.startswith("fit") and tr.latent_rgb.factors.shape == (16, 3)
+    w = Explorer(tr, pipe=sd3)
+    w.selected = [f"cond:{tr.words[-1].token_indices[0]}"]  # T5's "sphere"
+    assert w.wait_idle()
+    assert len(w.overlay_maps) == 3 and len(w.frames["x0"]) == 3
+    for suffix in ("gif", "png", "html", "webp"):
+        out = explainer.export(tr, tmp_path / f"run.{suffix}", verbose=False)
+        assert out.is_file() and out.stat().st_size > 0
+    path = tr.save(tmp_path / "sd3.safetensors")
+    capsys.readouterr()
+    assert cli.main(["info", str(path)]) in (0, None)
+    shown = capsys.readouterr().out
+    assert "family     sd3" in shown and "joint attention" in shown and "flow matching (σ, velocity), shift 3" in shown
+    fig = explainer.views.schedule_plot(tr, 1)
+    assert "shift 3" in fig.axes[0].get_title() and fig.axes[0].get_yscale() == "linear"

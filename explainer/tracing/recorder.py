@@ -736,9 +736,11 @@ def trace(
         },
         "prediction_type": family.model_output(sched),
         **({"schedule": plan.schedule_info} if plan.schedule_info else {}),
-        "model_output": "eps_cond / eps_uncond hold the UNet's raw output: " + MODEL_OUTPUTS[family.model_output(sched)],
+        "model_output": f"eps_cond / eps_uncond hold the {'UNet' if family.attention_kind == 'cross' else 'transformer'}'s "
+                        "raw output: " + MODEL_OUTPUTS[family.model_output(sched)],
         "record": spec.to_dict(),
         "family": family.name,
+        "attention_method": family.attention_method,
         "schedule_kind": plan.schedule_kind,
         "token_segments": {b: [seg.to_dict() for seg in segs] for b, segs in req.segments.items()},
         "unconditional": unconditional_note(req),

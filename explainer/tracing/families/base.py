@@ -91,6 +91,8 @@ class Family:
     #: how text reaches the image: ``"cross"`` (UNet ``attn2`` layers) or ``"joint"`` (one softmax over image and
     #: text keys, diffusion transformers); the recorder picks its attention processor by it.
     attention_kind: ClassVar[str] = "cross"
+    #: how the recorded maps are computed, in one phrase (``metadata["attention_method"]``, shown by ``info``)
+    attention_method: ClassVar[str] = "cross-attention probabilities softmax(QK^T / sqrt(d)) of the attn2 layers"
 
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}  # the checked options of this request (see configure)

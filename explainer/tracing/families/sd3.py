@@ -46,6 +46,10 @@ class SD3Family(Family):
     prompt_arguments: ClassVar[tuple[str, ...]] = ("prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3")
     options: ClassVar[tuple[str, ...]] = ("max_sequence_length",)
     attention_kind: ClassVar[str] = "joint"
+    attention_method: ClassVar[str] = (
+        "joint attention: the text block of the joint softmax over image and text keys (each image query's "
+        "probability on each text key; the rest of its row went to image keys), QK-norms applied"
+    )
 
     # ------------------------------------------------------------------ options
 
