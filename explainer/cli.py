@@ -507,7 +507,9 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         rows.append(("truncated", " ".join(s["truncated_tokens"])))
     for segs in s["token_segments"].values():  # the second tokenizer's reading (SDXL), on the same key positions
         for seg in segs[1:]:
-            shared = " (same key positions)" if seg["combine"] == "features" else f" (keys from {seg['key_offset']})"
+            shared = (" (same key positions)" if seg["combine"] == "features" else
+                      " (pooled vector only, no key positions)" if seg["combine"] == "pooled" else  # FLUX's CLIP
+                      f" (keys from {seg['key_offset']})")  # fmt: skip
             rows.append(("segment", f"{seg['name']} = {seg['text']!r} via {seg['tokenizer']}{shared}, "
                                     f"{len(seg['tokens'])} tokens: " + " ".join(seg["tokens"])))  # fmt: skip
     rows += [

@@ -202,4 +202,4 @@ def test_latent_rgb_published_flux_factors_or_fit(dev):
     # random VAE weights: the published factors do not explain the image, so the least-squares fit is used
     chosen = choose_latent_rgb(dev.vae.config, torch.from_numpy(tr.latents[-1].astype(np.float32)), tr.final_image)
     assert chosen.source == "fit:final-image" and tr.latent_rgb.source == "fit:final-image"
-    assert tr.preview(0).size == (16, 16) or tr.preview(0).size[0] > 0
+    assert tr.preview(0).size == (32, 32)  # the unpacked [C, h, w] x0 through the fitted map, at image size

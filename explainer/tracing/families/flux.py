@@ -179,6 +179,11 @@ class FluxFamily(Family):
     prompt_arguments: ClassVar[tuple[str, ...]] = ("prompt_2", "negative_prompt_2")
     options: ClassVar[tuple[str, ...]] = ("max_sequence_length", "true_cfg_scale")
     attention_kind: ClassVar[str] = "joint"
+    attention_method: ClassVar[str] = (
+        "joint-attention probabilities: image queries on the T5 text keys, softmax over all keys (text and image) "
+        "with FLUX's QK-norms and RoPE, in double-stream (transformer_blocks) and single-stream "
+        "(single_transformer_blocks) blocks"
+    )
     #: the processor class the recorder installs on each recorded attention layer
     joint_recorder: ClassVar[type] = FluxAttentionRecorder
     #: true CFG runs the transformer once per branch (batch 1 each), not on a [negative, prompt] batch
