@@ -235,3 +235,15 @@ def test_explorer_exports_info_and_previews_on_an_sd3_trace(sd3, tmp_path, capsy
     assert "family     sd3" in shown and "joint attention" in shown and "flow matching (σ, velocity), shift 3" in shown
     fig = explainer.views.schedule_plot(tr, 1)
     assert "shift 3" in fig.axes[0].get_title() and fig.axes[0].get_yscale() == "linear"
+
+
+def test_load_pipeline_reads_an_sd3_folder(sd3, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = tmp_path / "sd3"
+    sd3.save_pretrained(folder, safe_serialization=True)
+    loaded = explainer.load_pipeline(folder, device="cpu")
+    assert type(loaded) is StableDiffusion3Pipeline and isinstance(family_for(loaded), SD3Family)
+    tr = explainer.trace(loaded, PROMPT, num_inference_steps=1, max_sequence_length=T5_LEN, height=32, width=32,
+                         progress=False)  # fmt: skip
+    assert tr.family == "sd3" and tr.num_steps == 1
