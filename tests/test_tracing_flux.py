@@ -203,3 +203,43 @@ def test_latent_rgb_published_flux_factors_or_fit(dev):
     chosen = choose_latent_rgb(dev.vae.config, torch.from_numpy(tr.latents[-1].astype(np.float32)), tr.final_image)
     assert chosen.source == "fit:final-image" and tr.latent_rgb.source == "fit:final-image"
     assert tr.preview(0).size == (32, 32)  # the unpacked [C, h, w] x0 through the fitted map, at image size
+
+
+def test_concept_attention_maps(dev, pipe):
+    """ConceptAttention-style maps: softmax over text tokens of image-output . text-output, per head, head-averaged;
+    the image is the same as without recording them."""
+    seen = {}
+
+    def grab(name):
+        def hook(module, args, kwargs):
+            seen.setdefault(name, kwargs)
+        return hook
+
+    named = dict(dev.transformer.named_modules())
+    sites = ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn"]
+    handles = [named[n].register_forward_pre_hook(grab(n), with_kwargs=True) for n in sites]
+    try:
+        tr = explainer.trace(dev, PROMPT, seed=0, progress=False, record={"method": "concept", "tokens": "all"}, **RUN)
+    finally:
+        for h in handles:
+            h.remove()
+    plain = explainer.trace(dev, PROMPT, seed=0, progress=False, **RUN)
+    np.testing.assert_array_equal(np.asarray(tr.final_image), np.asarray(plain.final_image))
+    assert tr.metadata["record"]["method"] == "concept" and "ConceptAttention" in tr.metadata["attention_method"]
+    for la in tr.attention_layers:
+        kw, attn = seen[la.name], named[la.name]
+        with torch.no_grad():
+            q, k = _qk(attn, kw["hidden_states"], kw.get("encoder_hidden_states"), kw["image_rotary_emb"])
+            context = kw.get("encoder_hidden_states")
+            v = attn.to_v(kw["hidden_states"]).unflatten(-1, (attn.heads, -1))
+            if context is not None:
+                v = torch.cat([attn.add_v_proj(context).unflatten(-1, (attn.heads, -1)), v], dim=1)
+            out = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1) @ v.transpose(1, 2).float()  # [B, H, S, d]
+            maps = (out[:, :, SEQ:] @ out[:, :, :SEQ].transpose(-1, -2)).softmax(-1).mean(1)[0]  # [n, SEQ]
+        recorded = tr.attention[f"cond/{la.group}"][0, la.slot].astype(np.float32)  # [SEQ, 8, 8]
+        np.testing.assert_allclose(recorded, maps.T.reshape(SEQ, 8, 8).numpy(), atol=2e-3, rtol=2e-3)
+        np.testing.assert_allclose(recorded.sum(0), 1.0, atol=3e-3)  # rows over all text tokens sum to 1
+    with pytest.raises(ValueError, match=r"record\['method'\]='concept' is available for FLUX.1 pipelines only"):
+        explainer.trace(pipe, PROMPT, num_inference_steps=1, record={"method": "concept"})
+    with pytest.raises(ValueError, match=r"record\['method'\]='rollout' is not allowed"):
+        explainer.trace(dev, PROMPT, record={"method": "rollout"}, **RUN)

@@ -198,8 +198,9 @@ class Recorder:
                 module = self.plan.modules[layer.name]
                 original = module.processor
                 make = getattr(self.family, "joint_recorder", JointAttentionRecorder)  # FLUX: its own (RoPE)
+                method = {"method": self.spec.method} if self.spec.method != "probabilities" else {}  # FLUX: "concept"
                 joint = make(layer, original, self._keep_joint, lambda: self.active,
-                             head_mean=self.spec.attention != "per_head")  # fmt: skip
+                             head_mean=self.spec.attention != "per_head", **method)  # fmt: skip
                 module.set_processor(joint)
                 self._undo.append(functools.partial(module.set_processor, original))
                 for target, forward in joint.wrappers(module):
@@ -749,6 +750,8 @@ def trace(
         "versions": dict(versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if spec.method != "probabilities":  # FLUX's ConceptAttention-style maps
+        meta["attention_method"] = family.attention_methods[spec.method]
     if cfg and hasattr(family, "cfg_scale"):  # FLUX true CFG: the branches mix with true_cfg_scale
         meta["cfg_scale"] = family.cfg_scale()
     call: dict[str, Any] = family.call_arguments(req.texts)

@@ -79,19 +79,27 @@ class FluxAttentionRecorder:
     image rows and the text rows take the matching rows of the rotary table). The text block of the
     softmax over all keys goes to ``sink(layer, probs [B, 1 | H, N, T])``.
 
+    With ``method="concept"`` the maps are ConceptAttention-style instead (Helbling et al., 2025): the
+    attention *outputs* (softmax(qk)v, before the output projection; the inputs of ``to_out[0]`` and
+    ``to_add_out`` in a double-stream block, the processor's own output in a single-stream one) of the image
+    tokens are dotted with those of the text tokens, per head, and a softmax over the text tokens turns each
+    image token's row into a distribution over the prompt's tokens (:func:`concept_maps`).
+
     Args:
         layer: the layer being recorded.
         original: the layer's processor before recording.
         sink: called with ``(layer, probs)`` after each call while ``active()``.
         active: whether the recorder is recording now.
         head_mean: store the head average (``False`` keeps every head).
+        method: ``"probabilities"`` or ``"concept"``.
     """
 
     SLOTS = (("query", "to_q", "norm_q"), ("key", "to_k", "norm_k"), ("text_key", "add_k_proj", "norm_added_k"))
 
     def __init__(self, layer: AttentionLayer, original: Any, sink: Callable[[AttentionLayer, torch.Tensor], None],
-                 active: Callable[[], bool], head_mean: bool = True) -> None:  # fmt: skip
+                 active: Callable[[], bool], head_mean: bool = True, method: str = "probabilities") -> None:  # fmt: skip
         self.layer = layer
+        self.method = method
         self.original = original
         self.sink = sink
         self.active = active
@@ -112,7 +120,12 @@ class FluxAttentionRecorder:
                 f"FLUX attention layer {self.layer.name}: its processor {type(self.original).__name__} did not call "
                 "to_q/to_k/add_k_proj (fused projections?); the tracer cannot read its q and k."
             )
-        self.sink(self.layer, self.text_block(attn, seen, image_rotary_emb, double))
+        if self.method == "concept":
+            n = self.layer.height * self.layer.width
+            image, text = (seen["image_out"], seen["text_out"]) if double else (out[:, -n:], out[:, :-n])
+            self.sink(self.layer, concept_maps(image, text, attn.head_dim, head_mean=self.head_mean))
+        else:
+            self.sink(self.layer, self.text_block(attn, seen, image_rotary_emb, double))
         return out
 
     def text_block(self, attn: Any, seen: dict[str, torch.Tensor], rotary: Any, double: bool) -> torch.Tensor:
@@ -137,7 +150,20 @@ class FluxAttentionRecorder:
                 module = getattr(attn, name, None)
                 if module is not None:
                     found.append((module, self._capture(module.forward, slot)))
+        if self.method == "concept":  # the attention outputs enter the output projections of a double-stream block
+            outputs = getattr(attn, "to_out", None)
+            for slot, module in (("image_out", outputs[0] if outputs is not None else None),
+                                 ("text_out", getattr(attn, "to_add_out", None))):  # fmt: skip
+                if module is not None:
+                    found.append((module, self._capture_input(module.forward, slot)))
         return found
+
+    def _capture_input(self, forward: Callable[..., torch.Tensor], slot: str) -> Callable[..., torch.Tensor]:
+        def captured(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            self.seen[slot] = x
+            return forward(x, *args, **kwargs)
+
+        return captured
 
     def _capture(self, forward: Callable[..., torch.Tensor], slot: str) -> Callable[..., torch.Tensor]:
         def captured(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -146,6 +172,24 @@ class FluxAttentionRecorder:
             return out
 
         return captured
+
+
+def concept_maps(image: torch.Tensor, text: torch.Tensor, head_dim: int, *, head_mean: bool = True) -> torch.Tensor:
+    """ConceptAttention-style maps: per head, softmax over the text tokens of image-output . text-output.
+
+    Args:
+        image: ``[B, N, H * d]`` the attention outputs of the image tokens (before the output projection).
+        text: ``[B, T, H * d]`` those of the text tokens.
+        head_dim: ``d``.
+        head_mean: average the per-head maps (``[B, 1, N, T]``) instead of keeping them (``[B, H, N, T]``).
+
+    Returns:
+        float32; each image token's row sums to 1 over the ``T`` text tokens.
+    """
+    img = image.unflatten(-1, (-1, head_dim)).transpose(1, 2).float()  # [B, H, N, d]
+    txt = text.unflatten(-1, (-1, head_dim)).transpose(1, 2).float()  # [B, H, T, d]
+    probs = torch.matmul(img, txt.transpose(-1, -2)).softmax(dim=-1)  # [B, H, N, T]
+    return probs.mean(dim=1, keepdim=True) if head_mean else probs
 
 
 def as_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -184,6 +228,15 @@ class FluxFamily(Family):
         "with FLUX's QK-norms and RoPE, in double-stream (transformer_blocks) and single-stream "
         "(single_transformer_blocks) blocks"
     )
+    #: the maps record={"method": ...} can ask for, each described for metadata["attention_method"]
+    attention_methods: ClassVar[dict[str, str]] = {
+        "probabilities": attention_method,
+        "concept": (
+            "ConceptAttention-style maps (Helbling et al., 2025): per head, softmax over the T5 text tokens of the "
+            "dot products of each image token's attention output with the text tokens' attention outputs "
+            "(softmax(QK^T/sqrt(d))V before the output projection), head-averaged; double- and single-stream blocks"
+        ),
+    }
     #: the processor class the recorder installs on each recorded attention layer
     joint_recorder: ClassVar[type] = FluxAttentionRecorder
     #: true CFG runs the transformer once per branch (batch 1 each), not on a [negative, prompt] batch
