@@ -126,7 +126,10 @@ _SD_CLASSES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "Sta
 _SDXL_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
 #: SD3 / SD3.5 folders of any of these classes hold the same components; they load as the text-to-image pipeline.
 _SD3_CLASSES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
-_NOT_YET = {"Flux": "FLUX.1"}
+#: FLUX.1 text-to-image / image-to-image folders hold the same components; they load as FluxPipeline. Other Flux*
+#: pipelines (Fill, Control, Kontext, inpainting) have other transformers or inputs and are not traced yet.
+_FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline")
+_NOT_YET = {"Flux": "FLUX.1 variant"}
 
 
 def pipeline_class(index: dict, source: str) -> type:
@@ -137,11 +140,12 @@ def pipeline_class(index: dict, source: str) -> type:
         source: the folder or Hub id, for messages.
 
     Returns:
-        ``StableDiffusionPipeline`` (SD 1.x/2.x), ``StableDiffusionXLPipeline`` (SDXL base) or
-        ``StableDiffusion3Pipeline`` (SD3 / SD3.5).
+        ``StableDiffusionPipeline`` (SD 1.x/2.x), ``StableDiffusionXLPipeline`` (SDXL base),
+        ``StableDiffusion3Pipeline`` (SD3 / SD3.5) or ``FluxPipeline`` (FLUX.1).
 
     Raises:
-        ValueError: a model the tracer cannot trace yet (FLUX, an SDXL refiner, anything else).
+        ValueError: a model the tracer cannot trace yet (FLUX Fill / Control / Kontext, an SDXL refiner,
+            anything else).
     """
     from diffusers import StableDiffusion3Pipeline, StableDiffusionXLPipeline
 
@@ -159,16 +163,20 @@ def pipeline_class(index: dict, source: str) -> type:
         return StableDiffusionXLPipeline
     if name in _SD3_CLASSES:
         return StableDiffusion3Pipeline
+    if name in _FLUX_CLASSES:
+        from diffusers import FluxPipeline
+
+        return FluxPipeline
     for prefix, label in _NOT_YET.items():
         if name.startswith(prefix):
             raise ValueError(
-                f"model={source!r} is a {label} pipeline ({name}); it is not supported yet (diffusion transformers "
-                "with joint attention). load_pipeline takes Stable Diffusion 1.x/2.x, SDXL base and SD3 folders."
+                f"model={source!r} is a {label} pipeline ({name}); it is not supported yet (the tracer runs FLUX.1 "
+                "text-to-image and image-to-image: FluxPipeline / FluxImg2ImgPipeline folders)."
             )
     raise ValueError(
         f"model={source!r} is a {name or 'pipeline with no _class_name'}; load_pipeline takes Stable Diffusion "
-        "1.x/2.x, SDXL base and SD3 / SD3.5 folders (model_index.json _class_name StableDiffusionPipeline, "
-        "StableDiffusionXLPipeline or StableDiffusion3Pipeline, or their Img2Img / Inpaint variants)."
+        "1.x/2.x, SDXL base, SD3 / SD3.5 and FLUX.1 folders (model_index.json _class_name StableDiffusionPipeline, "
+        "StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline, or their Img2Img / Inpaint variants)."
     )
 
 
@@ -185,12 +193,12 @@ def load_pipeline(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> Any:
-    """Load a ``StableDiffusionPipeline`` (SD 1.x/2.x), ``StableDiffusionXLPipeline`` or
-    ``StableDiffusion3Pipeline`` with safetensors weights only.
+    """Load a ``StableDiffusionPipeline`` (SD 1.x/2.x), ``StableDiffusionXLPipeline``,
+    ``StableDiffusion3Pipeline`` or ``FluxPipeline`` with safetensors weights only.
 
-    The class comes from the model's ``model_index.json``: SD 1.x/2.x, SDXL base and SD3 / SD3.5 folders
-    (their Img2Img / Inpaint variants too) load; FLUX and SDXL refiner folders get a clear "not
-    supported" error.
+    The class comes from the model's ``model_index.json``: SD 1.x/2.x, SDXL base, SD3 / SD3.5 and FLUX.1
+    folders (their Img2Img / Inpaint variants too) load; FLUX Fill / Control / Kontext and SDXL refiner
+    folders get a clear "not supported" error.
 
     Args:
         model: ``"toy"`` (the bundled model), a local folder in diffusers layout, or a Hugging Face Hub id
@@ -206,7 +214,7 @@ def load_pipeline(
             (``.bin``) weights, or the Hub id cannot be fetched (offline) and is not cached; the message
             says what to pass instead.
         ValueError: ``device`` is not a torch device or is not available on this machine, ``dtype`` is unknown,
-            or the model is not one the tracer supports (FLUX, an SDXL refiner...).
+            or the model is not one the tracer supports (FLUX Fill, an SDXL refiner...).
 
     Example:
         >>> pipe = explainer.load_pipeline()                       # the bundled toy model

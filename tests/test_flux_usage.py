@@ -69,3 +69,18 @@ def test_info_names_family_method_and_guidance(traces, tmp_path, capsys):
     assert cli.main(["info", str(path)]) == 0
     text = capsys.readouterr().out
     assert "pooled" in text and "mu" in text
+
+
+def test_load_pipeline_reads_a_flux_folder(tmp_path):
+    import numpy as np
+    from diffusers import FluxPipeline
+
+    from explainer.tracing.families import family_for
+
+    pipe = build_flux_pipeline(guidance_embeds=True)
+    folder = tmp_path / "flux"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    loaded = explainer.load_pipeline(folder, device="cpu")
+    assert type(loaded) is FluxPipeline and family_for(loaded).name == "flux"
+    ours, theirs = (explainer.trace(p, PROMPT, **RUN) for p in (loaded, pipe))
+    assert np.array_equal(np.asarray(ours.final_image), np.asarray(theirs.final_image))
