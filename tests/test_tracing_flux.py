@@ -243,3 +243,34 @@ def test_concept_attention_maps(dev, pipe):
         explainer.trace(pipe, PROMPT, num_inference_steps=1, record={"method": "concept"})
     with pytest.raises(ValueError, match=r"record\['method'\]='rollout' is not allowed"):
         explainer.trace(dev, PROMPT, record={"method": "rollout"}, **RUN)
+
+
+@pytest.mark.parametrize("record", ["default", "per_step", "per_head", "none"])
+def test_size_estimate_equals_trace(schnell, record):
+    for kwargs in ({"height": 32, "width": 32}, {"negative_prompt": "blurry and dark", "true_cfg_scale": 2.0,
+                                                  "image": _image()}):  # fmt: skip
+        common = dict(num_inference_steps=2, record=record, max_sequence_length=SEQ, **kwargs)
+        tr = explainer.trace(schnell, PROMPT, progress=False, **common)
+        assert explainer.estimate_trace_bytes(schnell, PROMPT, **common) == tr.nbytes, (record, list(kwargs))
+
+
+def test_documented_flux_trace_size():
+    """docs/data/flux_trace_size.json matches a fresh planner run on the FLUX.1-dev layout (meta device)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("flux_trace_size", repo / "scripts" / "flux_trace_size.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = json.loads((repo / "docs" / "data" / "flux_trace_size.json").read_text())
+    pipe = script.flux_on_meta()
+    assert len(family_for(pipe).attention_sites(pipe)) == data["attention_layers"] == 57
+    rows = {(r["record"], r["true_cfg_scale"]): r for r in data["rows"]}
+    for record, cfg in (("default", None), ("per_step", 2.0)):
+        size = explainer.estimate_trace_bytes(pipe, script.PROMPT, negative_prompt=script.NEGATIVE if cfg else None,
+                                              true_cfg_scale=cfg, num_inference_steps=28, height=1024, width=1024,
+                                              record=script.RECORDS[record])  # fmt: skip
+        assert size == rows[record, cfg]["bytes"]
+    assert rows["per_step", None]["bytes"] <= 150e6 and rows["layers=transformer_blocks", None]["bytes"] <= 150e6
