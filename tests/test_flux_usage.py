@@ -21,9 +21,13 @@ RUN = dict(height=32, width=32, num_inference_steps=2, max_sequence_length=16, s
 
 
 @pytest.fixture(scope="module")
-def traces():
+def schnell():
+    return build_flux_pipeline(guidance_embeds=False, seed=1)
+
+
+@pytest.fixture(scope="module")
+def traces(schnell):
     dev = build_flux_pipeline(guidance_embeds=True)
-    schnell = build_flux_pipeline(guidance_embeds=False, seed=1)
     return {
         "dev": explainer.trace(dev, PROMPT, **RUN),
         "true_cfg": explainer.trace(schnell, PROMPT, negative_prompt="a green cone", true_cfg_scale=3.0, **RUN),
@@ -84,3 +88,14 @@ def test_load_pipeline_reads_a_flux_folder(tmp_path):
     assert type(loaded) is FluxPipeline and family_for(loaded).name == "flux"
     ours, theirs = (explainer.trace(p, PROMPT, **RUN) for p in (loaded, pipe))
     assert np.array_equal(np.asarray(ours.final_image), np.asarray(theirs.final_image))
+
+
+def test_explorer_guidance_rerun_moves_true_cfg_scale(traces, schnell):
+    """On a true-CFG trace the guidance slider is true_cfg_scale; re-runs keep the family options."""
+    tr = traces["true_cfg"]
+    w = Explorer(tr, pipe=schnell)
+    assert w.guidance_recorded == 3.0 == tr.cfg_scale
+    w.guidance = 4.0
+    assert w.wait_idle() and not w.error and w.run_count == 1
+    assert w.trace.cfg_scale == 4.0 and w.trace.guidance_scale == tr.guidance_scale
+    assert w.trace.metadata["options"]["max_sequence_length"] == 16 and len(w.trace.tokens) == len(tr.tokens)

@@ -752,6 +752,8 @@ def trace(
     }
     if spec.method != "probabilities":  # FLUX's ConceptAttention-style maps
         meta["attention_method"] = family.attention_methods[spec.method]
+    if family.settings:  # family options given (max_sequence_length, true_cfg_scale): re-runs pass them again
+        meta["options"] = dict(family.settings)
     if cfg and hasattr(family, "cfg_scale"):  # FLUX true CFG: the branches mix with true_cfg_scale
         meta["cfg_scale"] = family.cfg_scale()
     call: dict[str, Any] = family.call_arguments(req.texts)

@@ -175,7 +175,8 @@ def check_size(value: Any, name: str, multiple: int, default: int) -> int:
         lower = max(multiple, value // multiple * multiple)
         raise ValueError(
             f"{name}={value} is not allowed; this pipeline needs a positive multiple of {multiple} "
-            f"(VAE scale factor x UNet downsampling), e.g. {lower} or {lower + multiple}."
+            f"(VAE scale factor x the UNet's downsampling or the transformer's latent patches), e.g. {lower} or "
+            f"{lower + multiple}."
         )
     return value
 
