@@ -247,3 +247,45 @@ def test_load_pipeline_reads_an_sd3_folder(sd3, tmp_path):
     tr = explainer.trace(loaded, PROMPT, num_inference_steps=1, max_sequence_length=T5_LEN, height=32, width=32,
                          progress=False)  # fmt: skip
     assert tr.family == "sd3" and tr.num_steps == 1
+    from explainer import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["run", PROMPT, "--model", str(folder), "--steps", "1", "--prompt-3", "a crimson cube",
+                     "--max-sequence-length", str(T5_LEN), "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    run = explainer.load_trace(out / "trace.safetensors")
+    assert run.family == "sd3" and run.token_segments["cond"][2]["text"] == "a crimson cube"
+    assert run.metadata["model"]["max_sequence_length"] == T5_LEN
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", PROMPT, "--model", str(folder), "--max-sequence-length", "600", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("record", ["default", {"attention": "per_step", "tokens": "all"}])
+def test_sd3_estimate_matches_actual_bytes(sd3, record):
+    for kwargs in ({"height": 32, "width": 32}, {"negative_prompt": "blurry and dark", "image": _image()}):
+        common = dict(num_inference_steps=2, record=record, max_sequence_length=T5_LEN, **kwargs)
+        tr = explainer.trace(sd3, PROMPT, progress=False, **common)
+        assert explainer.estimate_trace_bytes(sd3, PROMPT, **common) == tr.nbytes, (record, list(kwargs))
+
+
+def test_sd3_size_figures_are_current():
+    """docs/data/sd3_trace_size.json matches a fresh planner run on the SD3 Medium layout (meta device)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("sd3_trace_size", repo / "scripts" / "sd3_trace_size.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = json.loads((repo / "docs" / "data" / "sd3_trace_size.json").read_text())
+    pipe = script.sd3_on_meta()
+    assert len(family_for(pipe).attention_sites(pipe)) == data["attention_layers"] == 24
+    rows = {(r["record"], r["negative_prompt"]): r for r in data["rows"]}
+    for record, negative in (("default", None), ("layers=transformer_blocks.0-7", script.NEGATIVE)):
+        size = explainer.estimate_trace_bytes(pipe, script.PROMPT, negative_prompt=negative, num_inference_steps=28,
+                                              height=1024, width=1024, record=script.RECORDS[record])  # fmt: skip
+        assert size == rows[record, negative]["bytes"]
+    assert rows["per_step", script.NEGATIVE]["bytes"] <= 150e6 >= rows["layers=transformer_blocks.0-7", script.NEGATIVE]["bytes"]
+    with pytest.raises(explainer.TraceBudgetError, match="over the budget"):  # per_head: refused before it starts
+        explainer.trace(pipe, script.PROMPT, num_inference_steps=28, height=1024, width=1024, record="per_head")
