@@ -99,3 +99,14 @@ def test_explorer_guidance_rerun_moves_true_cfg_scale(traces, schnell):
     assert w.wait_idle() and not w.error and w.run_count == 1
     assert w.trace.cfg_scale == 4.0 and w.trace.guidance_scale == tr.guidance_scale
     assert w.trace.metadata["options"]["max_sequence_length"] == 16 and len(w.trace.tokens) == len(tr.tokens)
+
+
+def test_method_comparison_shows_both_methods(traces):
+    dev = build_flux_pipeline(guidance_embeds=True)
+    concept = explainer.trace(dev, PROMPT, record={"method": "concept"}, **RUN)
+    fig = views.method_comparison([traces["dev"], concept], "cube", 1)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["cube: attention probabilities", "cube: ConceptAttention"]
+    assert not (concept.heatmap("cube", 1) == traces["dev"].heatmap("cube", 1)).all()  # two different maps
+    with pytest.raises(ValueError, match="at least one Trace"):
+        views.method_comparison([], "cube")
