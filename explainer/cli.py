@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt-3", metavar="TEXT", help="SD3 only: the T5 encoder's prompt (default: the prompt)")
     run.add_argument("--negative-prompt-3", metavar="TEXT", help="SD3 only: the T5 encoder's negative prompt")
     run.add_argument("--max-sequence-length", type=_positive_int, metavar="N",
-                     help="T5 tokens the transformer attends to (SD3; default: the pipeline's, 256)")  # fmt: skip
+                     help="T5 tokens the transformer attends to (SD3, FLUX; default: the pipeline's, 256 / 512)")  # fmt: skip
+    run.add_argument("--true-cfg-scale", type=float, metavar="G",
+                     help="FLUX only: true classifier-free guidance scale, used with --negative (default: off)")  # fmt: skip
     edit = run.add_argument_group("image-to-image and inpainting")
     edit.add_argument("--image", type=Path, metavar="IN.png", help="input image: trace image-to-image (or inpainting)")
     edit.add_argument(
@@ -316,7 +318,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             negative_prompt=args.negative,
             prompt_2=args.prompt_2,
             negative_prompt_2=args.negative_prompt_2,
-            **{name: value for name in ("prompt_3", "negative_prompt_3", "max_sequence_length")
+            **{name: value for name in ("prompt_3", "negative_prompt_3", "max_sequence_length", "true_cfg_scale")
                if (value := getattr(args, name)) is not None},  # fmt: skip
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,

@@ -110,3 +110,18 @@ def test_method_comparison_shows_both_methods(traces):
     assert not (concept.heatmap("cube", 1) == traces["dev"].heatmap("cube", 1)).all()  # two different maps
     with pytest.raises(ValueError, match="at least one Trace"):
         views.method_comparison([], "cube")
+
+
+def test_cli_runs_a_flux_folder_with_true_cfg(schnell, tmp_path, capsys):
+    from explainer import cli
+
+    folder = tmp_path / "flux"
+    schnell.save_pretrained(folder, safe_serialization=True)
+    out = tmp_path / "run"
+    argv = ["run", PROMPT, "--model", str(folder), "--steps", "2", "--height", "32", "--width", "32",
+            "--max-sequence-length", "16", "--negative", "a green cone", "--true-cfg-scale", "3", "--out", str(out),
+            "--quiet", "--no-gif", "--no-html"]  # fmt: skip
+    assert cli.main(argv) == 0
+    tr = explainer.load_trace(out / "trace.safetensors")
+    assert tr.family == "flux" and tr.has_uncond and tr.cfg_scale == 3.0
+    assert tr.metadata["options"] == {"max_sequence_length": 16, "true_cfg_scale": 3.0}
