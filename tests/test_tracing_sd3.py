@@ -183,7 +183,7 @@ def test_sd3_without_t5_records_clip_keys_only():
     assert tr.attention["cond/8x8"].shape[2] == len(tr.tokens) == len(tr.token_segments["cond"][0]["ids"])
 
 
-def test_sd3_bad_input(sd3, pipe):
+def test_sd3_bad_input(sd3, pipe):  # pipe: the toy SD 1.x pipeline (conftest)
     with pytest.raises(ValueError, match="max_sequence_length=513"):
         explainer.trace(sd3, PROMPT, max_sequence_length=513, progress=False)
     with pytest.raises(ValueError, match="height"):
@@ -197,6 +197,18 @@ def test_sd3_bad_input(sd3, pipe):
     with pytest.raises(explainer.UnsupportedPipelineError, match="prompt_3"):
         explainer.trace(pipe, PROMPT, prompt_3="x", progress=False)
     assert isinstance(family_for(sd3), SD3Family)
+
+
+def test_cli_refuses_t5_flags_for_models_without_t5(pipe, capsys):
+    import argparse
+
+    from explainer import cli
+
+    args = argparse.Namespace(prompt_2=None, negative_prompt_2=None, prompt_3="a crimson cube", negative_prompt_3=None,
+                              model="toy")  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        cli._check_family_flags(argparse.ArgumentParser(prog="explainer run"), args, pipe)
+    assert exc.value.code == 2 and "--prompt-3 applies to Stable Diffusion 3 models" in capsys.readouterr().err
 
 
 def test_sd3_save_load_round_trip(sd3, tmp_path):
@@ -240,24 +252,18 @@ def test_explorer_exports_info_and_previews_on_an_sd3_trace(sd3, tmp_path, capsy
 def test_load_pipeline_reads_an_sd3_folder(sd3, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
+    from explainer import cli
+
     folder = tmp_path / "sd3"
     sd3.save_pretrained(folder, safe_serialization=True)
     loaded = explainer.load_pipeline(folder, device="cpu")
     assert type(loaded) is StableDiffusion3Pipeline and isinstance(family_for(loaded), SD3Family)
-    tr = explainer.trace(loaded, PROMPT, num_inference_steps=1, max_sequence_length=T5_LEN, height=32, width=32,
-                         progress=False)  # fmt: skip
-    assert tr.family == "sd3" and tr.num_steps == 1
-    from explainer import cli
-
-    out = tmp_path / "run"
+    out = tmp_path / "run"  # the CLI loads the folder itself and passes the SD3 flags through
     assert cli.main(["run", PROMPT, "--model", str(folder), "--steps", "1", "--prompt-3", "a crimson cube",
                      "--max-sequence-length", str(T5_LEN), "--out", str(out), "--quiet"]) == 0  # fmt: skip
     run = explainer.load_trace(out / "trace.safetensors")
-    assert run.family == "sd3" and run.token_segments["cond"][2]["text"] == "a crimson cube"
+    assert run.family == "sd3" and run.num_steps == 1 and run.token_segments["cond"][2]["text"] == "a crimson cube"
     assert run.metadata["model"]["max_sequence_length"] == T5_LEN
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["run", PROMPT, "--model", str(folder), "--max-sequence-length", "600", "--out", str(tmp_path / "x")])
-    assert exc.value.code == 2
 
 
 @pytest.mark.parametrize("record", ["default", {"attention": "per_step", "tokens": "all"}])
