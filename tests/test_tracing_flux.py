@@ -179,6 +179,8 @@ def test_bad_input(dev):
     assert "guidance_embeds=True" in tr.metadata["unconditional"]
     with pytest.raises(ValueError, match=r"true_cfg_scale=-1"):
         explainer.trace(dev, PROMPT, true_cfg_scale=-1, height=32, width=32)
+    with pytest.raises(explainer.UnsupportedPipelineError, match=r"mask= \(inpainting\) is not supported for FLUX"):
+        explainer.trace(dev, PROMPT, image=_image(), mask=Image.new("L", (32, 32), 255), max_sequence_length=SEQ)
 
 
 def test_true_cfg_what_if_uses_true_cfg_scale(schnell):

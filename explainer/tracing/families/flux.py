@@ -273,18 +273,11 @@ class FluxFamily(Family):
 
     # ------------------------------------------------------------------ pipelines, denoiser, sites
 
-    def check(self, pipe: Any) -> Any:
-        pipe = super().check(pipe)
-        cls = self.pipelines["txt2img"]
-        if type(pipe).__call__ is not cls.__call__ and not isinstance(pipe, tuple(self.pipelines.values())):
-            raise UnsupportedPipelineError(f"pipe must be a {cls.__name__}, not {type(pipe).__name__}.")
-        return pipe
-
     def check_mode(self, pipe: Any, mode: str) -> None:
         if mode not in self.pipelines:
             raise UnsupportedPipelineError(
-                f"FLUX.1 pipelines can be traced for text-to-image and image-to-image (image=); mask= (inpainting) "
-                "is not supported for them yet."
+                "mask= (inpainting) is not supported for FLUX.1 pipelines yet; they can be traced for text-to-image "
+                "and image-to-image (image= without mask=)."
             )
         channels = self.denoiser(pipe).config.in_channels
         if channels != 4 * pipe.vae.config.latent_channels:
