@@ -170,10 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", choices=sorted(SCHEDULERS), help="scheduler for this run (default: the model's own)"
     )
     run.add_argument("--negative", metavar="TEXT", help="negative prompt")
-    run.add_argument("--prompt-2", metavar="TEXT", help="SDXL only: the second text encoder's prompt (default: the prompt)")
+    run.add_argument("--prompt-2", metavar="TEXT", help="SDXL and SD3: the second text encoder's prompt (default: the prompt)")
     run.add_argument(
-        "--negative-prompt-2", metavar="TEXT", help="SDXL only: the second text encoder's negative prompt"
+        "--negative-prompt-2", metavar="TEXT", help="SDXL and SD3: the second text encoder's negative prompt"
     )
+    run.add_argument("--prompt-3", metavar="TEXT", help="SD3 only: the T5 encoder's prompt (default: the prompt)")
+    run.add_argument("--negative-prompt-3", metavar="TEXT", help="SD3 only: the T5 encoder's negative prompt")
+    run.add_argument("--max-sequence-length", type=_positive_int, metavar="N",
+                     help="T5 tokens the transformer attends to (SD3, FLUX; default: the pipeline's, 256 / 512)")  # fmt: skip
+    run.add_argument("--true-cfg-scale", type=float, metavar="G",
+                     help="FLUX only: true classifier-free guidance scale, used with --negative (default: off)")  # fmt: skip
     edit = run.add_argument_group("image-to-image and inpainting")
     edit.add_argument("--image", type=Path, metavar="IN.png", help="input image: trace image-to-image (or inpainting)")
     edit.add_argument(
@@ -312,6 +318,8 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             negative_prompt=args.negative,
             prompt_2=args.prompt_2,
             negative_prompt_2=args.negative_prompt_2,
+            **{name: value for name in ("prompt_3", "negative_prompt_3", "max_sequence_length", "true_cfg_scale")
+               if (value := getattr(args, name)) is not None},  # fmt: skip
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             seed=args.seed,
@@ -424,19 +432,25 @@ def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _check_family_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, pipe: Any) -> None:
-    """Refuse --prompt-2 / --negative-prompt-2 for a model without a second text encoder (exit 2, one line)."""
+    """Refuse --prompt-2 / --negative-prompt-2 (--prompt-3 / --negative-prompt-3) for a model without a second
+    (a T5) text encoder (exit 2, one line)."""
     from .tracing.errors import UnsupportedPipelineError
     from .tracing.families import family_for
 
     given = [flag for flag, value in (("--prompt-2", args.prompt_2), ("--negative-prompt-2", args.negative_prompt_2))
              if value is not None]  # fmt: skip
-    if not given:
+    if not given and args.prompt_3 is None and args.negative_prompt_3 is None:
         return
     try:
         family = family_for(pipe)
     except UnsupportedPipelineError as err:
         parser.error(f"--model {args.model}: {_one_line(err)}")
-    if "prompt_2" not in family.prompt_arguments:
+    third = [flag for flag, value in (("--prompt-3", args.prompt_3), ("--negative-prompt-3", args.negative_prompt_3))
+             if value is not None]  # fmt: skip
+    if third and "prompt_3" not in family.prompt_arguments:
+        parser.error(f"{third[0]} applies to Stable Diffusion 3 models (a T5 text encoder); --model {args.model} "
+                     f"is a {family.label} model, so leave {third[0]} out.")  # fmt: skip
+    if given and "prompt_2" not in family.prompt_arguments:
         parser.error(f"{given[0]} applies to Stable Diffusion XL models (a second text encoder); --model {args.model} "
                      f"is a {family.label} model with one, so leave {given[0]} out.")  # fmt: skip
 
@@ -477,6 +491,9 @@ def trace_summary(loaded: Any, path: Path | None = None) -> dict[str, Any]:
         "start_step": loaded.start_step,
         "inpaint_mode": meta.get("inpaint_mode"),
         "attention_mode": loaded.attention_mode,
+        "attention_method": meta.get("attention_method"),
+        "schedule_kind": loaded.schedule_kind,
+        "schedule": meta.get("schedule"),
         "attention_layers": len(loaded.attention_layers),
         "attention_resolutions": [f"{h}x{w}" for h, w in sizes],
         "array_mb": round(loaded.nbytes / 1e6, 3),
@@ -504,7 +521,9 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         rows.append(("truncated", " ".join(s["truncated_tokens"])))
     for segs in s["token_segments"].values():  # the second tokenizer's reading (SDXL), on the same key positions
         for seg in segs[1:]:
-            shared = " (same key positions)" if seg["combine"] == "features" else f" (keys from {seg['key_offset']})"
+            shared = (" (same key positions)" if seg["combine"] == "features" else
+                      " (pooled vector only, no key positions)" if seg["combine"] == "pooled" else  # FLUX's CLIP
+                      f" (keys from {seg['key_offset']})")  # fmt: skip
             rows.append(("segment", f"{seg['name']} = {seg['text']!r} via {seg['tokenizer']}{shared}, "
                                     f"{len(seg['tokens'])} tokens: " + " ".join(seg["tokens"])))  # fmt: skip
     rows += [
@@ -520,6 +539,10 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                               + (f", {s['inpaint_mode']}" if s["inpaint_mode"] else ""))),
         ("attention", f"{s['attention_mode']}, {s['attention_layers']} layers"
          + (f" at {', '.join(s['attention_resolutions'])}" if s["attention_resolutions"] else "")),
+        *([("maps", s["attention_method"])] if s["attention_method"] else []),
+        *([("schedule", "flow matching (σ, velocity)" + "".join(
+            f", {k} {s['schedule'][k]:.3g}" for k in ("shift", "mu") if isinstance((s["schedule"] or {}).get(k), (int, float))
+        ))] if s["schedule_kind"] == "flow" else []),
         ("arrays", f"{s['array_mb']:.2f} MB"),
         ("status", "complete" if s["complete"] else f"incomplete: {s['error']}"),
         ("created", str(s["created"])),

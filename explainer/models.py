@@ -105,7 +105,7 @@ def _check_safetensors(folder: Path) -> None:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ValueError(f"{folder / 'model_index.json'} is not readable JSON ({err}).") from err
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         sub = folder / name
         if name not in index or not sub.is_dir():
             continue
@@ -124,7 +124,12 @@ def _check_safetensors(folder: Path) -> None:
 #: ``model_index.json`` class names load_pipeline accepts, and the pipeline class it loads them with.
 _SD_CLASSES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
 _SDXL_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
-_NOT_YET = {"StableDiffusion3": "Stable Diffusion 3", "Flux": "FLUX.1"}
+#: SD3 / SD3.5 folders of any of these classes hold the same components; they load as the text-to-image pipeline.
+_SD3_CLASSES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
+#: FLUX.1 text-to-image / image-to-image folders hold the same components; they load as FluxPipeline. Other Flux*
+#: pipelines (Fill, Control, Kontext, inpainting) have other transformers or inputs and are not traced yet.
+_FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline")
+_NOT_YET = {"Flux": "FLUX.1 variant"}
 
 
 def pipeline_class(index: dict, source: str) -> type:
@@ -135,12 +140,14 @@ def pipeline_class(index: dict, source: str) -> type:
         source: the folder or Hub id, for messages.
 
     Returns:
-        ``StableDiffusionPipeline`` (SD 1.x/2.x) or ``StableDiffusionXLPipeline`` (SDXL base).
+        ``StableDiffusionPipeline`` (SD 1.x/2.x), ``StableDiffusionXLPipeline`` (SDXL base),
+        ``StableDiffusion3Pipeline`` (SD3 / SD3.5) or ``FluxPipeline`` (FLUX.1).
 
     Raises:
-        ValueError: a model the tracer cannot trace yet (SD3, FLUX, an SDXL refiner, anything else).
+        ValueError: a model the tracer cannot trace yet (FLUX Fill / Control / Kontext, an SDXL refiner,
+            anything else).
     """
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionXLPipeline
 
     name = str(index.get("_class_name", ""))
     if name in _SD_CLASSES:
@@ -154,16 +161,22 @@ def pipeline_class(index: dict, source: str) -> type:
                 "Load the SDXL base model instead."
             )
         return StableDiffusionXLPipeline
+    if name in _SD3_CLASSES:
+        return StableDiffusion3Pipeline
+    if name in _FLUX_CLASSES:
+        from diffusers import FluxPipeline
+
+        return FluxPipeline
     for prefix, label in _NOT_YET.items():
         if name.startswith(prefix):
             raise ValueError(
-                f"model={source!r} is a {label} pipeline ({name}); it is not supported yet (diffusion transformers "
-                "with joint attention). load_pipeline takes Stable Diffusion 1.x/2.x and SDXL base folders."
+                f"model={source!r} is a {label} pipeline ({name}); it is not supported yet (the tracer runs FLUX.1 "
+                "text-to-image and image-to-image: FluxPipeline / FluxImg2ImgPipeline folders)."
             )
     raise ValueError(
         f"model={source!r} is a {name or 'pipeline with no _class_name'}; load_pipeline takes Stable Diffusion "
-        "1.x/2.x and SDXL base folders (model_index.json _class_name StableDiffusionPipeline or "
-        "StableDiffusionXLPipeline, or their Img2Img / Inpaint variants)."
+        "1.x/2.x, SDXL base, SD3 / SD3.5 and FLUX.1 folders (model_index.json _class_name StableDiffusionPipeline, "
+        "StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline, or their Img2Img / Inpaint variants)."
     )
 
 
@@ -180,11 +193,12 @@ def load_pipeline(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> Any:
-    """Load a ``StableDiffusionPipeline`` (SD 1.x/2.x) or ``StableDiffusionXLPipeline`` with safetensors weights only.
+    """Load a ``StableDiffusionPipeline`` (SD 1.x/2.x), ``StableDiffusionXLPipeline``,
+    ``StableDiffusion3Pipeline`` or ``FluxPipeline`` with safetensors weights only.
 
-    The class comes from the model's ``model_index.json``: SD 1.x/2.x and SDXL base folders (their
-    Img2Img / Inpaint variants too) load; SD3, FLUX and SDXL refiner folders get a clear "not
-    supported" error.
+    The class comes from the model's ``model_index.json``: SD 1.x/2.x, SDXL base, SD3 / SD3.5 and FLUX.1
+    folders (their Img2Img / Inpaint variants too) load; FLUX Fill / Control / Kontext and SDXL refiner
+    folders get a clear "not supported" error.
 
     Args:
         model: ``"toy"`` (the bundled model), a local folder in diffusers layout, or a Hugging Face Hub id
@@ -200,7 +214,7 @@ def load_pipeline(
             (``.bin``) weights, or the Hub id cannot be fetched (offline) and is not cached; the message
             says what to pass instead.
         ValueError: ``device`` is not a torch device or is not available on this machine, ``dtype`` is unknown,
-            or the model is not one the tracer supports (SD3, FLUX, an SDXL refiner...).
+            or the model is not one the tracer supports (FLUX Fill, an SDXL refiner...).
 
     Example:
         >>> pipe = explainer.load_pipeline()                       # the bundled toy model

@@ -323,10 +323,8 @@ def test_load_pipeline_reads_the_family_from_model_index(xl, tmp_path):
     cases = {
         "refiner": ({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None],
                      "tokenizer": [None, None]}, "SDXL refiner"),  # fmt: skip
-        "sd3": ({"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"]},
-                "Stable Diffusion 3 pipeline .* not supported yet"),
-        "flux": ({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]},
-                 "FLUX.1 pipeline .* not supported yet"),
+        "flux_fill": ({"_class_name": "FluxFillPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]},
+                      "FLUX.1 variant pipeline .*FluxFillPipeline.* not supported yet"),
         "other": ({"_class_name": "KandinskyV22Pipeline"}, "is a KandinskyV22Pipeline; load_pipeline takes"),
     }
     for name, (content, message) in cases.items():

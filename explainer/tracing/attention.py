@@ -71,17 +71,19 @@ class AttentionLayer:
         return asdict(self)
 
 
-def tokenize_prompt(tokenizer: Any, text: str) -> PromptTokens:
+def tokenize_prompt(tokenizer: Any, text: str, max_length: int | None = None) -> PromptTokens:
     """Tokenize like ``StableDiffusionPipeline.encode_prompt`` and keep BOS..first EOS.
 
     Args:
         tokenizer: the pipeline's CLIP tokenizer.
         text: the prompt ("" gives just BOS and EOS).
+        max_length: the padded length the pipeline asks for (e.g. FLUX's ``max_sequence_length`` for its
+            T5 tokenizer); default the tokenizer's ``model_max_length``.
 
     Returns:
         The prompt's tokens, words and anything truncation dropped.
     """
-    max_len = tokenizer.model_max_length
+    max_len = tokenizer.model_max_length if max_length is None else max_length
     ids = tokenizer(text, padding="max_length", max_length=max_len, truncation=True).input_ids
     full = tokenizer(text, truncation=False).input_ids
     eos = tokenizer.eos_token_id

@@ -13,6 +13,7 @@ from PIL import Image
 
 from . import previews
 from .attention import PromptTokens
+from .schedulers import equivalent_abar
 from .trace import Trace, json_safe
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def build_trace(rec: Recorder, *, final_image: Any, meta: dict[str, Any], tokens
         negative_truncated_tokens=uncond.truncated if uncond else [],
         timesteps=scalars[:, 0].copy(),
         sigmas=sigmas.copy(),
-        alphas_cumprod=1.0 / (sigmas**2 + 1.0),
+        alphas_cumprod=equivalent_abar(sigmas, plan.schedule_kind),  # flow: the same-SNR VP abar (schedulers.py)
         x0_coef_sample=scalars[:, 2].copy(),
         x0_coef_model=scalars[:, 3].copy(),
         input_scale=np.append(scalars[:, 4], rec.next_scale if n else plan.initial_scale),

@@ -55,7 +55,7 @@ def what_if_x0(trace: Trace, step: int, guidance_scale: float) -> np.ndarray:
         )
     (step,) = resolve_steps(step, trace.num_steps)
     recorded = trace.x0[step].astype(np.float32)
-    delta = np.float32(scale - trace.guidance_scale)
+    delta = np.float32(scale - trace.cfg_scale)  # FLUX: relative to true_cfg_scale
     if delta == 0:
         return recorded
     diff = trace.eps_cond[step].astype(np.float32) - trace.eps_uncond[step].astype(np.float32)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .attention import AttentionLayer, level_size
 from .errors import TraceBudgetError
 from .families import Family, TokenSegment
-from .schedulers import model_input_scale
+from .schedulers import model_input_scale, schedule_table
 from .validation import RecordSpec
 
 
@@ -35,8 +34,11 @@ class Plan:
     image_size: tuple[int, int] = (0, 0)  # (H, W) in pixels
     schedule: dict[str, list[float]] = field(default_factory=dict)  # the full schedule: timesteps, sigmas
     family: Family | None = field(default=None, repr=False)
-    schedule_kind: str = "vp"  # "vp" | "ve"
+    schedule_kind: str = "vp"  # "vp" | "ve" | "flow"
     all_layers: int = 0  # attention sites in the model, before record-time selection
+    keys: dict[str, list[int]] = field(default_factory=dict)  # per branch: the attention key positions recorded
+    schedule_info: dict[str, Any] = field(default_factory=dict)  # what shaped the schedule (flow: shift, mu)
+    timestep_arguments: dict[str, Any] = field(default_factory=dict)  # extra set_timesteps arguments (FLUX: mu)
 
     @property
     def attention_branches(self) -> list[str]:
@@ -112,8 +114,10 @@ def make_plan(
         The plan, layers already filtered by ``spec.layers``.
     """
     probe = copy_scheduler(scheduler)
-    probe.set_timesteps(steps, device="cpu")
-    start_index = 0 if mode == "txt2img" else start_step(steps, strength) * int(getattr(probe, "order", 1))
+    timestep_args = family.timestep_arguments(pipe, probe, height, width, num_inference_steps=steps)
+    probe.set_timesteps(steps, device="cpu", **timestep_args)
+    skipped = family.start_step(steps, strength)
+    start_index = 0 if mode == "txt2img" else skipped * int(getattr(probe, "order", 1))
     num_steps = len(probe.timesteps) - start_index
     space = family.schedule_kind(probe)
     initial_scale = model_input_scale(space, float(probe.sigmas[start_index])) if space == "ve" else 1.0
@@ -137,20 +141,15 @@ def make_plan(
             f"record['layers']={list(spec.layers)!r} selects none of the {len(sites)} attention layers; use module "
             f"paths or prefixes such as {'.'.join(sites[0][0].split('.')[:2])!r}, or resolutions among {sizes}."
         )
-    max_len = family.max_tokens(pipe)
-    counts = {}
-    for b, segs in segments.items():
-        longest = max((len(s.tokens.ids) for s in segs), default=0)
-        counts[b] = (max_len if spec.tokens == "all" and segs else longest)
-    full_t = probe.timesteps.detach().to("cpu", torch.float64)  # the whole schedule, for plots of what strength skips
-    table = probe.alphas_cumprod.detach().to("cpu", torch.float64)
-    abar = table[full_t.round().long().clamp(0, len(table) - 1)]
-    schedule = {"timesteps": full_t.tolist(), "sigmas": ((1 - abar) / abar).sqrt().tolist()}
+    keys = {b: family.recorded_keys(pipe, segs, spec.tokens) for b, segs in segments.items()}
+    counts = {b: len(k) for b, k in keys.items()}
+    schedule = schedule_table(probe, space)  # the whole schedule, for plots of what strength skips
     inpaint_mode = None
     if mode == "inpaint":
         inpaint_mode = "unet9" if family.denoiser(pipe).config.in_channels == 9 else "blend4"
     return Plan(num_steps, (c, h, w), layers, counts, cfg, spec, groups, initial_scale, modules, mode, inpaint_mode,
-                start_index, (height, width), schedule, family, space, len(sites))  # fmt: skip
+                start_index, (height, width), schedule, family, space, len(sites), keys,
+                family.schedule_info(probe, timestep_args), timestep_args)  # fmt: skip
 
 
 def copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:

@@ -33,7 +33,55 @@ SD1_LATENT_RGB_FACTORS = (
     (-0.2120, -0.2616, -0.7177),
 )
 SD1_SCALING_FACTOR = 0.18215
-#: The SD 1.x factors are kept only if they explain at least this share of the final image's variance.
+#: ComfyUI's published ``latent_rgb_factors`` and ``latent_rgb_factors_bias`` for FLUX.1 latents
+#: (``comfy/latent_formats.py``, class Flux), for latents scaled as the FLUX pipelines keep them,
+#: ``(z - FLUX_SHIFT_FACTOR) * FLUX_SCALING_FACTOR``; rows = the 16 latent channels, columns = R, G, B.
+FLUX_LATENT_RGB_FACTORS = (
+    (-0.0346, 0.0244, 0.0681),
+    (0.0034, 0.0210, 0.0687),
+    (0.0275, -0.0668, -0.0433),
+    (-0.0174, 0.0160, 0.0617),
+    (0.0859, 0.0721, 0.0329),
+    (0.0004, 0.0383, 0.0115),
+    (0.0405, 0.0861, 0.0915),
+    (-0.0236, -0.0185, -0.0259),
+    (-0.0245, 0.0250, 0.1180),
+    (0.1008, 0.0755, -0.0421),
+    (-0.0515, 0.0201, 0.0011),
+    (0.0428, -0.0012, -0.0036),
+    (0.0817, 0.0765, 0.0749),
+    (-0.1264, -0.0522, -0.1103),
+    (-0.0280, -0.0881, -0.0499),
+    (-0.1262, -0.0982, -0.0778),
+)
+FLUX_LATENT_RGB_BIAS = (-0.0329, -0.0718, -0.0851)
+FLUX_SCALING_FACTOR = 0.3611
+FLUX_SHIFT_FACTOR = 0.1159
+#: ComfyUI's published ``latent_rgb_factors`` and ``latent_rgb_factors_bias`` for SD3 / SD3.5 latents
+#: (``comfy/latent_formats.py``, class SD3), for latents scaled as the SD3 pipelines keep them,
+#: ``(z - SD3_SHIFT_FACTOR) * SD3_SCALING_FACTOR``; rows = the 16 latent channels, columns = R, G, B.
+SD3_LATENT_RGB_FACTORS = (
+    (-0.0922, -0.0175, 0.0749),
+    (0.0311, 0.0633, 0.0954),
+    (0.1994, 0.0927, 0.0458),
+    (0.0856, 0.0339, 0.0902),
+    (0.0587, 0.0272, -0.0496),
+    (-0.0006, 0.1104, 0.0309),
+    (0.0978, 0.0306, 0.0427),
+    (-0.0042, 0.1038, 0.1358),
+    (-0.0194, 0.0020, 0.0669),
+    (-0.0488, 0.0130, -0.0268),
+    (0.0922, 0.0988, 0.0951),
+    (-0.0278, 0.0524, -0.0542),
+    (0.0332, 0.0456, 0.0895),
+    (-0.0069, -0.0030, -0.0810),
+    (-0.0596, -0.0465, -0.0293),
+    (-0.1448, -0.1463, -0.1189),
+)
+SD3_LATENT_RGB_BIAS = (0.2394, 0.2135, 0.1925)
+SD3_SCALING_FACTOR = 1.5305
+SD3_SHIFT_FACTOR = 0.0609
+#: Published factors are kept only if they explain at least this share of the final image's variance.
 PRESET_MIN_R2 = 0.5
 _CACHE_SIZE = 100  # decoded images kept per VAE
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[tuple, Image.Image]] = weakref.WeakKeyDictionary()
@@ -85,13 +133,21 @@ class LatentRGB:
 
 
 def preset_latent_rgb(vae_config: Any) -> LatentRGB | None:
-    """Return ComfyUI's SD 1.x factors if the VAE has SD 1.x's latent format, else ``None``."""
+    """Return ComfyUI's published factors for the VAE's latent format (SD 1.x, FLUX.1, SD3), else ``None``."""
     channels = vae_config.get("latent_channels") if hasattr(vae_config, "get") else None
     scaling = vae_config.get("scaling_factor") if hasattr(vae_config, "get") else None
     shift = vae_config.get("shift_factor") if hasattr(vae_config, "get") else None
     if channels == len(SD1_LATENT_RGB_FACTORS) and scaling is not None and abs(scaling - SD1_SCALING_FACTOR) < 1e-6:
         if not shift:
             return LatentRGB(np.asarray(SD1_LATENT_RGB_FACTORS, np.float32), np.zeros(3, np.float32), "comfyui-sd1")
+    if (channels == len(FLUX_LATENT_RGB_FACTORS) and scaling is not None and shift is not None
+            and abs(scaling - FLUX_SCALING_FACTOR) < 1e-6 and abs(shift - FLUX_SHIFT_FACTOR) < 1e-6):  # fmt: skip
+        return LatentRGB(np.asarray(FLUX_LATENT_RGB_FACTORS, np.float32), np.asarray(FLUX_LATENT_RGB_BIAS, np.float32),
+                         "comfyui-flux")  # fmt: skip
+    if (channels == len(SD3_LATENT_RGB_FACTORS) and scaling is not None and shift is not None
+            and abs(scaling - SD3_SCALING_FACTOR) < 1e-6 and abs(shift - SD3_SHIFT_FACTOR) < 1e-6):  # fmt: skip
+        return LatentRGB(np.asarray(SD3_LATENT_RGB_FACTORS, np.float32), np.asarray(SD3_LATENT_RGB_BIAS, np.float32),
+                         "comfyui-sd3")  # fmt: skip
     return None
 
 
@@ -129,9 +185,10 @@ def fit_from_pairs(latents: torch.Tensor | np.ndarray, images: torch.Tensor | np
 def choose_latent_rgb(vae_config: Any, final_latent: torch.Tensor, final_image: Image.Image) -> LatentRGB | None:
     """Pick the linear preview map for a finished trace, at no extra model cost.
 
-    The final latent and the pipeline's own decode of it form one real (latent, image) pair. SD 1.x
-    latents get ComfyUI's factors when they explain the pair well (R² >= ``PRESET_MIN_R2``); any
-    other VAE, or SD-format VAEs whose weights do not match them, get factors fitted on the pair.
+    The final latent and the pipeline's own decode of it form one real (latent, image) pair. SD 1.x and
+    FLUX.1 (and SD3) latents get ComfyUI's published factors when they explain the pair well (R² >= ``PRESET_MIN_R2``);
+    any other VAE, or VAEs of those formats whose weights do not match them, get factors fitted on the pair
+    (least squares). ``LatentRGB.source`` says which was used.
 
     Returns:
         The map, or ``None`` when the image is flat (nothing to fit).

@@ -54,6 +54,7 @@ from .._quiet import KnownNoticeFilter
 from .attention import AttentionLayer, PromptTokens, attention_probs
 from .build import build_trace, encode_mean, versions
 from .families import MODEL_OUTPUTS, family_for
+from .joint_attention import JointAttentionRecorder
 from .plan import Plan, copy_scheduler, make_plan, start_step
 from .request import TraceRequest, fit_image, prepare_request, truncation_message
 from .schedulers import current_sigma, model_input_scale, scheduler_x0, x0_coefficients
@@ -149,6 +150,8 @@ class Recorder:
         self._pending: dict[str, Any] = {}
         self._pending_attn: dict[str, dict[int, torch.Tensor]] = {b: {} for b in BRANCHES}
         self.captured: dict[int, tuple[Attention, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self.joint: dict[int, torch.Tensor] = {}  # joint attention: layer index -> [B, 1 | H, N, T_all] text block
+        self._key_index: dict[tuple[str, Any], torch.Tensor | None] = {}  # (branch, device) -> recorded key positions
         self._undo: list[Callable[[], None]] = []
         self._timesteps = torch.zeros(0, dtype=torch.float64)  # host copy of the timesteps the loop runs
         self._step_calls = 0
@@ -163,6 +166,10 @@ class Recorder:
         self.guidance: float | None = None  # the run's guidance scale, for the non-finite message
         self.encoded: Any = None  # what encode_prompt returned (the family reads it)
         self.conditioning: dict[str, Any] = {}  # the family's extra conditioning, read at the first model call
+        # FLUX true CFG calls the denoiser once per branch (batch 1 each): which branch the current call is
+        self.separate = bool(getattr(self.family, "separate_guidance_calls", False))
+        self.branch_embeds: dict[str, torch.Tensor] = {}
+        self.call_branch = "cond"
 
     # -------------------------------------------------------------- attach / detach
 
@@ -177,14 +184,28 @@ class Recorder:
         self._wrap_attribute(pipe, "prepare_latents", self._wrap_prepare_latents(pipe.prepare_latents))
         self._wrap_attribute(self.scheduler, "step", self._wrap_step(self.scheduler.step))
         if self.plan.mode != "txt2img":
-            self._wrap_attribute(self.scheduler, "add_noise", self._wrap_add_noise(self.scheduler.add_noise))
+            for name in ("add_noise", "scale_noise"):  # scale_noise: flow-matching schedulers' forward process
+                if callable(getattr(self.scheduler, name, None)):
+                    self._wrap_attribute(self.scheduler, name, self._wrap_add_noise(getattr(self.scheduler, name)))
         if self.plan.mode == "inpaint":
             self._wrap_attribute(pipe, "prepare_mask_latents", self._wrap_prepare_mask(pipe.prepare_mask_latents))
         unet = self.family.denoiser(pipe)
         pre = unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)
         post = unet.register_forward_hook(self._unet_post_hook, with_kwargs=True)
         self._undo += [pre.remove, post.remove]
-        if self.spec.attention != "none":
+        if self.spec.attention != "none" and self.family.attention_kind == "joint":
+            for layer in self.plan.layers:
+                module = self.plan.modules[layer.name]
+                original = module.processor
+                make = getattr(self.family, "joint_recorder", JointAttentionRecorder)  # FLUX: its own (RoPE)
+                method = {"method": self.spec.method} if self.spec.method != "probabilities" else {}  # FLUX: "concept"
+                joint = make(layer, original, self._keep_joint, lambda: self.active,
+                             head_mean=self.spec.attention != "per_head", **method)  # fmt: skip
+                module.set_processor(joint)
+                self._undo.append(functools.partial(module.set_processor, original))
+                for target, forward in joint.wrappers(module):
+                    self._wrap_attribute(target, "forward", forward)
+        elif self.spec.attention != "none":
             for layer in self.plan.layers:
                 module = self.plan.modules[layer.name]
                 original = module.processor
@@ -217,6 +238,11 @@ class Recorder:
         if errors:  # pragma: no cover
             raise RuntimeError(f"could not fully restore the pipeline: {errors}")
 
+    def _grid(self, row: torch.Tensor) -> torch.Tensor:
+        """One batch row of a latent-shaped tensor as ``[C, h, w]`` (the family unpacks packed latents)."""
+        to_grid = getattr(self.family, "to_grid", None)
+        return row if to_grid is None else to_grid(self.pipe, row, self.plan.latent_shape)
+
     def _wrap_attribute(self, owner: Any, name: str, wrapper: Any) -> None:
         had_own = name in vars(owner)
         previous = vars(owner).get(name)
@@ -229,8 +255,12 @@ class Recorder:
         @functools.wraps(encode)
         def encode_prompt(*args: Any, **kwargs: Any) -> Any:
             result = encode(*args, **kwargs)
+            if self.separate and self.encoded is not None:  # FLUX true CFG: the second call encodes the negative
+                self.branch_embeds["uncond"] = self.family.read_embeddings(result)[0]
+                return result
             self.encoded = result
             self.embeds = self.family.read_embeddings(result)
+            self.branch_embeds["cond"] = self.embeds[0]
             return result
 
         return encode_prompt
@@ -246,12 +276,14 @@ class Recorder:
             if self.active:
                 # text-to-image and img2img return the latents; inpaint (latents, noise[, image_latents])
                 latents = out[0] if isinstance(out, tuple) else out
-                self.latents = [latents[0].to(self.dtype, copy=True)]  # the state before step 0
+                self.latents = [self._grid(latents[0]).to(self.dtype, copy=True)]  # the state before step 0
                 if isinstance(out, tuple) and len(out) > 2:
                     self.image_latent = out[2][0].to(self.dtype, copy=True)
-                # The timesteps are set by now; one host copy here spares a device sync at every step.
-                # Image-to-image and inpainting run the schedule from plan.start_index on.
-                self._timesteps = self.scheduler.timesteps.detach().to("cpu", torch.float64)[self.plan.start_index :]
+                # The timesteps are set by now (SD 1.x/2.x/XL); one host copy here spares a device sync at every
+                # step. Image-to-image and inpainting run the schedule from plan.start_index on. Pipelines that
+                # set them after the latents (SD3) get theirs at the first step (_after_step).
+                if getattr(self.scheduler, "timesteps", None) is not None:
+                    self._timesteps = self.scheduler.timesteps.detach().to("cpu", torch.float64)[self.plan.start_index :]
             return out
 
         return prepare_latents
@@ -279,11 +311,31 @@ class Recorder:
     def _unet_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if not self.active:
             return
-        if self.cond_index is None and self.plan.cfg:
+        if self.separate and self.plan.cfg:
+            self.call_branch = self._detect_branch(kwargs.get("encoder_hidden_states"))
+        elif self.cond_index is None and self.plan.cfg:
             context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
             self.cond_index = self._detect_order(context)
         if not self.conditioning and not self.x0:
             self.conditioning = self.family.conditioning(self.pipe, self.encoded, kwargs, self.cond_index or 0)
+
+    def _detect_branch(self, context: torch.Tensor | None) -> str:
+        """The branch of one denoiser call of a pipeline that runs each branch separately (FLUX true CFG),
+        read from the embeddings each ``encode_prompt`` call returned (identical embeddings: call order)."""
+        cond, uncond = self.branch_embeds.get("cond"), self.branch_embeds.get("uncond")
+        if context is None or cond is None or uncond is None:
+            raise RuntimeError("could not tell the prompt and negative-prompt calls of the transformer apart.")
+        is_cond, is_uncond = torch.equal(context, cond), torch.equal(context, uncond)
+        if is_cond and is_uncond:
+            self.batch_order = "identical embeddings (separate calls)"
+            return "uncond" if "eps_cond" in self._pending else "cond"
+        if is_cond or is_uncond:
+            self.batch_order = "separate calls: cond, then uncond"
+            return "cond" if is_cond else "uncond"
+        raise RuntimeError(
+            "the transformer's encoder_hidden_states match neither the prompt's nor the negative prompt's embeddings; "
+            "this pipeline calls its transformer in a way the tracer does not know."
+        )
 
     def _detect_order(self, context: torch.Tensor | None) -> int:
         """Return the batch index of the conditional half, read from the embeddings the pipeline built."""
@@ -308,16 +360,25 @@ class Recorder:
     def _unet_post_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not self.active:
             return
-        if self.captured:
+        if self.captured or self.joint:
             self.flush_attention()
         out = output[0] if isinstance(output, tuple) else output.sample
-        self._pending["out_finite"] = torch.isfinite(out).all()  # a device flag, read once per step
+        finite = torch.isfinite(out).all()  # a device flag, read once per step
+        if self.separate:  # one branch per call, batch 1; packed latents become [C, h, w]
+            previous = self._pending.get("out_finite")
+            self._pending["out_finite"] = finite if previous is None else previous & finite
+            self._pending[f"eps_{self.call_branch}"] = self._grid(out[0]).to(self.dtype, copy=True)
+            return
+        self._pending["out_finite"] = finite
         if self.plan.cfg:
             ci = self.cond_index
             self._pending["eps_cond"] = out[ci].to(self.dtype, copy=True)
             self._pending["eps_uncond"] = out[1 - ci].to(self.dtype, copy=True)
         else:
             self._pending["eps_cond"] = out[0].to(self.dtype, copy=True)
+
+    def _keep_joint(self, layer: AttentionLayer, probs: torch.Tensor) -> None:
+        self.joint[layer.index] = probs  # [B, 1 | H, N, T_all], turned into maps by flush_attention
 
     def flush_attention(self) -> None:
         """Turn the q/k captured during one UNet call into probabilities, one batched op chain per layer shape.
@@ -327,12 +388,20 @@ class Recorder:
         layer, laid out as ``[t, h, w]`` on the host once the run is over.
         """
         mode = self.spec.attention
-        rows = {"cond": 0} if not self.plan.cfg else {"cond": self.cond_index, "uncond": 1 - self.cond_index}
-        halves = {b: rows[b] for b in self.plan.attention_branches}
+        if self.separate:
+            rows = {self.call_branch: 0}
+        else:
+            rows = {"cond": 0} if not self.plan.cfg else {"cond": self.cond_index, "uncond": 1 - self.cond_index}
+        halves = {b: rows[b] for b in self.plan.attention_branches if b in rows}
         if not halves:
             self.captured.clear()
+            self.joint.clear()
             return
-        longest = max(self.plan.tokens[b] for b in halves)
+        if self.joint:
+            for la in self.plan.layers:
+                if la.index in self.joint:
+                    self._keep([la], self.joint[la.index][None], halves, mode)
+            self.joint.clear()
         by_shape: dict[tuple, list[AttentionLayer]] = {}
         for la in self.plan.layers:
             if la.index in self.captured:
@@ -345,27 +414,38 @@ class Recorder:
                 probs = attention_probs(
                     [it[0] for it in items], [it[1] for it in items], [it[2] for it in items], items[0][3]
                 )  # [L, B, H, N, T]
-                self._keep(chunk, probs, halves, longest, mode)
+                self._keep(chunk, probs, halves, mode)
         self.captured.clear()
 
-    def _keep(self, layers: list[AttentionLayer], probs: torch.Tensor, halves: dict[str, int], longest: int,
-              mode: str) -> None:  # fmt: skip
+    def _select_keys(self, x: torch.Tensor, branch: str) -> torch.Tensor:
+        """``x[..., keys]``: the recorded key positions of ``branch`` (a slice when they are ``0 .. t-1``)."""
+        keys = self.plan.keys.get(branch)
+        t = self.plan.tokens[branch]
+        if keys is None or list(keys) == list(range(t)):
+            return x[..., :t]
+        cache = (branch, x.device)
+        if cache not in self._key_index:
+            self._key_index[cache] = torch.tensor(keys, dtype=torch.long, device=x.device)
+        return x.index_select(-1, self._key_index[cache])
+
+    def _keep(self, layers: list[AttentionLayer], probs: torch.Tensor, halves: dict[str, int], mode: str) -> None:
         if mode == "per_step":
             _, h, w = self.plan.latent_shape
             la = layers[0]
-            summed = probs.mean(dim=2).sum(dim=0)[..., :longest].transpose(1, 2)  # [B, t, N], summed over layers
-            grid = summed.reshape(summed.shape[0], longest, la.height, la.width)
-            if (la.height, la.width) != (h, w):
-                grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+            summed = probs.mean(dim=2).sum(dim=0)  # [B, N, T], summed over layers
             for branch, row in halves.items():
+                part = self._select_keys(summed[row], branch).transpose(0, 1)  # [t, N]
+                grid = part.reshape(1, part.shape[0], la.height, la.width)
+                if (la.height, la.width) != (h, w):
+                    grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
                 acc = self._pending_attn[branch].get(0)
-                part = grid[row, : self.plan.tokens[branch]]
-                self._pending_attn[branch][0] = part if acc is None else acc + part
+                self._pending_attn[branch][0] = grid[0] if acc is None else acc + grid[0]
             return
-        kept = (probs if mode == "per_head" else probs.mean(dim=2))[..., :longest].to(torch.float16)
-        for slot, la in enumerate(layers):
-            for branch, row in halves.items():
-                self._pending_attn[branch][la.index] = kept[slot, row, ..., : self.plan.tokens[branch]]  # [(H,) N, t]
+        averaged = probs if mode == "per_head" else probs.mean(dim=2)
+        for branch, row in halves.items():
+            kept = self._select_keys(averaged[:, row], branch).to(torch.float16)  # [L, (H,) N, t]
+            for slot, la in enumerate(layers):
+                self._pending_attn[branch][la.index] = kept[slot]
 
     def _wrap_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         # functools.wraps keeps step's signature visible: the pipeline inspects it for `eta`/`generator`.
@@ -383,6 +463,8 @@ class Recorder:
         sched = self.scheduler
         calls = self._step_calls
         self._step_calls += 1
+        if calls == 0 and getattr(sched, "timesteps", None) is not None:  # the run's timesteps (see prepare_latents)
+            self._timesteps = sched.timesteps.detach().to("cpu", torch.float64)[self.plan.start_index :]
         t = float(self._timesteps[calls]) if calls < len(self._timesteps) else float(timestep)
         sigma = current_sigma(sched, t, self.space, getattr(sched, "step_index", None))
         a, b = x0_coefficients(self.space, self.prediction, sigma)
@@ -395,7 +477,7 @@ class Recorder:
         if self.space == "ve" and index is not None and index < len(sched.sigmas):
             next_sigma = float(sched.sigmas[index])
         self._pending.update(
-            x0=x0[0].to(self.dtype, copy=True),
+            x0=self._grid(x0[0]).to(self.dtype, copy=True),
             scalars=(t, sigma, a, b, model_input_scale(self.space, sigma)),
             next_scale=model_input_scale(self.space, next_sigma),
         )
@@ -408,7 +490,7 @@ class Recorder:
             return {}
         p = self._pending
         latents = callback_kwargs["latents"]
-        kept = latents[0].to(self.dtype, copy=True)
+        kept = self._grid(latents[0]).to(self.dtype, copy=True)
         self._check_finite(p, latents, kept)
         self.latents.append(kept)
         self.next_scale = p["next_scale"]
@@ -477,6 +559,10 @@ def estimate_trace_bytes(
     *,
     prompt_2: str | None = None,
     negative_prompt_2: str | None = None,
+    prompt_3: str | None = None,
+    negative_prompt_3: str | None = None,
+    max_sequence_length: int | None = None,
+    true_cfg_scale: float | None = None,
     image: Image.Image | np.ndarray | None = None,
     mask: Image.Image | np.ndarray | None = None,
     strength: float | None = None,
@@ -503,7 +589,9 @@ def estimate_trace_bytes(
     req = prepare_request(pipe, prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, seed=0, height=height, width=width, scheduler=scheduler,
                           record=record, image=image, mask=mask, strength=strength,
-                          extra_texts={"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2})  # fmt: skip
+                          extra_texts={"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2, "prompt_3": prompt_3,
+                                       "negative_prompt_3": negative_prompt_3},
+                          options={"max_sequence_length": max_sequence_length, "true_cfg_scale": true_cfg_scale})  # fmt: skip
     return req.plan.estimate_bytes() + req.height * req.width * 3
 
 
@@ -516,6 +604,10 @@ def trace(
     *,
     prompt_2: str | None = None,
     negative_prompt_2: str | None = None,
+    prompt_3: str | None = None,
+    negative_prompt_3: str | None = None,
+    max_sequence_length: int | None = None,
+    true_cfg_scale: float | None = None,
     image: Image.Image | np.ndarray | None = None,
     mask: Image.Image | np.ndarray | None = None,
     strength: float | None = None,
@@ -541,8 +633,16 @@ def trace(
     pipeline (scheduler, processors, hooks) is left as it was.
 
     Args:
-        pipe: a diffusers SD 1.x/2.x or SDXL pipeline (text-to-image, image-to-image or inpainting).
+        pipe: a diffusers SD 1.x/2.x or SDXL pipeline (text-to-image, image-to-image or inpainting), or
+            a Stable Diffusion 3 / 3.5 one (text-to-image, image-to-image).
         prompt: one prompt; ``""`` is an unconditional image.
+        prompt_2, negative_prompt_2: the second text encoder's texts (SDXL, SD3); default: ``prompt`` /
+            ``negative_prompt``.
+        prompt_3, negative_prompt_3: the T5 encoder's texts (SD3); default: ``prompt`` / ``negative_prompt``.
+        max_sequence_length: T5 tokens the transformer attends to (SD3; default: the pipeline's, 256).
+        true_cfg_scale: FLUX's true classifier-free guidance scale; with ``true_cfg_scale > 1`` and a
+            ``negative_prompt`` the transformer runs a negative branch too (default: off). FLUX's own
+            ``guidance_scale`` is an embedding input of guidance-distilled models (FLUX.1-dev), not a branch mix.
         image: the input picture (PIL image or uint8 / [0, 1] float array ``[H, W, 3]``). Other modes
             are converted to RGB, and a size the model cannot take is rounded to the nearest multiple
             it needs, each with a warning.
@@ -596,7 +696,9 @@ def trace(
     req = prepare_request(pipe, prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, seed=seed, generator=generator, height=height, width=width,
                           scheduler=scheduler, record=record, image=image, mask=mask, strength=strength,
-                          extra_texts={"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2})  # fmt: skip
+                          extra_texts={"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2, "prompt_3": prompt_3,
+                                       "negative_prompt_3": negative_prompt_3},
+                          options={"max_sequence_length": max_sequence_length, "true_cfg_scale": true_cfg_scale})  # fmt: skip
     pipe, prompt, negative_prompt, guidance, steps = req.pipe, req.prompt, req.negative_prompt, req.guidance, req.steps
     sched, spec, tokens, plan, cfg, height, width, seed = (
         req.scheduler, req.plan.spec, req.tokens, req.plan, req.plan.cfg, req.height, req.width, req.seed
@@ -605,7 +707,7 @@ def trace(
     for segments in req.segments.values():
         for seg in segments:
             if seg.tokens.truncated:
-                max_len = getattr(pipe, seg.tokenizer).model_max_length
+                max_len = family.token_limit(pipe, seg)
                 warnings.warn(truncation_message(seg.name, max_len, seg.tokens.truncated), stacklevel=2)
     estimate = plan.check_budget()
 
@@ -634,9 +736,12 @@ def trace(
             "config": dict(sched.config),
         },
         "prediction_type": family.model_output(sched),
-        "model_output": "eps_cond / eps_uncond hold the UNet's raw output: " + MODEL_OUTPUTS[family.model_output(sched)],
+        **({"schedule": plan.schedule_info} if plan.schedule_info else {}),
+        "model_output": f"eps_cond / eps_uncond hold the {'UNet' if family.attention_kind == 'cross' else 'transformer'}'s "
+                        "raw output: " + MODEL_OUTPUTS[family.model_output(sched)],
         "record": spec.to_dict(),
         "family": family.name,
+        "attention_method": family.attention_method,
         "schedule_kind": plan.schedule_kind,
         "token_segments": {b: [seg.to_dict() for seg in segs] for b, segs in req.segments.items()},
         "unconditional": unconditional_note(req),
@@ -645,6 +750,12 @@ def trace(
         "versions": dict(versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if spec.method != "probabilities":  # FLUX's ConceptAttention-style maps
+        meta["attention_method"] = family.attention_methods[spec.method]
+    if family.settings:  # family options given (max_sequence_length, true_cfg_scale): re-runs pass them again
+        meta["options"] = dict(family.settings)
+    if cfg and hasattr(family, "cfg_scale"):  # FLUX true CFG: the branches mix with true_cfg_scale
+        meta["cfg_scale"] = family.cfg_scale()
     call: dict[str, Any] = family.call_arguments(req.texts)
     if req.mode == "txt2img":
         call.update(height=height, width=width)
@@ -652,6 +763,8 @@ def trace(
         meta.update(strength=req.strength, start_step=plan.start_index, input_notes=req.notes,
                     full_schedule=plan.schedule)  # the whole num_inference_steps schedule, skipped steps included
         call.update(image=req.image, strength=req.strength)
+        if getattr(family, "edit_needs_size", False):  # FluxImg2ImgPipeline sizes by height/width, not the image
+            call.update(height=height, width=width)
         if req.mode == "inpaint":
             meta["inpaint_mode"] = plan.inpaint_mode
             call.update(mask_image=req.mask, height=height, width=width)
@@ -725,6 +838,9 @@ def trace(
 def unconditional_note(req: TraceRequest) -> str:
     """What the unconditional branch of this run was, in one phrase (kept as ``metadata["unconditional"]``)."""
     if not req.plan.cfg:
+        reason = getattr(req.family, "no_uncond_reason", None)
+        if reason is not None:  # FLUX: guidance_scale is an embedding input, true CFG is another argument
+            return reason(req.pipe, req.guidance)
         unet = req.family.denoiser(req.pipe)
         if req.guidance > 1 and unet.config.time_cond_proj_dim is not None:
             return (f"no unconditional branch: this model is guidance-distilled (time_cond_proj_dim="

@@ -59,8 +59,9 @@ class TraceRequest:
 
     @property
     def tokens(self) -> dict[str, PromptTokens]:
-        """The primary segment of each branch that has text."""
-        return {b: segs[0].tokens for b, segs in self.segments.items() if segs}
+        """The primary token list of each branch that has text (the family's reading of its segments)."""
+        return {b: self.family.primary_tokens(segs, self.plan.keys.get(b, [])) for b, segs in self.segments.items()
+                if segs}  # fmt: skip
 
 
 def fit_image(
@@ -108,6 +109,7 @@ def prepare_request(
     mask: Any = None,
     strength: Any = None,
     extra_texts: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> TraceRequest:
     """Check every argument (each error names its argument) and plan the recording.
 
@@ -115,6 +117,8 @@ def prepare_request(
         pipe, prompt, ...: as for :func:`explainer.trace`.
         extra_texts: family-specific text arguments given (e.g. ``{"prompt_2": ...}``); a name the
             pipeline's family does not take is refused.
+        options: family-specific non-text arguments given (e.g. ``{"max_sequence_length": 256}``), checked
+            by the family's ``configure`` (``None`` values mean "not given").
 
     Returns:
         The request, with the pipeline that runs the mode and the plan.
@@ -128,6 +132,11 @@ def prepare_request(
         if value is None:
             continue
         if name not in family.prompt_arguments:
+            if name.endswith("_3"):
+                raise UnsupportedPipelineError(
+                    f"{name}= applies to pipelines with a third text encoder (Stable Diffusion 3); this is a "
+                    f"{family.label} pipeline ({type(pipe).__name__}), so leave {name} out."
+                )
             raise UnsupportedPipelineError(
                 f"{name}= applies to pipelines with a second text encoder (Stable Diffusion XL); this is a "
                 f"{family.label} pipeline ({type(pipe).__name__}) with one, so leave {name} out."
@@ -135,7 +144,13 @@ def prepare_request(
         texts[name] = check_prompt(value, name, optional=True)
     if guidance_scale is not None:
         check_guidance(guidance_scale)  # a bad value is refused before the pipeline is derived
+    family.configure(pipe, options or {})
     spec = parse_record(record)
+    if spec.method not in getattr(family, "attention_methods", {"probabilities": None}):
+        raise ValueError(
+            f"record['method']={spec.method!r} is available for FLUX.1 pipelines only; this is a {family.label} "
+            "pipeline, so leave method out (its maps are the attention probabilities)."
+        )
     if image is None and mask is not None:
         raise ValueError("mask needs image=: pass the picture to inpaint as image and the region to repaint as mask.")
     if image is None and strength is not None:
@@ -147,14 +162,7 @@ def prepare_request(
             f"pipe must be a diffusers {txt2img.__name__} for text-to-image, not {type(pipe).__name__}; "
             f"pass image= (and mask=) to trace an edit with it, or trace {txt2img.__name__}.from_pipe(pipe)."
         )
-    unet = family.denoiser(pipe)
-    channels = unet.config.in_channels
-    if channels == 9 and mode != "inpaint":
-        raise UnsupportedPipelineError(
-            f"pipe has an inpainting UNet (9 input channels), which cannot run {mode}; pass image= and mask=."
-        )
-    if channels not in (4, 9) or channels != 9 and channels != pipe.vae.config.latent_channels:
-        raise UnsupportedPipelineError(f"pipe's UNet has {channels} input channels; the tracer supports 4 and 9.")
+    family.check_mode(pipe, mode)
     run_pipe = family.pipeline_for(pipe, mode)
     if guidance_scale is None:  # the running pipeline's own default: 7.5 for SD, 5.0 for SDXL text-to-image
         guidance_scale = call_default(run_pipe, "guidance_scale")
@@ -175,7 +183,7 @@ def prepare_request(
                                   1.0 if strength is None else strength, steps)  # fmt: skip
         img, mask_img, height, width, notes = fit_image(image, mask, height, width, multiple)
     seed = check_seed(seed, generator)
-    cfg = family.guided(pipe, guidance)
+    cfg = family.guided(pipe, guidance, texts=texts)
     segments = {"cond": family.token_segments(pipe, texts, "cond")}
     if cfg:
         segments["uncond"] = family.token_segments(pipe, texts, "uncond")

@@ -11,7 +11,14 @@ The coefficients depend on where the scheduler keeps its samples:
 - ``"ve"`` (Euler, Euler ancestral, LMS, Heun, KDPM2, the k-diffusion family):
   ``sample = x0 + sigma eps``; the UNet sees ``sample / sqrt(sigma^2 + 1)``.
 
-with ``sigma = sqrt((1 - abar) / abar)`` linking the two. :func:`x0_coefficients` returns ``(a, b)``
+with ``sigma = sqrt((1 - abar) / abar)`` linking the two, and a third kind for the flow-matching
+schedulers of diffusion transformers (SD3, FLUX):
+
+- ``"flow"`` (``FlowMatchEulerDiscreteScheduler`` and its relatives):
+  ``sample = (1 - sigma) x0 + sigma noise`` with ``sigma`` in [0, 1]; the model predicts the
+  velocity ``v = noise - x0``, so ``x0 = sample - sigma v``; the model sees ``sample`` unscaled.
+  Here ``sigma`` is the flow sigma, not the k-diffusion one; a VP process with the same
+  signal-to-noise ratio has ``abar = (1 - sigma)^2 / ((1 - sigma)^2 + sigma^2)`` (:func:`equivalent_abar`). :func:`x0_coefficients` returns ``(a, b)``
 for one step; the recorder uses them where a scheduler does not return ``pred_original_sample``,
 and :mod:`explainer.tracing.guidance` uses ``b`` to re-guide a recorded step.
 """
@@ -21,6 +28,9 @@ from __future__ import annotations
 import copy
 import math
 from typing import Literal
+
+import numpy as np
+import torch
 
 from diffusers import (
     DDIMScheduler,
@@ -39,7 +49,10 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-Space = Literal["vp", "ve"]
+Space = Literal["vp", "ve", "flow"]
+
+#: ``prediction_type`` of flow-matching schedulers (their config has none): the model output is a velocity.
+FLOW_VELOCITY = "flow_velocity"
 
 #: Short names accepted by ``trace(..., scheduler=...)``; each means ``cls.from_config(pipe.scheduler.config)``.
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
@@ -105,12 +118,20 @@ def resolve_scheduler(scheduler: str | SchedulerMixin | None, base: SchedulerMix
     )
 
 
+def is_flow_scheduler(scheduler: SchedulerMixin) -> bool:
+    """Whether ``scheduler`` is a flow-matching scheduler (diffusers' ``FlowMatch*`` classes)."""
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
 def scheduler_space(scheduler: SchedulerMixin) -> Space:
-    """Return ``"ve"`` or ``"vp"``: whether the scheduler keeps ``x0 + sigma*eps`` or ``sqrt(abar)x0 + ...``.
+    """Return ``"ve"``, ``"vp"`` or ``"flow"``: whether the scheduler keeps ``x0 + sigma*eps``,
+    ``sqrt(abar)x0 + ...`` or ``(1 - sigma) x0 + sigma noise``.
 
     Unknown classes are classified by their behaviour: a ``sigmas`` table with an initial noise
     sigma above 1 means the sample is not variance-preserving.
     """
+    if is_flow_scheduler(scheduler):
+        return "flow"
     if isinstance(scheduler, _VE):
         return "ve"
     if isinstance(scheduler, _VP):
@@ -120,7 +141,10 @@ def scheduler_space(scheduler: SchedulerMixin) -> Space:
 
 
 def prediction_type(scheduler: SchedulerMixin) -> str:
-    """Return what the model predicts according to the scheduler config: epsilon, v_prediction or sample."""
+    """Return what the model predicts according to the scheduler config: epsilon, v_prediction or sample
+    (:data:`FLOW_VELOCITY` for a flow-matching scheduler)."""
+    if is_flow_scheduler(scheduler):
+        return FLOW_VELOCITY
     kind = str(scheduler.config.get("prediction_type", "epsilon"))
     if kind == "original_sample":
         kind = "sample"
@@ -139,10 +163,10 @@ def current_sigma(scheduler: SchedulerMixin, timestep: float, space: Space, step
         step_index: ``scheduler.step_index`` after the step, or ``None`` for schedulers without one.
 
     Returns:
-        ``sigma = sqrt((1 - abar) / abar)`` of the step's input sample.
+        ``sigma = sqrt((1 - abar) / abar)`` of the step's input sample (the flow sigma for ``"flow"``).
     """
     sigmas = getattr(scheduler, "sigmas", None)
-    if step_index is not None and sigmas is not None and (space == "ve" or _sigma_indexed_vp(scheduler)):
+    if step_index is not None and sigmas is not None and (space in ("ve", "flow") or _sigma_indexed_vp(scheduler)):
         return float(sigmas[step_index - 1])
     abar = float(scheduler.alphas_cumprod[int(round(float(timestep)))])
     return math.sqrt((1.0 - abar) / abar) if abar > 0 else math.inf  # zero terminal SNR: pure noise
@@ -160,13 +184,15 @@ def x0_coefficients(space: Space, prediction: str, sigma: float) -> tuple[float,
     """Return ``(a, b)`` with ``x0 = a * sample + b * model_output`` for one step.
 
     Args:
-        space: ``"vp"`` or ``"ve"`` (see :func:`scheduler_space`).
-        prediction: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
-        sigma: the step's noise level, ``sqrt((1 - abar) / abar)``.
+        space: ``"vp"``, ``"ve"`` or ``"flow"`` (see :func:`scheduler_space`).
+        prediction: ``"epsilon"``, ``"v_prediction"``, ``"sample"`` or :data:`FLOW_VELOCITY`.
+        sigma: the step's noise level, ``sqrt((1 - abar) / abar)`` (the flow sigma for ``"flow"``).
 
     Returns:
         The two scalars, as Python floats.
     """
+    if space == "flow" or prediction == FLOW_VELOCITY:  # sample = (1 - sigma) x0 + sigma noise, v = noise - x0
+        return 1.0, -sigma
     if prediction == "sample":
         return 0.0, 1.0
     if math.isinf(sigma):  # zero terminal SNR: only v (or sample) prediction determines x0 there
@@ -187,7 +213,7 @@ def x0_coefficients(space: Space, prediction: str, sigma: float) -> tuple[float,
 
 def model_input_scale(space: Space, sigma: float) -> float:
     """Return the factor that brings a step's sample to unit variance (what the UNet sees)."""
-    if space == "vp":
+    if space in ("vp", "flow"):
         return 1.0
     return 0.0 if math.isinf(sigma) else 1.0 / math.sqrt(sigma * sigma + 1.0)
 
@@ -209,3 +235,42 @@ def scheduler_x0(scheduler: SchedulerMixin, output: object) -> tuple[object | No
         if outputs and outputs[-1] is not None:
             return outputs[-1], "scheduler.convert_model_output"
     return None, "parameterisation"
+
+
+def equivalent_abar(sigma: float | np.ndarray, space: str) -> np.ndarray:
+    """``abar`` of the VP process with the same signal-to-noise ratio as a sample at noise level ``sigma``.
+
+    Args:
+        sigma: the k-diffusion sigma (``"vp"``/``"ve"``) or the flow sigma (``"flow"``); a float or an array.
+        space: which of the two ``sigma`` is.
+
+    Returns:
+        float64 array shaped like ``sigma``: ``1 / (sigma^2 + 1)`` (0 where sigma is infinite), or
+        ``(1 - sigma)^2 / ((1 - sigma)^2 + sigma^2)`` for flow.
+    """
+    s = np.asarray(sigma, np.float64)
+    if space == "flow":
+        signal = (1.0 - s) ** 2
+        total = signal + s * s
+        return np.divide(signal, total, out=np.zeros_like(s), where=total > 0)
+    return 1.0 / (s**2 + 1.0)
+
+
+def schedule_table(scheduler: SchedulerMixin, space: Space) -> dict[str, list[float]]:
+    """The whole schedule of a scheduler whose timesteps are set: ``{"timesteps": [...], "sigmas": [...]}``.
+
+    Args:
+        scheduler: a scheduler after ``set_timesteps``.
+        space: from :func:`scheduler_space`; ``"flow"`` reads its ``sigmas`` table (with any shift
+            applied), the others the k-diffusion sigma of each timestep's ``abar``.
+
+    Returns:
+        One timestep and one sigma per step of the schedule (lists of floats).
+    """
+    full_t = scheduler.timesteps.detach().to("cpu", torch.float64)
+    if space == "flow":
+        sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)[: len(full_t)]
+        return {"timesteps": full_t.tolist(), "sigmas": sigmas.tolist()}
+    table = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
+    abar = table[full_t.round().long().clamp(0, len(table) - 1)]
+    return {"timesteps": full_t.tolist(), "sigmas": ((1 - abar) / abar).sqrt().tolist()}

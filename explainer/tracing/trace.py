@@ -175,6 +175,12 @@ class Trace:
         return float(self.metadata["guidance_scale"])
 
     @property
+    def cfg_scale(self) -> float:
+        """The scale that mixed the two branches: ``guidance_scale``, except FLUX's ``true_cfg_scale``
+        (there ``guidance_scale`` is an embedding input of a guidance-distilled transformer)."""
+        return float(self.metadata.get("cfg_scale", self.metadata["guidance_scale"]))
+
+    @property
     def has_uncond(self) -> bool:
         """Whether the unconditional branch was run (classifier-free guidance)."""
         return self.eps_uncond is not None

@@ -16,6 +16,9 @@ ATTENTION_MODES = ("none", "per_step", "per_layer", "per_head")
 _RECORD_ALIASES = {"default": "per_layer"}
 TOKEN_MODES = ("prompt", "all")
 TENSOR_DTYPES = ("float16", "float32")
+#: How attention maps are computed: the softmax probabilities the layer used, or ConceptAttention-style maps
+#: (FLUX only: softmax over text tokens of image-output . text-output dot products, Helbling et al. 2025).
+ATTENTION_METHODS = ("probabilities", "concept")
 #: Default memory budget for one trace (bytes); change it with ``record={"max_bytes": ...}``.
 DEFAULT_MAX_BYTES = 1 << 30
 _MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF  # torch.Generator.manual_seed accepts any unsigned 8-byte seed
@@ -33,6 +36,8 @@ class RecordSpec:
         layers: which attention layers to hook, chosen before the run (like TransformerLens's
             ``names_filter``): ``None`` (all), or a tuple of selectors, each a module path or a prefix of
             one (``"up_blocks.0"``, ``"mid_block"``) or a resolution ``"HxW"`` (``"32x32"``).
+        method: ``"probabilities"`` (default: the layer's own softmax) or ``"concept"`` (ConceptAttention-style
+            maps from the attention outputs; FLUX only).
     """
 
     attention: str = "per_layer"
@@ -40,6 +45,7 @@ class RecordSpec:
     dtype: str = "float16"
     max_bytes: int = DEFAULT_MAX_BYTES
     layers: tuple[str, ...] | None = None
+    method: str = "probabilities"
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -55,6 +61,8 @@ class RecordSpec:
         out = {"attention": self.attention, "tokens": self.tokens, "dtype": self.dtype, "max_bytes": self.max_bytes}
         if self.layers is not None:
             out["layers"] = list(self.layers)
+        if self.method != "probabilities":
+            out["method"] = self.method
         return out
 
 
@@ -63,7 +71,8 @@ def parse_record(record: str | dict[str, Any] | RecordSpec | None) -> RecordSpec
 
     Args:
         record: a mode name (``"none"``, ``"default"``, ``"per_step"``, ``"per_layer"``, ``"per_head"``),
-            a dict with keys ``attention``, ``tokens``, ``dtype``, ``max_bytes``, or a RecordSpec.
+            a dict with keys ``attention``, ``tokens``, ``dtype``, ``max_bytes``, ``layers``, ``method``, or a
+            RecordSpec.
 
     Returns:
         The parsed spec.
@@ -77,10 +86,11 @@ def parse_record(record: str | dict[str, Any] | RecordSpec | None) -> RecordSpec
         record = {"attention": record}
     if not isinstance(record, dict):
         raise TypeError(f"record must be one of {allowed} or a dict, not {type(record).__name__}.")
-    unknown = set(record) - {"attention", "tokens", "dtype", "max_bytes", "layers"}
+    unknown = set(record) - {"attention", "tokens", "dtype", "max_bytes", "layers", "method"}
     if unknown:
         raise ValueError(
-            f"record has unknown keys {sorted(unknown)}; allowed keys: attention, tokens, dtype, max_bytes, layers."
+            f"record has unknown keys {sorted(unknown)}; allowed keys: attention, tokens, dtype, max_bytes, layers, "
+            "method."
         )
     mode = record.get("attention", "default")
     mode = _RECORD_ALIASES.get(mode, mode) if isinstance(mode, str) else mode
@@ -98,7 +108,11 @@ def parse_record(record: str | dict[str, Any] | RecordSpec | None) -> RecordSpec
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes <= 0:
         raise ValueError(f"record['max_bytes']={max_bytes!r} must be a positive integer number of bytes.")
     layers = _parse_layers(record.get("layers"))
-    return RecordSpec(attention=mode, tokens=tokens, dtype=dtype, max_bytes=int(max_bytes), layers=layers)
+    method = record.get("method", "probabilities")
+    if method not in ATTENTION_METHODS:
+        raise ValueError(f"record['method']={method!r} is not allowed; use one of {list(ATTENTION_METHODS)}.")
+    return RecordSpec(attention=mode, tokens=tokens, dtype=dtype, max_bytes=int(max_bytes), layers=layers,
+                      method=method)  # fmt: skip
 
 
 def _parse_layers(layers: Any) -> tuple[str, ...] | None:
@@ -161,7 +175,8 @@ def check_size(value: Any, name: str, multiple: int, default: int) -> int:
         lower = max(multiple, value // multiple * multiple)
         raise ValueError(
             f"{name}={value} is not allowed; this pipeline needs a positive multiple of {multiple} "
-            f"(VAE scale factor x UNet downsampling), e.g. {lower} or {lower + multiple}."
+            f"(VAE scale factor x the UNet's downsampling or the transformer's latent patches), e.g. {lower} or "
+            f"{lower + multiple}."
         )
     return value
 

@@ -6,7 +6,7 @@ The explorer widget (:mod:`explainer.widgets`) composes these; they also serve s
 from .applications import blend_view, edit_overview, inpaint_progress, strength_schedule, strength_sweep
 from .guidance import guidance_decomposition, guidance_sweep
 from .steps import compare_steps, schedule_plot
-from .tokens import concentration, emergence_curve, token_overlay
+from .tokens import concentration, emergence_curve, method_comparison, token_overlay
 from .trajectory import latent_trajectory, project_latents
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "guidance_sweep",
     "inpaint_progress",
     "latent_trajectory",
+    "method_comparison",
     "project_latents",
     "schedule_plot",
     "strength_schedule",

@@ -52,7 +52,7 @@ def guidance_decomposition(trace: Trace, step: int, *, method: str = "linear", p
     image_axes(axes[0, 0], trace.what_if(step, 0.0, method=method, pipe=pipe), "x0 unconditional")
     image_axes(axes[0, 1], trace.what_if(step, 1.0, method=method, pipe=pipe), "x0 conditional")
     guided = trace.preview(step, kind="x0", method=method, pipe=pipe)
-    image_axes(axes[0, 2], guided, f"x0 guided (g {trace.guidance_scale:g})")
+    image_axes(axes[0, 2], guided, f"x0 guided (g {trace.cfg_scale:g})")
     ax = axes[0, 3]
     shown = ax.imshow(guidance_difference(trace, step), cmap="magma", interpolation="nearest")
     ax.set_title("|ε_cond − ε_uncond|", fontsize=9)

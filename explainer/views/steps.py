@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 def schedule_plot(trace: Trace, step: int | None = None, *, width: float = 4.0, height: float = 2.2) -> Figure:
     """σ (log scale) and ᾱ per step, with ``step`` marked by a vertical line.
 
+    A flow-matching trace (SD3, FLUX) plots its flow σ on a linear scale, titled with the shift used, and
+    the ᾱ of the VP process with the same signal-to-noise ratio (flow matching has no ᾱ of its own).
+
     Args:
         trace: the trace.
         step: step to mark, or ``None``.
@@ -33,9 +36,16 @@ def schedule_plot(trace: Trace, step: int | None = None, *, width: float = 4.0, 
     x = np.arange(trace.num_steps)
     sigmas = np.asarray(trace.sigmas, np.float64)
     finite = np.where(np.isfinite(sigmas), sigmas, np.nan)
+    flow = trace.schedule_kind == "flow"  # flow sigma in [0, 1]: x_t = (1 - σ) x0 + σ noise
     ax.plot(x, finite, color="#f0a030", label="σ")
-    if np.nanmin(finite) > 0:
+    if np.nanmin(finite) > 0 and not flow:
         ax.set_yscale("log")
+    if flow:
+        info = trace.metadata.get("schedule") or {}
+        shifts = [f"{name} {info[name]:.3g}" for name in ("shift", "mu") if isinstance(info.get(name), (int, float))]
+        if info.get("use_dynamic_shifting") and "mu" in info:
+            shifts = [f"mu {info['mu']:.3g} (dynamic)"]
+        ax.set_title("flow matching σ" + (f", {', '.join(shifts)}" if shifts else ""), fontsize=8)
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel("σ", color="#f0a030", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -43,7 +53,7 @@ def schedule_plot(trace: Trace, step: int | None = None, *, width: float = 4.0, 
     twin = ax.twinx()
     twin.plot(x, np.asarray(trace.alphas_cumprod, np.float64), color="#3a8fd8", label="ᾱ")
     twin.set_ylim(-0.02, 1.02)
-    twin.set_ylabel("ᾱ", color="#3a8fd8", fontsize=8)
+    twin.set_ylabel("ᾱ (same SNR)" if flow else "ᾱ", color="#3a8fd8", fontsize=8)
     twin.tick_params(labelsize=7)
     if step is not None:
         ax.axvline(step, color="#444", lw=1)

@@ -103,6 +103,40 @@ def token_overlay(
     return fig
 
 
+def method_comparison(
+    traces: Sequence[Trace],
+    tokens: str | int | Sequence[str | int],
+    step: int | slice | None = None,
+    *,
+    base: str = "x0",
+    layers: Any = None,
+    opacity: float = OVERLAY_ALPHA,
+) -> Figure:
+    """The same tokens' maps from traces recorded with different ``record={"method": ...}``, side by side.
+
+    For FLUX, trace the same run twice, once with the attention probabilities (the default) and once with
+    ConceptAttention-style maps (``record={"method": "concept"}``); the image is the same in both.
+
+    Args:
+        traces: the traces, one panel each, titled with the method that made their maps.
+        tokens, step, base, layers, opacity: as in :func:`token_overlay`.
+
+    Returns:
+        A matplotlib figure with one image per trace.
+
+    The two methods: ``docs/model_families.md`` (FLUX.1, "Two methods").
+    """
+    if not traces:
+        raise ValueError("traces must hold at least one Trace (one panel each).")
+    fig, axes = new_figure(3.0 * len(traces), 3.2, ncols=len(traces))
+    names = ", ".join(str(t) for t in _as_list(tokens))
+    for ax, trace in zip(axes[0], traces):
+        method = trace.metadata.get("record", {}).get("method", "probabilities")
+        image = overlay_image(trace, tokens, step, base=base, layers=layers, opacity=opacity)
+        image_axes(ax, image, f"{names}: {'ConceptAttention' if method == 'concept' else 'attention probabilities'}")
+    return fig
+
+
 def concentration(trace: Trace, token: str | int, layers: Any = None, branch: str = "cond") -> np.ndarray:
     """How concentrated a token's map is at each step: ``1 - entropy / log(pixels)``.
 

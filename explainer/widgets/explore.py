@@ -92,7 +92,7 @@ def run_key(trace: Trace) -> tuple:
         sched.get("name") or sched.get("class"),
         meta.get("mode", "txt2img"),
         meta.get("strength"),
-        round(float(trace.guidance_scale), 4),
+        round(float(trace.cfg_scale), 4),  # the branch-mixing scale (FLUX: true_cfg_scale)
     )
 
 
@@ -283,9 +283,9 @@ class Explorer(anywidget.AnyWidget):
             self.range_lo, self.range_hi = 0, trace.num_steps - 1
             self.selected = [s for s in self.selected if self._valid_key(s)]
             self.guidance_enabled = cfg
-            self.guidance_recorded = trace.guidance_scale
-            self.guidance_live = trace.guidance_scale
-            self.guidance = trace.guidance_scale
+            self.guidance_recorded = trace.cfg_scale  # FLUX true CFG: true_cfg_scale mixes the branches
+            self.guidance_live = trace.cfg_scale
+            self.guidance = trace.cfg_scale
             self.whatif, self.whatif_label = b"", ""
             self.detail, self.detail_label = b"", ""
             self.panel_png, self.panel_label = b"", ""
@@ -320,7 +320,7 @@ class Explorer(anywidget.AnyWidget):
         tr = self.trace
         if tr.eps_uncond is None:
             return tr.eps_cond[step].astype(np.float32)
-        return guided_output(tr.eps_uncond[step], tr.eps_cond[step], tr.guidance_scale)
+        return guided_output(tr.eps_uncond[step], tr.eps_cond[step], tr.cfg_scale)
 
     @staticmethod
     def _chip_groups(trace: Trace) -> list[dict[str, Any]]:
@@ -522,6 +522,8 @@ class Explorer(anywidget.AnyWidget):
         kwargs = {"record": trace.attention_mode if trace.attention_mode != "none" else "none", **self.trace_kwargs}
         if trace_mode(trace) != "txt2img":  # the same edit: input image, mask and strength
             kwargs.update(image=trace.input_image, mask=trace.mask, strength=trace.metadata.get("strength"))
+        for name, value in trace.metadata.get("options", {}).items():  # family options (FLUX: max_sequence_length)
+            kwargs.setdefault(name, value)
         kwargs.setdefault("scheduler", sched.get("name"))
         kwargs.setdefault("height", trace.height)
         kwargs.setdefault("width", trace.width)
@@ -529,7 +531,7 @@ class Explorer(anywidget.AnyWidget):
 
     @traitlets.observe("guidance")
     def _on_guidance(self, change: dict[str, Any]) -> None:
-        if self.trace is None or abs(change["new"] - self.trace.guidance_scale) < 1e-9:
+        if self.trace is None or abs(change["new"] - self.trace.cfg_scale) < 1e-9:
             return
         self._generation += 1
         generation, g = self._generation, float(change["new"])
@@ -548,13 +550,16 @@ class Explorer(anywidget.AnyWidget):
                 raise ValueError("re-running with a new guidance scale needs the pipeline: explore(trace, pipe=pipe).")
             meta = tr.metadata
             kwargs = self._run_kwargs(tr)
+            scales = {"guidance_scale": guidance_scale}
+            if "cfg_scale" in meta:  # FLUX true CFG: the slider is true_cfg_scale; guidance_scale stays the embedding
+                scales = {"guidance_scale": tr.guidance_scale, "true_cfg_scale": guidance_scale}
+                kwargs.pop("true_cfg_scale", None)
             self.status = f"re-running at guidance {guidance_scale:g}…"
             try:
                 with stop_when(self.pipe, lambda: generation != self._generation):
                     result = run_trace(self.pipe, tr.prompt, negative_prompt=tr.negative_prompt,
                                        num_inference_steps=int(meta["num_inference_steps"]),
-                                       guidance_scale=guidance_scale, seed=int(meta["seed"]), progress=False,
-                                       **kwargs)  # fmt: skip
+                                       seed=int(meta["seed"]), progress=False, **scales, **kwargs)  # fmt: skip
             except RunSuperseded as err:
                 partial = getattr(err, "partial_trace", None)
                 self.cancelled.append({"guidance": guidance_scale, "steps_done": partial.num_steps if partial else 0,

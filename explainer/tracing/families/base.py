@@ -18,13 +18,14 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..attention import PromptTokens, cross_attention_modules, tokenize_prompt
 from ..errors import UnsupportedPipelineError
-from ..schedulers import prediction_type, scheduler_space
+from ..schedulers import FLOW_VELOCITY, prediction_type, scheduler_space
 
 #: What the denoiser's raw output means, per diffusers ``prediction_type`` (one x0 formula per kind).
 MODEL_OUTPUTS = {
     "epsilon": "the predicted noise (epsilon)",
     "v_prediction": "the predicted velocity v (not epsilon)",
     "sample": "the predicted clean latent",
+    FLOW_VELOCITY: "the predicted flow velocity v = noise - x0 (not epsilon; x0 = x_t - sigma * v, sigma the flow sigma)",
 }
 
 
@@ -85,6 +86,38 @@ class Family:
     components: ClassVar[tuple[str, ...]] = ()
     shared_components: ClassVar[tuple[str, ...]] = ()
     prompt_arguments: ClassVar[tuple[str, ...]] = ()
+    #: non-text call arguments this family accepts (e.g. ``max_sequence_length``); checked by :meth:`configure`.
+    options: ClassVar[tuple[str, ...]] = ()
+    #: how text reaches the image: ``"cross"`` (UNet ``attn2`` layers) or ``"joint"`` (one softmax over image and
+    #: text keys, diffusion transformers); the recorder picks its attention processor by it.
+    attention_kind: ClassVar[str] = "cross"
+    #: how the recorded maps are computed, in one phrase (``metadata["attention_method"]``, shown by ``info``)
+    attention_method: ClassVar[str] = "cross-attention probabilities softmax(QK^T / sqrt(d)) of the attn2 layers"
+
+    def __init__(self) -> None:
+        self.settings: dict[str, Any] = {}  # the checked options of this request (see configure)
+
+    def configure(self, pipe: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """Check the family-specific options given to ``trace`` and keep them in :attr:`settings`.
+
+        Args:
+            pipe: the pipeline.
+            options: option name -> value; ``None`` values mean "not given" and are dropped.
+
+        Returns:
+            The checked options (also kept as ``self.settings``).
+
+        Raises:
+            UnsupportedPipelineError: an option this family does not take.
+        """
+        given = {k: v for k, v in options.items() if v is not None}
+        for name in given:
+            if name not in self.options:
+                raise UnsupportedPipelineError(
+                    f"{name}= does not apply to {self.label} pipelines ({type(pipe).__name__}); leave {name} out."
+                )
+        self.settings = dict(given)
+        return self.settings
 
     # ------------------------------------------------------------------ which pipelines
 
@@ -155,15 +188,73 @@ class Family:
         return sample_h * pipe.vae_scale_factor, sample_w * pipe.vae_scale_factor
 
     def schedule_kind(self, scheduler: SchedulerMixin) -> str:
-        """``"vp"`` (samples ``sqrt(abar) x0 + sqrt(1 - abar) eps``) or ``"ve"`` (``x0 + sigma eps``)."""
+        """``"vp"`` (samples ``sqrt(abar) x0 + sqrt(1 - abar) eps``), ``"ve"`` (``x0 + sigma eps``) or
+        ``"flow"`` (``(1 - sigma) x0 + sigma noise``, flow matching)."""
         return scheduler_space(scheduler)
+
+    def timestep_arguments(self, pipe: Any, scheduler: SchedulerMixin, height: int, width: int,
+                           num_inference_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """Extra ``scheduler.set_timesteps`` arguments the pipeline passes (e.g. FLUX's resolution shift ``mu``
+        and its own ``sigmas`` for ``num_inference_steps``)."""
+        return {}
+
+    def schedule_info(self, scheduler: SchedulerMixin, arguments: dict[str, Any]) -> dict[str, Any]:
+        """What shaped the schedule, for the trace's metadata (``metadata["schedule"]``); JSON-ready.
+
+        Args:
+            scheduler: a scheduler of the run's class and config, its timesteps set.
+            arguments: what :meth:`timestep_arguments` gave.
+
+        Returns:
+            For flow matching the config ``shift``, dynamic shifting and the ``mu`` used; ``{}`` otherwise.
+        """
+        if self.schedule_kind(scheduler) != "flow":
+            return {}
+        config = scheduler.config
+        info: dict[str, Any] = {
+            "kind": "flow",
+            "sigma": "flow sigma: x_t = (1 - sigma) * x0 + sigma * noise (trace.sigmas)",
+            "alphas_cumprod": "abar of the VP process with the same signal-to-noise ratio, "
+            "(1 - sigma)^2 / ((1 - sigma)^2 + sigma^2); flow matching itself has no abar",
+            "model_output": "velocity v = noise - x0",
+        }
+        for name in ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
+                     "max_image_seq_len", "time_shift_type", "shift_terminal", "invert_sigmas", "stochastic_sampling",
+                     "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):  # fmt: skip
+            if name in config:
+                info[name] = config[name]
+        info.update({k: float(v) if isinstance(v, (int, float)) else v for k, v in arguments.items()})
+        return info
+
+    def start_step(self, num_inference_steps: int, strength: float) -> int:
+        """Steps of the full schedule that image-to-image skips (the family pipeline's ``get_timesteps``).
+
+        SD 1.x/2.x/XL run the last ``min(int(num_inference_steps * strength), num_inference_steps)`` steps.
+        """
+        return max(num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps), 0)
+
+    def check_mode(self, pipe: Any, mode: str) -> None:
+        """Refuse a denoiser that cannot run ``mode`` (SD: 4 latent channels, or 9 for inpainting only)."""
+        if mode not in self.pipelines:
+            raise UnsupportedPipelineError(
+                f"{self.label} pipelines cannot be traced in mode {mode!r} yet; the tracer runs "
+                f"{', '.join(self.pipelines)} for them" + (" (mask= asks for inpainting)." if mode == "inpaint" else ".")
+            )
+        channels = self.denoiser(pipe).config.in_channels
+        if channels == 9 and mode != "inpaint":
+            raise UnsupportedPipelineError(
+                f"pipe has an inpainting UNet (9 input channels), which cannot run {mode}; pass image= and mask=."
+            )
+        if channels not in (4, 9) or channels != 9 and channels != pipe.vae.config.latent_channels:
+            raise UnsupportedPipelineError(f"pipe's UNet has {channels} input channels; the tracer supports 4 and 9.")
 
     def model_output(self, scheduler: SchedulerMixin) -> str:
         """What the denoiser predicts: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (refuses others)."""
         return prediction_type(scheduler)
 
-    def guided(self, pipe: Any, guidance_scale: float) -> bool:
-        """Whether the pipeline runs an unconditional branch (its ``do_classifier_free_guidance``)."""
+    def guided(self, pipe: Any, guidance_scale: float, texts: dict[str, str | None] | None = None) -> bool:
+        """Whether the pipeline runs an unconditional branch (its ``do_classifier_free_guidance``; ``texts``, the
+        checked text arguments, matter where a negative prompt switches it on, as for FLUX's true CFG)."""
         return guidance_scale > 1 and self.denoiser(pipe).config.time_cond_proj_dim is None
 
     # ------------------------------------------------------------------ text
@@ -186,6 +277,32 @@ class Family:
         name = "prompt" if branch == "cond" else "negative_prompt"
         text = texts.get(name) or ""
         return [TokenSegment(name, text, "tokenizer", tokenize_prompt(pipe.tokenizer, text))]
+
+    def token_limit(self, pipe: Any, segment: TokenSegment) -> int:
+        """The length limit of ``segment``'s tokenizer pass (for the truncation warning)."""
+        return int(getattr(pipe, segment.tokenizer).model_max_length)
+
+    def recorded_keys(self, pipe: Any, segments: list[TokenSegment], token_mode: str) -> list[int]:
+        """Positions among the attention keys whose maps are recorded for one branch.
+
+        Args:
+            pipe: the pipeline.
+            segments: the branch's token segments (``[]``: the branch sees no text).
+            token_mode: ``"prompt"`` (the segments' tokens, BOS to first EOS) or ``"all"`` (padding too).
+
+        Returns:
+            Key positions in increasing order; the stored maps' token axis follows this list.
+        """
+        if not segments:
+            return []
+        if token_mode == "all":
+            return list(range(self.max_tokens(pipe)))
+        return list(range(max(len(s.tokens.ids) for s in segments)))
+
+    def primary_tokens(self, segments: list[TokenSegment], keys: list[int]) -> PromptTokens:
+        """The token list a trace shows for one branch (``Trace.tokens``): one entry per recorded key
+        (or, as for SD 1.x/2.x/XL, the first segment's BOS .. EOS, shorter than the keys with ``tokens="all"``)."""
+        return segments[0].tokens
 
     def read_embeddings(self, result: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(prompt_embeds, negative_prompt_embeds)`` from what the pipeline's ``encode_prompt`` returned."""
