@@ -166,6 +166,13 @@ def explore_text_encoder(prompt: str = PROMPT, *, pipe: Any = None, known: froze
 
     Returns:
         The widget (``w.values["prompt"] = "..."`` re-runs it from Python too).
+
+    Example:
+        >>> import explainer
+        >>> w = explainer.explore_text_encoder("a purple star on the left")
+        >>> w.tokens["unknown_words"]
+        ['purple', 'star']
+        >>> w.values = {**w.values, "prompt": "a red circle"}  # what typing in the box does
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, not {type(prompt).__name__}.")
@@ -215,6 +222,13 @@ def explore_vae(image: Any = None, *, pipe: Any = None) -> VAEExplorer:
 
     Returns:
         The widget.
+
+    Example:
+        >>> import explainer
+        >>> w = explainer.explore_vae()
+        >>> w.result["latent"].shape  # the toy: 4 channels at 1/4 of 64 px
+        (4, 16, 16)
+        >>> w.values = {**w.values, "channel": 0, "scale": 0.0}  # zero channel 0, decode
     """
     return VAEExplorer(image, pipe=pipe)
 
@@ -259,6 +273,13 @@ def explore_noising(image: Any = None, *, t: int = 500, pipe: Any = None) -> Noi
 
     Returns:
         The widget.
+
+    Example:
+        >>> import explainer
+        >>> w = explainer.explore_noising(t=200)
+        >>> w.values = {**w.values, "t": 900, "schedule": "cosine"}
+        >>> round(w.result["alpha_bar"], 3) < 0.1
+        True
     """
     return NoisingExplorer(image, t=t, pipe=pipe)
 
@@ -301,6 +322,13 @@ def explore_unet(trace: Trace | None = None, *, pipe: Any = None, num_inference_
 
     Returns:
         The widget.
+
+    Example:
+        >>> import explainer
+        >>> w = explainer.explore_unet(num_inference_steps=6)
+        >>> [b["name"] for b in w.architecture["blocks"]][:2]
+        ['down_blocks.0', 'down_blocks.1']
+        >>> w.values = {"step": 5}  # feature norms of the last step
     """
     if trace is not None and not isinstance(trace, Trace):
         raise TypeError(f"trace must be an explainer.Trace or None, not {type(trace).__name__}.")
@@ -352,6 +380,13 @@ def explore_training(*, t: int = 500, pipe: Any = None) -> TrainingExplorer:
 
     Returns:
         The widget (``w.tiny`` is the :class:`~explainer.views.components.TinyTrainer` once trained).
+
+    Example:
+        >>> import explainer
+        >>> w = explainer.explore_training(t=300)
+        >>> w.values = {**w.values, "train": 1}  # what the button does: 5 steps of a tiny model
+        >>> len(w.tiny.losses)
+        5
     """
     return TrainingExplorer(t=t, pipe=pipe)
 
@@ -424,5 +459,13 @@ def explore_editing(image: Any = None, *, prompt: str = "a blue circle above a r
 
     Returns:
         The widget (``w.result`` is the last run's trace).
+
+    Example:
+        >>> import explainer
+        >>> w = explainer.explore_editing(strength=0.5)
+        >>> w.values = {**w.values, "strokes": [[20, 20], [24, 24]]}  # a brushed mask
+        >>> w.values = {**w.values, "run": 1}  # what the run button does
+        >>> w.result.mode
+        'inpaint'
     """
     return EditingExplorer(image, prompt=prompt, strength=strength, num_inference_steps=num_inference_steps, seed=seed, pipe=pipe)
