@@ -9,6 +9,7 @@ import torch
 import explainer
 from explainer.views import components as views
 from explainer.views.components._images import sample_image
+from explainer.views.components.text_encoder import _toy_known_words
 from explainer.views.components.noising import SCHEDULES, named_schedule
 from explainer.widgets import components as widgets
 from explainer.widgets.explore import default_pipeline
@@ -27,7 +28,7 @@ def image():
 # ------------------------------------------------------------------------------------------ text encoder
 def test_tokenize_marks_bos_eos_padding_and_truncation(pipe):
     tok = pipe.tokenizer
-    info = views.tokenize(tok, "a red circle", known=views.toy_known_words())
+    info = views.tokenize(tok, "a red circle", known=_toy_known_words())
     L = tok.model_max_length
     assert len(info["ids"]) == len(info["kinds"]) == len(info["tokens"]) == L == info["max_length"]
     assert info["ids"][0] == tok.bos_token_id and info["kinds"][:5] == ["bos", "word", "word", "word", "eos"]
@@ -44,7 +45,7 @@ def test_tokenize_marks_bos_eos_padding_and_truncation(pipe):
      ("a blue square to the right of a red circle", ["to", "of"]), ("a red circle above a blue square", [])],
 )  # fmt: skip
 def test_tokenize_names_words_the_toy_does_not_know(pipe, prompt, unknown):
-    info = views.tokenize(pipe.tokenizer, prompt, known=views.toy_known_words())
+    info = views.tokenize(pipe.tokenizer, prompt, known=_toy_known_words())
     assert info["unknown_words"] == unknown
     flags = [k for k, kind in zip(info["known"], info["kinds"]) if kind == "word"]
     assert flags.count(False) == len([t for t in info["tokens"] if t.replace("</w>", "") in unknown])
@@ -53,7 +54,7 @@ def test_tokenize_names_words_the_toy_does_not_know(pipe, prompt, unknown):
 def test_every_toy_caption_is_known(pipe):
     from explainer.toy.world import all_captions
 
-    known = views.toy_known_words()
+    known = _toy_known_words()
     assert all(views.tokenize(pipe.tokenizer, c, known=known)["unknown_words"] == [] for c in all_captions()[::37])
 
 

@@ -19,6 +19,8 @@ function render({ model, el }) {
   const info = h("div", { class: "sdc-info" });
   const pics = h("div", { class: "sdc-pics" });
   root.append(title, controls, status, error, info, pics);
+  // Keys typed into the controls are the widget's, not the notebook's shortcuts (Enter, a, b, m...).
+  controls.addEventListener("keydown", (ev) => ev.stopPropagation());
 
   function setValue(name, value) {
     const values = { ...model.get("values"), [name]: value };
@@ -41,6 +43,7 @@ function render({ model, el }) {
       } else if (c.kind === "text") {
         input = h("input", { type: "text", value: String(values[c.name]), size: "40", "data-name": c.name });
         input.addEventListener("change", () => setValue(c.name, input.value));
+        input.addEventListener("keydown", (ev) => { if (ev.key === "Enter") setValue(c.name, input.value); });
         label.append(input);
       } else if (c.kind === "select") {
         input = h("select", { "data-name": c.name });

@@ -35,6 +35,7 @@ from ..tracing import Trace
 from ..views import components as views
 from ..views._common import figure_png
 from ..views.components._images import as_array, sample_image
+from ..views.components.text_encoder import _toy_known_words
 from ..views.components.noising import SCHEDULES, named_schedule
 from ..views.components.training import loss_figure
 from .explore import default_pipeline, readable
@@ -123,7 +124,7 @@ class TextEncoderExplorer(ComponentExplorer):
     """:func:`explore_text_encoder`'s widget."""
 
     def __init__(self, prompt: str, *, pipe: Any = None, known: frozenset[str] | None = None) -> None:
-        self.known = known if known is not None else (views.toy_known_words() if pipe is None else None)
+        self.known = known if known is not None else (_toy_known_words() if pipe is None else None)
         controls = [{"name": "prompt", "kind": "text", "label": "prompt"},
                     {"name": "space", "kind": "select", "label": "compare", "options": ["output", "input"]}]  # fmt: skip
         super().__init__(part="text_encoder", title="Text encoder: prompt → tokens → embeddings", controls=controls,

@@ -13,7 +13,7 @@ The component explorers (:mod:`explainer.widgets.components`) draw these; notebo
 
 from .editing import mask_from_strokes, strength_figure, strength_start
 from .noising import noise_image, noising_figure, schedule_curves, schedule_figure
-from .text_encoder import token_similarity, token_similarity_figure, tokenize, toy_known_words
+from .text_encoder import token_similarity, token_similarity_figure, tokenize
 from .training import TinyTrainer, training_figure, training_objective
 from .unet import block_feature_norms, feature_norms_figure, unet_architecture, unet_diagram
 from .vae import compression_ratio, decode_latent, edit_latent, vae_figure, vae_roundtrip
@@ -35,7 +35,6 @@ __all__ = [
     "token_similarity",
     "token_similarity_figure",
     "tokenize",
-    "toy_known_words",
     "training_figure",
     "training_objective",
     "unet_architecture",

@@ -14,12 +14,16 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def toy_known_words() -> frozenset[str]:
-    """The words of the toy's shapes-world captions (colours, shapes, places, ``a``, ``and``, ``above``).
-
-    Returns:
-        The lower-case words the toy model was trained on; any other word is unknown to it.
-    """
+def _toy_known_words() -> frozenset[str]:
+    """The words of the toy's shapes-world captions: ``explainer.toy.vocabulary()["words"]`` where that
+    exists, else the same set derived here from :mod:`explainer.toy.world` (colours, shapes, places,
+    ``a``, ``and``, ``above``)."""
+    try:
+        from ...toy.vocabulary import vocabulary
+    except ImportError:
+        vocabulary = None
+    if vocabulary is not None:
+        return frozenset(vocabulary()["words"])
     from ...toy import world
 
     words: set[str] = {"a", "and", "above"}
@@ -35,7 +39,7 @@ def tokenize(tokenizer: Any, prompt: str, *, known: frozenset[str] | None = None
     Args:
         tokenizer: a CLIP tokenizer (``pipe.tokenizer``).
         prompt: the text.
-        known: words a model knows (e.g. :func:`toy_known_words`); tokens of other words are marked unknown.
+        known: words a model knows (the explorer passes the toy's words); tokens of other words are marked unknown.
 
     Returns:
         ``tokens`` and ``ids`` (length ``max_length``), ``kinds`` (``"bos"``, ``"word"``, ``"eos"``,
