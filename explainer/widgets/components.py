@@ -171,8 +171,8 @@ def explore_text_encoder(prompt: str = PROMPT, *, pipe: Any = None, known: froze
     Example:
         >>> import explainer
         >>> w = explainer.explore_text_encoder("a purple star on the left")
-        >>> w.tokens["unknown_words"]
-        ['purple', 'star']
+        >>> print(*w.tokens["unknown_words"])
+        purple star
         >>> w.values = {**w.values, "prompt": "a red circle"}  # what typing in the box does
     """
     if not isinstance(prompt, str):
@@ -327,8 +327,10 @@ def explore_unet(trace: Trace | None = None, *, pipe: Any = None, num_inference_
     Example:
         >>> import explainer
         >>> w = explainer.explore_unet(num_inference_steps=6)
-        >>> [b["name"] for b in w.architecture["blocks"]][:2]
-        ['down_blocks.0', 'down_blocks.1']
+        >>> blocks = w.architecture["blocks"]
+        >>> first = blocks[0]
+        >>> print(first["name"], first["resolution"])
+        down_blocks.0 [16, 16]
         >>> w.values = {"step": 5}  # feature norms of the last step
     """
     if trace is not None and not isinstance(trace, Trace):
