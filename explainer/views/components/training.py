@@ -206,6 +206,7 @@ def loss_figure(losses: list[float], *, title: str = "") -> Figure:
     fig, axes = new_figure(4.2, 2.2)
     ax = axes[0, 0]
     ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=2.5, lw=1.2, color="#f0a030")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("training step", fontsize=8)
     ax.set_ylabel("loss (MSE)", fontsize=8)
     ax.tick_params(labelsize=7)
