@@ -18,6 +18,7 @@ from .tracing import (
     trace,
 )
 from .widgets import compare, explore
+from .widgets import explore_editing, explore_noising, explore_text_encoder, explore_training, explore_unet, explore_vae
 from . import batch, corpus  # noqa: E402 - explainer.batch.run(...), explainer.corpus views
 
 __version__ = "0.1.0"
@@ -35,6 +36,12 @@ __all__ = [
     "corpus",
     "estimate_trace_bytes",
     "explore",
+    "explore_editing",
+    "explore_noising",
+    "explore_text_encoder",
+    "explore_training",
+    "explore_unet",
+    "explore_vae",
     "export",
     "fit_latent_rgb_factors",
     "load_pipeline",

@@ -1,8 +1,12 @@
 """Figure functions: each takes a Trace (and options) and returns a matplotlib figure.
 
+:mod:`explainer.views.components` holds the views of each part on its own (text encoder, VAE,
+forward noising, UNet, training, editing), as functions of the pipeline's components and arrays.
+
 The explorer widget (:mod:`explainer.widgets`) composes these; they also serve static notebooks and docs.
 """
 
+from . import components  # noqa: F401 - explainer.views.components: one part of SD each
 from .applications import blend_view, edit_overview, inpaint_progress, strength_schedule, strength_sweep
 from .guidance import guidance_decomposition, guidance_sweep
 from .steps import compare_steps, schedule_plot
