@@ -51,6 +51,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._quiet import KnownNoticeFilter
+from ..toy.vocabulary import ToyVocabularyWarning, check_prompt, unknown_words_message
 from .attention import AttentionLayer, PromptTokens, attention_probs
 from .build import build_trace, encode_mean, versions
 from .families import MODEL_OUTPUTS, family_for
@@ -597,6 +598,9 @@ def trace(
                           guidance_scale=guidance_scale, seed=seed, generator=generator, height=height, width=width,
                           scheduler=scheduler, record=record, image=image, mask=mask, strength=strength,
                           extra_texts={"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2})  # fmt: skip
+    unknown = check_prompt(pipe, req.prompt, req.negative_prompt)  # None unless the toy is the model
+    if unknown is not None and any(unknown.values()):
+        warnings.warn(unknown_words_message(unknown), ToyVocabularyWarning, stacklevel=2)
     pipe, prompt, negative_prompt, guidance, steps = req.pipe, req.prompt, req.negative_prompt, req.guidance, req.steps
     sched, spec, tokens, plan, cfg, height, width, seed = (
         req.scheduler, req.plan.spec, req.tokens, req.plan, req.plan.cfg, req.height, req.width, req.seed
@@ -645,6 +649,8 @@ def trace(
         "versions": dict(versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if unknown is not None:
+        meta["unknown_words"] = unknown  # the toy's unknown words: {"prompt": [...], "negative_prompt": [...]}
     call: dict[str, Any] = family.call_arguments(req.texts)
     if req.mode == "txt2img":
         call.update(height=height, width=width)
