@@ -143,23 +143,27 @@ function render({ model, el }) {
   }
 
   function loadFrames() {
-    for (const list of Object.values(urls.frames)) revokeAll(list);
+    // The old URLs go a little later: frames and final arrive together, and a preload may still read them.
+    const old = [...Object.values(urls.frames).flat(), urls.final];
+    setTimeout(() => revokeAll(old), 5000);
     urls.frames = {};
     const frames = model.get("frames");
     for (const [key] of PANELS) urls.frames[key] = (frames[key] || []).map((v) => blobUrl(v, mime()));
-    if (urls.final) URL.revokeObjectURL(urls.final);
     urls.final = blobUrl(model.get("final"), mime());
     imgs.final.src = urls.final || "";
     imgs.final.closest("figure").hidden = !urls.final;
     for (const [key] of PANELS) imgs[key].closest("figure").hidden = urls.frames[key].length === 0;
-    const size = model.get(model.get("presentation") ? "present_size" : "display_size");
-    for (const img of Object.values(imgs)) { img.width = size[0]; img.height = size[1]; }
-    for (const c of overlays) { c.width = size[0]; c.height = size[1]; }
-    for (const img of [whatif, detail, inputImg]) { img.width = size[0]; img.height = size[1]; }
+    applySize();
     root.classList.toggle("sdx-pixelated", model.get("pixelated"));
     slider.max = String(Math.max(0, count() - 1));
     for (const list of Object.values(urls.frames)) for (const u of list) { const im = new Image(); im.src = u; }
     show(Math.min(state.step, Math.max(0, count() - 1)), false);
+  }
+  function applySize() {  // display_size, or present_size in presentation mode
+    const size = model.get(model.get("presentation") ? "present_size" : "display_size");
+    for (const img of Object.values(imgs)) { img.width = size[0]; img.height = size[1]; }
+    for (const c of overlays) { c.width = size[0]; c.height = size[1]; }
+    for (const img of [whatif, detail, inputImg]) { img.width = size[0]; img.height = size[1]; }
   }
 
   function show(step, send = true) {
@@ -319,14 +323,16 @@ function render({ model, el }) {
     const on = model.get("presentation");
     root.classList.toggle("sdx-present", on);
     presentButton.setAttribute("aria-pressed", String(on));
-    loadFrames();
+    applySize();
+    drawOverlay();  // resizing cleared the overlay canvases
   }
   function submitRun() {
     const seed = Math.trunc(Number(seedBox.value));
     if (!Number.isFinite(seed) || seed < 0) { error.textContent = "seed must be a whole number >= 0"; error.hidden = false; return; }
-    model.set("prompt_text", promptBox.value);
+    const prompt = promptBox.value, scheduler = schedBox.value;  // read all first: each set re-renders the boxes
+    model.set("prompt_text", prompt);
     model.set("seed_value", seed);
-    model.set("scheduler_name", schedBox.value);
+    model.set("scheduler_name", scheduler);
     model.set("run_request", model.get("run_request") + 1);
     model.save_changes();
   }
@@ -388,12 +394,12 @@ function render({ model, el }) {
   model.on("change:input_frame_label", () => loadImage(inputImg, "input_frame", inputCap, "image/png"));
 
   model.on("change:presentation", loadPresentation);
-  model.on("change:present_size", loadFrames);
+  model.on("change:present_size", loadPresentation);
   for (const name of ["prompt_text", "seed_value", "scheduler_name", "scheduler_options", "can_run"]) model.on("change:" + name, loadRun);
   for (const name of ["stages", "docs_url"]) model.on("change:" + name, loadOverview);
   model.on("change:vocab_note", loadText);
 
-  loadText(); loadControls(); loadChips(); loadRun(); loadOverview(); loadPresentation();
+  loadText(); loadControls(); loadChips(); loadRun(); loadOverview(); loadFrames(); loadPresentation();
   setPlot(schedule, "schedule"); setPlot(emergence, "emergence");
   loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap); loadImage(inputImg, "input_frame", inputCap, "image/png");
   loadMaps(); loadPanel();
