@@ -18,7 +18,7 @@ from .tracing import (
     trace,
 )
 from .widgets import compare, explore
-from . import batch, corpus  # noqa: E402 - explainer.batch.run(...), explainer.corpus views
+from . import batch, corpus, toy  # noqa: E402 - explainer.batch.run(...), explainer.corpus views, explainer.toy.vocabulary()
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "load_pipeline",
     "load_trace",
     "outpaint",
+    "toy",
     "toy_model_path",
     "trace",
 ]
