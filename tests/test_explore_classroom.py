@@ -13,7 +13,7 @@ import explainer
 from explainer.toy import ToyVocabularyWarning
 from explainer.tracing import SCHEDULERS
 from explainer.widgets import Explorer, explore
-from explainer.widgets.explore import PRESENT_DISPLAY, STAGES
+from explainer.widgets.explore import PRESENT_DISPLAY, STAGES, default_pipeline
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -75,7 +75,7 @@ def test_run_box_runs_a_new_prompt_seed_and_scheduler(toy_widget):
 
 
 def test_run_box_on_a_toy_trace_loads_the_toy(tmp_path):
-    pipe = explainer.load_pipeline("toy")
+    pipe = default_pipeline()  # the explorer's own toy, loaded once per process
     tr = explainer.trace(pipe, "a red circle on the left", num_inference_steps=2, progress=False)
     loaded = explainer.load_trace(tr.save(tmp_path / "t.safetensors"))
     w = Explorer(loaded)  # no pipeline given: a toy trace re-runs on the bundled toy

@@ -22,9 +22,9 @@ REVIEW_CASES = {
 
 @pytest.fixture(scope="module")
 def toy():
-    pipe = explainer.load_pipeline("toy")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    from explainer.widgets.explore import default_pipeline
+
+    return default_pipeline()  # the bundled toy, loaded once per process
 
 
 def test_vocabulary_is_the_worlds_words():

@@ -9,7 +9,9 @@ seeds) for the current step, and guided re-runs (cached by prompt, negative, see
 guidance). These run on a background thread that keeps only the newest request of each kind; a re-run
 that a newer guidance request supersedes stops at its next UNet call. img2img and inpaint traces
 (``trace.metadata["mode"]``) also show their input image (with the mask's outline) and their start
-on the schedule plot.
+on the schedule plot. For a classroom: a prompt / seed / scheduler run box, an overview strip placing
+each panel in the pipeline, a presentation mode for projectors, and greyed chips for words the toy
+model never saw.
 """
 
 from __future__ import annotations
@@ -138,6 +140,14 @@ class Explorer(anywidget.AnyWidget):
         emergence_labels: the emergence curve's lines (``"red (prompt)"``, ``"blurry (negative)"``).
         mode: ``trace.metadata["mode"]``; for ``"img2img"`` / ``"inpaint"``, input_frame (PNG, the mask
         outlined) and start_label (``"img2img start, t = 501, strength 0.5"``, also marked on the schedule).
+
+        unknown_words / vocab_note: words of the prompts the toy never saw (``trace.metadata["unknown_words"]``);
+        their chips are greyed (``words[i]["known"]`` is ``False``).
+        prompt_text, seed_value, scheduler_name (``""``: the pipeline's own; scheduler_options lists them):
+        the run box; ``run_request += 1`` runs them (cached like guidance re-runs); can_run says whether a
+        pipeline is at hand (the one given, or the bundled toy for a toy trace).
+        stages: the overview strip (:data:`STAGES`); docs_url: base URL of the built docs for its links.
+        presentation: frames at present_size (>= :data:`PRESENT_DISPLAY` px), large type, full width.
 
     ``cancelled`` lists the re-runs a newer guidance request stopped early (not cached).
     """
