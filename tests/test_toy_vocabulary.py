@@ -10,7 +10,7 @@ import pytest
 import explainer
 from explainer.toy import ToyVocabularyWarning, is_toy, unknown_words, vocabulary
 from explainer.toy import world
-from explainer.toy.vocabulary import check_prompt, words_of
+from explainer.toy.known_words import check_prompt, words_of
 
 #: The three prompts the classroom review tried (explainer issue 14), with the words the toy never saw.
 REVIEW_CASES = {
@@ -115,3 +115,12 @@ def test_model_card_section_and_data_are_the_scripts_output():
     assert d["tried"] == REVIEW_CASES
     card = (root / "docs" / "toy_model.md").read_text()
     assert script.section(d) in card, "docs/toy_model.md is stale: python scripts/toy_vocabulary.py --markdown"
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    import explainer.toy.known_words as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -51,7 +51,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._quiet import KnownNoticeFilter
-from ..toy.vocabulary import ToyVocabularyWarning, check_prompt, unknown_words_message
+from ..toy.known_words import ToyVocabularyWarning, check_prompt, unknown_words_message
 from .attention import AttentionLayer, PromptTokens, attention_probs
 from .build import build_trace, encode_mean, versions
 from .families import MODEL_OUTPUTS, family_for

@@ -25,7 +25,7 @@ import numpy as np
 import traitlets
 
 from ..export.frames import OVERLAY_ALPHA, colormap_lut, format_sigma, overlay_heatmap
-from ..toy.vocabulary import words_of
+from ..toy.known_words import words_of
 from ..tracing import SCHEDULERS, Trace
 from ..tracing.attention import no_negative_tokens_message
 from ..tracing.guidance import guided_output

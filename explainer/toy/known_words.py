@@ -53,8 +53,8 @@ def vocabulary() -> dict[str, list[str]]:
 
     Example:
         >>> from explainer.toy import vocabulary
-        >>> vocabulary()["shapes"]
-        ['circle', 'square', 'triangle']
+        >>> " ".join(vocabulary()["shapes"])
+        'circle square triangle'
     """
     colours, shapes = list(world.COLOURS), list(world.SHAPES)
     relations = [r for r in world.FORMS if r != "single"]
