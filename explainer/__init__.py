@@ -19,7 +19,7 @@ from .tracing import (
 )
 from .widgets import compare, explore
 from .widgets import explore_editing, explore_noising, explore_text_encoder, explore_training, explore_unet, explore_vae
-from . import batch, corpus  # noqa: E402 - explainer.batch.run(...), explainer.corpus views
+from . import batch, corpus, toy  # noqa: E402 - explainer.batch.run(...), explainer.corpus views, explainer.toy.vocabulary()
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,7 @@ __all__ = [
     "load_pipeline",
     "load_trace",
     "outpaint",
+    "toy",
     "toy_model_path",
     "trace",
 ]

@@ -20,7 +20,7 @@ EXPORT_SUFFIXES = (".gif", ".webp", ".mp4", ".png", ".html", ".htm")
 RUN_GIF_PANELS = ("xt", "x0", "final")
 RUN_EDIT_PANELS = ("input", "xt", "x0", "final")  # image-to-image and inpainting runs show the input too
 #: Option name → the flag that sets it, for messages.
-_FLAGS = {"captions": "--no-captions", "loop": "--no-loop"}
+_FLAGS = {"captions": "--no-captions", "loop": "--no-loop", "notes": "--note", "questions": "--question"}
 
 
 def _int_at_least(minimum: int):
@@ -79,6 +79,18 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _step_note(text: str) -> tuple[int, str]:
+    """``STEP=TEXT`` (a handout note for a step index) as ``(step, text)``."""
+    step, sep, note = text.partition("=")
+    try:
+        index = int(step)
+    except ValueError:
+        index = None
+    if not sep or index is None or not note.strip():
+        raise argparse.ArgumentTypeError(f"must be STEP=TEXT with a step index, e.g. '0=pure noise', got {text!r}")
+    return index, note.strip()
+
+
 def _name_list(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names:
@@ -131,6 +143,11 @@ def _add_frame_options(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--quality", type=_positive_int, help="WebP/HTML 1..100, MP4 1..10")
     t.add_argument("--columns", type=_positive_int, help="PNG grid: steps per row before wrapping")
+    h = p.add_argument_group("handout (HTML)")
+    h.add_argument("--note", dest="notes", type=_step_note, action="append", metavar="STEP=TEXT",
+                   help="a note shown from step index STEP on, and listed on the page (repeatable)")  # fmt: skip
+    h.add_argument("--question", dest="questions", action="append", metavar="TEXT",
+                   help="a question for the class, listed at the end of the page (repeatable)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,8 +431,12 @@ def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         "loop",
         "quality",
         "columns",
+        "notes",
+        "questions",
     )
     options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if "notes" in options:
+        options["notes"] = dict(options["notes"])
     allowed = format_options(suffix)
     misplaced = [_FLAGS.get(n, "--" + n) for n in options if n not in allowed]
     if misplaced:

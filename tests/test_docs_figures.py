@@ -19,7 +19,7 @@ DATA = ROOT / "docs" / "data"
 MARK = re.compile(r"<!--d (?P<file>[\w.]+)#(?P<path>[^\s>]+)-->\**(?P<num>-?[\d,]*\.?\d+)(?P<pct>\s?%)?")
 # pages that quote measured figures, and how many marks each must hold at least
 PAGES = {
-    "docs/toy_model.md": 60,
+    "docs/toy_model.md": 66,
     "docs/concepts/guidance.md": 2,
     "docs/concepts/cross_attention.md": 6,
     "notebooks/05_cross_attention.ipynb": 2,

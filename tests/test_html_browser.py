@@ -217,3 +217,28 @@ def test_request_check_catches_a_network_request(browser, page_file, tmp_path):
         assert set(s.network()) == {"https://example.invalid/pixel.png"}
     finally:
         s.context.close()
+
+
+def test_handout_notes_follow_the_slider_and_questions_are_listed(browser, tr, tmp_path):
+    notes = {0: "pure noise: nothing to see yet", STEPS - 2: "the shapes settle"}
+    questions = ["Why is the first x\u2080 a blur?", "Which word's map sharpens first?"]
+    path = export(tr, tmp_path / "handout.html", size=SIZE, notes=notes, questions=questions, verbose=False)
+    s = Session(browser, path.as_uri())
+    try:
+        page = s.page
+        note = page.locator("#note")
+        assert note.is_visible() and note.text_content() == notes[0]
+        page.locator("#step").focus()
+        page.keyboard.press("End")  # the last step shows the latest note at or before it
+        assert note.text_content() == notes[STEPS - 2]
+        assert page.locator("#notes li").all_text_contents() == [f"step {s + 1}: {t}" for s, t in notes.items()]
+        assert page.locator("#questions li").all_text_contents() == questions
+        assert page.locator("#handout").is_visible()
+        assert_clean(s, path)
+    finally:
+        s.context.close()
+    plain = Session(browser, export(tr, tmp_path / "plain.html", size=SIZE, verbose=False).as_uri())
+    try:  # no notes, no questions: no handout section
+        assert plain.page.locator("#note").is_hidden() and plain.page.locator("#handout").is_hidden()
+    finally:
+        plain.context.close()

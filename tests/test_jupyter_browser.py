@@ -28,7 +28,8 @@ import pytest
 
 CELLS = [
     'import explainer\nw = explainer.explore("a red circle above a blue square", num_inference_steps=8, seed=0)\nw',
-    "print('kernel step', w.step, 'selected', w.selected)",
+    "print('kernel step', w.step, 'selected', w.selected)\n"
+    "print('prompt', w.trace.prompt, 'seed', w.trace.metadata['seed'], 'present', w.presentation)",
     'e = explainer.explore("a blue circle", image=w.trace.final_image, strength=0.5, num_inference_steps=8)\ne',
 ]
 NB7_CELLS = [
@@ -36,7 +37,8 @@ NB7_CELLS = [
         'import explainer\nw = explainer.explore("a red circle above a blue square", negative_prompt="blurry",\n'
         "                      num_inference_steps=8, seed=0)\nw"
     ),
-    "print('kernel step', w.step, 'selected', w.selected)",
+    "print('kernel step', w.step, 'selected', w.selected)\n"
+    "print('prompt', w.trace.prompt, 'seed', w.trace.metadata['seed'], 'present', w.presentation)",
 ]
 #: Notebook 7.6 (with JupyterLab 4.6) throws from its own bundle while its page starts, before any
 #: cell runs, on an empty /tree page too: "Cannot read properties of undefined (reading 'schema')"
@@ -192,6 +194,41 @@ def _open_tab_and_check(page, tab: str, caption: str, previous: str | None) -> s
     return img.get_attribute("src")
 
 
+def _run_prompt_and_present(page) -> None:
+    """Type a prompt the toy half knows and a seed, press Run: a new run shows (its unknown words greyed);
+    then toggle presentation mode: frames of >= 512 px, larger type; toggle back."""
+    root = page.locator(".sdx").first
+    x0 = root.locator("img[data-panel='x0']")
+    before = x0.get_attribute("src")
+    root.locator("input.sdx-prompt").fill("a purple star on the left")
+    root.locator("input.sdx-seed").fill("3")
+    root.locator("select.sdx-scheduler").select_option("euler")
+    root.locator("button.sdx-run").click()
+    page.wait_for_function(
+        "() => { const r = document.querySelector('.sdx'); const t = r.querySelector('.sdx-title').textContent;"
+        " return t.includes('purple star') && t.includes('seed 3'); }",
+        timeout=90_000,
+    )
+    assert x0.get_attribute("src") != before
+    unknown = root.locator(".sdx-word[data-unknown='true']:not(.sdx-negative)")
+    assert [w.get_attribute("title").split(":")[0] for w in unknown.all()] == ["purple", "star"]
+    assert root.locator(".sdx-vocab").inner_text().startswith("the toy model never saw 'purple', 'star'")
+    assert root.locator(".sdx-word:not([data-unknown]):not(.sdx-negative)").count() == 4  # a, on, the, left
+    assert root.locator("select.sdx-scheduler").input_value() == "euler"
+    assert [li.get_attribute("data-stage") for li in root.locator(".sdx-overview li").all()] == ["text", "clip", "unet", "vae"]
+    width = x0.evaluate("i => i.width")
+    font = root.evaluate("r => parseFloat(getComputedStyle(r).fontSize)")
+    root.locator("button.sdx-present-toggle").click()
+    page.wait_for_function("() => document.querySelector('.sdx').classList.contains('sdx-present')", timeout=10_000)
+    assert x0.evaluate("i => i.width") >= 512 > width
+    assert root.evaluate("r => parseFloat(getComputedStyle(r).fontSize)") > font
+    assert root.locator("button.sdx-present-toggle").get_attribute("aria-pressed") == "true"
+    root.locator("button.sdx-present-toggle").click()
+    page.wait_for_function("() => !document.querySelector('.sdx').classList.contains('sdx-present')", timeout=10_000)
+    assert x0.evaluate("i => i.width") == width
+    assert root.locator(".sdx-error").is_hidden()
+
+
 def test_explore_in_jupyterlab(lab, browser):
     base, token = lab
     errors: list[str] = []
@@ -231,6 +268,9 @@ def test_explore_in_jupyterlab(lab, browser):
         assert edit.locator(".sdx-start").inner_text().startswith("img2img start, t = ")
         assert edit.locator(".sdx-start").inner_text().endswith("strength 0.5")
         assert page.locator(".jp-Cell").first.locator("figure[data-panel='input']").is_hidden()  # txt2img: none
+
+        _run_prompt_and_present(page)
+        _kernel_says(page, "prompt a purple star on the left seed 3 present False")
     finally:
         page.close()
     assert errors == []
@@ -275,6 +315,8 @@ def test_explore_in_notebook7(lab, browser):
             timeout=30_000,
         )
         _kernel_says(page, "kernel step 7 selected ['cond:3', 'uncond:1']")
+        _run_prompt_and_present(page)
+        _kernel_says(page, "prompt a purple star on the left seed 3 present False")
     finally:
         page.close()
     assert errors == []

@@ -42,6 +42,17 @@ button[aria-pressed="true"] { background:var(--accent); color:#111; border-color
 .tokens .hint, label { color:var(--muted); font-size:13px; }
 input[type="range"] { accent-color:var(--accent); }
 footer { margin-top:20px; color:var(--muted); font-size:12px; }
+.note { font-size:17px; margin:8px 0; padding:8px 12px; border-left:3px solid var(--accent); background:var(--panel); }
+.handout h2 { font-size:17px; margin:18px 0 6px; }
+.handout ol, .handout ul { margin:0; padding-left:1.6em; }
+.handout li { margin:4px 0; }
+.handout .answer-space { display:none; }
+@media print {
+  body { background:#fff; color:#000; }
+  .controls, .tokens { display:none !important; }
+  figure, .note { background:#fff; border-color:#888; }
+  .handout .answer-space { display:block; height:4.5em; border-bottom:1px dotted #888; }
+}
 </style>
 </head>
 <body>
@@ -63,6 +74,11 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
     <label><input id="all-steps" type="checkbox"> all steps</label>
     <label>opacity <input id="opacity" type="range" min="0" max="100" value="65"></label>
   </div>
+  <p class="note" id="note" aria-live="polite" hidden></p>
+  <section class="handout" id="handout" hidden>
+    <div id="notes-box" hidden><h2>Notes by step</h2><ul id="notes"></ul></div>
+    <div id="questions-box" hidden><h2>Questions</h2><ol id="questions"></ol></div>
+  </section>
 </main>
 <footer id="footer"></footer>
 <script type="application/json" id="trace-data">{{DATA}}</script>
@@ -88,6 +104,25 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
     $("settings").append(item);
   }
   $("footer").textContent = data.footer;
+
+  // Handout: notes by step (the current one under the slider) and questions for the class.
+  const notes = data.notes || [], questions = data.questions || [];
+  for (const [step, text] of notes) {
+    const li = document.createElement("li");
+    li.textContent = "step " + step + ": " + text;
+    $("notes").append(li);
+  }
+  for (const text of questions) {
+    const li = document.createElement("li");
+    li.textContent = text;
+    const space = document.createElement("div");
+    space.className = "answer-space";
+    li.append(space);
+    $("questions").append(li);
+  }
+  $("notes-box").hidden = notes.length === 0;
+  $("questions-box").hidden = questions.length === 0;
+  $("handout").hidden = notes.length === 0 && questions.length === 0;
 
   // Stages: one per view; the step-driven ones carry an overlay canvas.
   const stages = [];
@@ -203,6 +238,8 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
     const info = data.steps[state.step];
     $("step-label").textContent =
       "step " + info.step + " / " + data.num_steps + " \u00b7 t = " + info.t + " \u00b7 \u03c3 = " + info.sigma;
+    $("note").textContent = info.note || "";
+    $("note").hidden = !info.note;
     if (state.word !== null && !$("all-steps").checked) drawOverlay();
   }
   slider.addEventListener("input", () => { pause(); show(Number(slider.value)); });

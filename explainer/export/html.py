@@ -140,6 +140,8 @@ def build_html(
     image_format: str = "jpeg",
     progress: bool = False,
     pipe: Any = None,
+    notes: dict[int, str] | None = None,
+    questions: Sequence[str] | None = None,
 ) -> tuple[str, int]:
     """The standalone page as a string, and the number of steps it holds.
 
@@ -166,6 +168,8 @@ def build_html(
     if not names and not show_final:
         raise ValueError("nothing to show: panels selects neither a step view nor 'final'.")
     word_list = _words(trace, words)
+    step_notes = check_notes(notes, trace.num_steps)
+    question_list = check_questions(questions)
     renderer = FrameRenderer(trace, names, None, size, False, resample, pipe=pipe) if names else None
     stills = renderer or FrameRenderer(trace, ["final"], None, size, captions=False, resample=resample, pipe=pipe)
     chosen = select_steps(trace.num_steps, steps, every)
@@ -190,7 +194,8 @@ def build_html(
     for s in chosen:
         t = float(trace.timesteps[s])
         step_info.append({"step": s + 1, "t": f"{t:.0f}" if t == round(t) else f"{t:.1f}",
-                          "sigma": format_sigma(trace.sigmas[s]).replace("inf", "\u221e")})  # fmt: skip
+                          "sigma": format_sigma(trace.sigmas[s]).replace("inf", "\u221e"),
+                          "note": note_at(step_notes, s)})  # fmt: skip
     payload: dict[str, Any] = {
         "prompt": trace.prompt,
         "negative_prompt": trace.negative_prompt or "",
@@ -208,6 +213,8 @@ def build_html(
         "colormap": colormap_lut(COLORMAP).reshape(-1).tolist(),
         "fps": fps,
         "hold": hold,
+        "notes": [[s + 1, text] for s, text in sorted(step_notes.items())],  # the handout's step notes, 1-based
+        "questions": question_list,
         "footer": f"Made with sd-explainer {__version__}. "
         + ("Previews are linear latent\u2192RGB maps; " if pipe is None else "Previews are full VAE decodes; ")
         + "attention maps are averaged over heads and layers. This page works offline.",
@@ -217,6 +224,43 @@ def build_html(
     title = _html.escape(f"sd-explainer: {trace.prompt or '(empty prompt)'}")
     head, tail = TEMPLATE.split("{{DATA}}")
     return head.replace("{{TITLE}}", title, 1) + text + tail, len(chosen)
+
+
+def check_notes(notes: Any, num_steps: int) -> dict[int, str]:
+    """``notes`` checked: ``{step index: text}`` with indices in ``0 .. num_steps - 1`` (negative counts from
+    the end), as a dict keyed by the non-negative index."""
+    if notes is None:
+        return {}
+    if not isinstance(notes, dict):
+        raise TypeError(f"notes must be a dict {{step index: text}}, not {type(notes).__name__}.")
+    out: dict[int, str] = {}
+    for step, text in notes.items():
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"notes keys must be step indices (whole numbers), got {step!r}.")
+        if not -num_steps <= int(step) < num_steps:
+            raise ValueError(f"notes has step {int(step)}; this trace has steps 0..{num_steps - 1} (or -{num_steps}..-1).")
+        if not isinstance(text, str):
+            raise TypeError(f"notes[{int(step)}] must be text, not {type(text).__name__}.")
+        out[int(step) % num_steps] = text
+    return out
+
+
+def note_at(notes: dict[int, str], step: int) -> str:
+    """The note shown at ``step``: the latest one at or before it (``""`` before the first)."""
+    earlier = [s for s in notes if s <= step]
+    return notes[max(earlier)] if earlier else ""
+
+
+def check_questions(questions: Any) -> list[str]:
+    """``questions`` checked: a list of strings (``None``: none)."""
+    if questions is None:
+        return []
+    if isinstance(questions, str) or not isinstance(questions, Sequence):
+        raise TypeError(f"questions must be a list of strings, not {type(questions).__name__}.")
+    for q in questions:
+        if not isinstance(q, str):
+            raise TypeError(f"questions must hold strings, got {q!r}.")
+    return list(questions)
 
 
 def _finite(value: Any) -> Any:
@@ -246,6 +290,8 @@ def save_html(
     image_format: str = "jpeg",
     progress: bool = False,
     pipe: Any = None,
+    notes: dict[int, str] | None = None,
+    questions: Sequence[str] | None = None,
 ) -> int:
     """Write the standalone interactive page.
 
@@ -264,12 +310,15 @@ def save_html(
         image_format: ``"jpeg"`` or ``"webp"`` for the frames.
         progress: show a tqdm bar while encoding.
         pipe: a pipeline (or its VAE): views show VAE decodes instead of linear previews.
+        notes: a handout's captions, ``{step index: text}`` (0-based, negative from the end): the page
+            shows the latest note at or before the current step under the slider, and lists them all.
+        questions: questions for the class, listed at the end of the page (and on print).
 
     Returns:
         The number of steps in the page.
     """
     page, count = build_html(trace, panels=panels, words=words, size=size, steps=steps, every=every,
                              resample=resample, fps=fps, hold=hold, quality=quality, image_format=image_format,
-                             progress=progress, pipe=pipe)  # fmt: skip
+                             progress=progress, pipe=pipe, notes=notes, questions=questions)  # fmt: skip
     Path(path).write_text(page, encoding="utf-8")
     return count

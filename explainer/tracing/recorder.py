@@ -51,6 +51,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._quiet import KnownNoticeFilter
+from ..toy.known_words import ToyVocabularyWarning, check_prompt, unknown_words_message
 from .attention import AttentionLayer, PromptTokens, attention_probs
 from .build import build_trace, encode_mean, versions
 from .families import MODEL_OUTPUTS, family_for
@@ -699,6 +700,9 @@ def trace(
                           extra_texts={"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2, "prompt_3": prompt_3,
                                        "negative_prompt_3": negative_prompt_3},
                           options={"max_sequence_length": max_sequence_length, "true_cfg_scale": true_cfg_scale})  # fmt: skip
+    unknown = check_prompt(pipe, req.prompt, req.negative_prompt)  # None unless the toy is the model
+    if unknown is not None and any(unknown.values()):
+        warnings.warn(unknown_words_message(unknown), ToyVocabularyWarning, stacklevel=2)
     pipe, prompt, negative_prompt, guidance, steps = req.pipe, req.prompt, req.negative_prompt, req.guidance, req.steps
     sched, spec, tokens, plan, cfg, height, width, seed = (
         req.scheduler, req.plan.spec, req.tokens, req.plan, req.plan.cfg, req.height, req.width, req.seed
@@ -756,6 +760,8 @@ def trace(
         meta["options"] = dict(family.settings)
     if cfg and hasattr(family, "cfg_scale"):  # FLUX true CFG: the branches mix with true_cfg_scale
         meta["cfg_scale"] = family.cfg_scale()
+    if unknown is not None:
+        meta["unknown_words"] = unknown  # the toy's unknown words: {"prompt": [...], "negative_prompt": [...]}
     call: dict[str, Any] = family.call_arguments(req.texts)
     if req.mode == "txt2img":
         call.update(height=height, width=width)

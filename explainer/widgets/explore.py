@@ -9,7 +9,9 @@ seeds) for the current step, and guided re-runs (cached by prompt, negative, see
 guidance). These run on a background thread that keeps only the newest request of each kind; a re-run
 that a newer guidance request supersedes stops at its next UNet call. img2img and inpaint traces
 (``trace.metadata["mode"]``) also show their input image (with the mask's outline) and their start
-on the schedule plot.
+on the schedule plot. For a classroom: a prompt / seed / scheduler run box, an overview strip placing
+each panel in the pipeline, a presentation mode for projectors, and greyed chips for words the toy
+model never saw.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 import traitlets
 
 from ..export.frames import OVERLAY_ALPHA, colormap_lut, format_sigma, overlay_heatmap
-from ..tracing import Trace
+from ..toy.known_words import words_of
+from ..tracing import SCHEDULERS, Trace
 from ..tracing.attention import no_negative_tokens_message
 from ..tracing.guidance import guided_output
 from ..tracing.previews import _vae_of, decode_steps, linear_preview, vae_decode_is_cheap
@@ -66,6 +69,22 @@ _PIPELINES: dict[str, Any] = {}
 PANELS = ("", "guidance", "sweep", "trajectory")
 #: Seeds besides the trace's own that the trajectory panel traces (with a pipeline) and overlays.
 TRAJECTORY_EXTRA_SEEDS = 3
+#: In presentation mode, frames are shown at least this big (longest side, px).
+PRESENT_DISPLAY = 512
+#: The overview strip: each stage of the pipeline, the explorer panels it makes, a one-line
+#: explanation, and its concept page (under ``docs/``).
+STAGES: tuple[dict[str, Any], ...] = (
+    {"key": "text", "name": "text \u2192 tokens", "panels": ["chips"], "page": "concepts/text_encoder.md",
+     "line": "the tokenizer cuts the prompt into tokens (the chips below)"},
+    {"key": "clip", "name": "CLIP text encoder", "panels": ["chips"], "page": "concepts/text_encoder.md",
+     "line": "one vector per token; the UNet reads them through cross-attention (the token maps)"},
+    {"key": "unet", "name": "UNet + scheduler loop", "panels": ["xt", "eps", "x0", "schedule", "emergence", "guidance"],
+     "page": "concepts/unet.md",
+     "line": "each step the UNet predicts the noise in x\u209c (model output), the scheduler removes some; "
+             "x\u0302\u2080 is its guess of the end"},
+    {"key": "vae", "name": "VAE decoder", "panels": ["final", "detail"], "page": "concepts/vae.md",
+     "line": "turns the last latent into pixels (the final image)"},
+)
 
 
 def default_pipeline() -> Any:
@@ -122,6 +141,14 @@ class Explorer(anywidget.AnyWidget):
         mode: ``trace.metadata["mode"]``; for ``"img2img"`` / ``"inpaint"``, input_frame (PNG, the mask
         outlined) and start_label (``"img2img start, t = 501, strength 0.5"``, also marked on the schedule).
 
+        unknown_words / vocab_note: words of the prompts the toy never saw (``trace.metadata["unknown_words"]``);
+        their chips are greyed (``words[i]["known"]`` is ``False``).
+        prompt_text, seed_value, scheduler_name (``""``: the pipeline's own; scheduler_options lists them):
+        the run box; ``run_request += 1`` runs them (cached like guidance re-runs); can_run says whether a
+        pipeline is at hand (the one given, or the bundled toy for a toy trace).
+        stages: the overview strip (:data:`STAGES`); docs_url: base URL of the built docs for its links.
+        presentation: frames at present_size (>= :data:`PRESENT_DISPLAY` px), large type, full width.
+
     ``cancelled`` lists the re-runs a newer guidance request stopped early (not cached).
     """
 
@@ -177,6 +204,21 @@ class Explorer(anywidget.AnyWidget):
     detail_label = traitlets.Unicode("").tag(sync=True)
 
     panel = traitlets.Unicode("").tag(sync=True)  # the open on-demand panel, one of PANELS
+    unknown_words = traitlets.List(traitlets.Unicode()).tag(sync=True)  # words the toy never saw (greyed chips)
+    vocab_note = traitlets.Unicode("").tag(sync=True)
+
+    # a new run from the controls: prompt, seed and scheduler, sent with run_request += 1
+    prompt_text = traitlets.Unicode("").tag(sync=True)
+    seed_value = traitlets.Int(0).tag(sync=True)
+    scheduler_name = traitlets.Unicode("").tag(sync=True)  # "" = the pipeline's own
+    scheduler_options = traitlets.List().tag(sync=True)  # [[value, label]]
+    run_request = traitlets.Int(0).tag(sync=True)
+    can_run = traitlets.Bool(False).tag(sync=True)
+
+    stages = traitlets.List().tag(sync=True)  # the overview strip (STAGES)
+    docs_url = traitlets.Unicode("").tag(sync=True)  # base URL of the built docs ("" = name the page files)
+    presentation = traitlets.Bool(False).tag(sync=True)
+    present_size = traitlets.List([PRESENT_DISPLAY, PRESENT_DISPLAY]).tag(sync=True)
     panel_png = traitlets.Bytes(b"").tag(sync=True)
     panel_label = traitlets.Unicode("").tag(sync=True)
 
@@ -189,6 +231,8 @@ class Explorer(anywidget.AnyWidget):
         image_format: str = "jpeg",
         quality: int = 85,
         error: str = "",
+        presentation: bool = False,
+        docs_url: str = "",
     ) -> None:
         """
         Args:
@@ -197,8 +241,18 @@ class Explorer(anywidget.AnyWidget):
             trace_kwargs: arguments for re-runs (``record``, ``height``...), besides the recorded ones.
             image_format: ``"jpeg"``, ``"webp"`` or ``"png"`` frames. quality: JPEG/WebP quality.
             error: a message to show (e.g. why the trace could not be made).
+            presentation: start in presentation mode (frames >= 512 px, large type, full width).
+            docs_url: base URL of the built docs, for the overview strip's links to the concept pages
+                (e.g. ``"http://127.0.0.1:8000/"`` under ``mkdocs serve``); ``""`` names the page files.
         """
-        super().__init__(image_format=image_format, colormap=colormap_lut().ravel().tolist(), error=error)
+        if not isinstance(presentation, bool):
+            raise TypeError(f"presentation must be True or False, not {presentation!r}.")
+        if not isinstance(docs_url, str):
+            raise TypeError(f"docs_url must be a string (a URL or ''), not {type(docs_url).__name__}.")
+        options = [["", "pipeline's own"]] + [[name, name] for name in SCHEDULERS]
+        super().__init__(image_format=image_format, colormap=colormap_lut().ravel().tolist(), error=error,
+                         presentation=presentation, docs_url=docs_url, scheduler_options=options,
+                         stages=[dict(stage) for stage in STAGES])  # fmt: skip
         self.pipe = pipe
         self.trace_kwargs = dict(trace_kwargs or {})
         self.quality = int(quality)
@@ -241,6 +295,8 @@ class Explorer(anywidget.AnyWidget):
             frames["eps"].append(encode(linear_preview(self._model_output(s), trace.latent_rgb, size), fmt, q))
         final = trace.final_image if trace.final_image is not None else trace.preview(trace.num_steps, kind="xt")
         factor = max(1, -(-MIN_DISPLAY // max(size)))
+        present = max(1, -(-PRESENT_DISPLAY // max(size)))
+        unknown = self._unknown(trace)
         start = self._start_label(trace, mode)
         fig = schedule_plot(trace)
         if start:
@@ -270,6 +326,14 @@ class Explorer(anywidget.AnyWidget):
             self.frames = frames
             self.final = encode(final, fmt, q)
             self.display_size = [size[0] * factor, size[1] * factor]
+            self.present_size = [size[0] * present, size[1] * present]
+            self.unknown_words = [w for words in unknown.values() for w in words]
+            self.vocab_note = self._vocab_note(unknown)
+            self.prompt_text = trace.prompt
+            self.seed_value = int(trace.metadata.get("seed") or 0)
+            sched = trace.metadata.get("scheduler", {}) if isinstance(trace.metadata.get("scheduler"), dict) else {}
+            self.scheduler_name = sched.get("name") or ""
+            self.can_run = self.run_pipe(trace) is not None
             self.pixelated = factor > 1
             self.steps_info = info
             self.title = html.unescape(f'"{trace.prompt}"  seed {trace.metadata.get("seed")}  g {trace.guidance_scale:g}')
@@ -330,10 +394,38 @@ class Explorer(anywidget.AnyWidget):
         for branch, words, tokens in (("cond", trace.words, trace.tokens), ("uncond", trace.negative_words, trace.negative_tokens)):
             if branch == "uncond" and not trace.has_uncond:
                 continue
+            unknown = set(Explorer._unknown(trace)["prompt" if branch == "cond" else "negative_prompt"])
             for w in words:
                 toks = [{"key": token_key(branch, i), "text": tokens[i].removesuffix("</w>")} for i in w.token_indices]
-                groups.append({"text": w.text, "branch": branch, "tokens": toks})
+                known = not unknown.intersection(words_of(w.text))
+                groups.append({"text": w.text, "branch": branch, "tokens": toks, "known": known})
         return groups
+
+    @staticmethod
+    def _unknown(trace: Trace) -> dict[str, list[str]]:
+        """``trace.metadata["unknown_words"]`` (recorded when the toy is the model), else no words."""
+        unknown = trace.metadata.get("unknown_words")
+        if not isinstance(unknown, dict):
+            return {"prompt": [], "negative_prompt": []}
+        return {k: [str(w) for w in unknown.get(k) or []] for k in ("prompt", "negative_prompt")}
+
+    @staticmethod
+    def _vocab_note(unknown: dict[str, list[str]]) -> str:
+        words = [w for ws in unknown.values() for w in ws]
+        if not words:
+            return ""
+        return (f"the toy model never saw {', '.join(repr(w) for w in words)} (greyed chips); it still draws "
+                "something from the words it knows: see explainer.toy.vocabulary().")  # fmt: skip
+
+    def run_pipe(self, trace: Trace | None = None) -> Any:
+        """The pipeline new runs use: the one given, else the bundled toy when ``trace`` was made with it
+        (loaded on first use), else ``None``."""
+        if self.pipe is not None:
+            return self.pipe
+        from ..export.html import model_name
+
+        trace = trace if trace is not None else self.trace
+        return "toy" if trace is not None and model_name(trace) == "toy" else None
 
     def _valid_key(self, key: str) -> bool:
         try:
@@ -537,29 +629,57 @@ class Explorer(anywidget.AnyWidget):
         generation, g = self._generation, float(change["new"])
         self._worker.submit("rerun", lambda: self._rerun(g, generation))
 
-    def _rerun(self, guidance_scale: float, generation: int) -> None:
+    @traitlets.observe("run_request")
+    def _on_run_request(self, change: dict[str, Any]) -> None:
+        if self.trace is None:
+            return
+        prompt, seed, scheduler = self.prompt_text, int(self.seed_value), self.scheduler_name
+        if scheduler and scheduler not in SCHEDULERS:
+            self.error = f"scheduler={scheduler!r} is not allowed; use '' (the pipeline's own) or one of {list(SCHEDULERS)}."
+            return
+        self._generation += 1
+        generation, g = self._generation, float(self.trace.guidance_scale)
+        self._worker.submit("rerun", lambda: self._rerun(g, generation, prompt=prompt, seed=seed, scheduler=scheduler))
+
+    def _rerun(self, guidance_scale: float, generation: int, *, prompt: str | None = None, seed: int | None = None,
+               scheduler: str | None = None) -> None:  # fmt: skip
+        """Run (or take from the cache) the current trace's settings with a new guidance scale and,
+        from the prompt box, a new prompt, seed or scheduler (``""``: the pipeline's own)."""
         from ..tracing import trace as run_trace
 
         tr = self.trace
-        key = run_key(tr)[:-1] + (round(guidance_scale, 4),)
+        prompt = tr.prompt if prompt is None else prompt
+        seed = int(tr.metadata["seed"]) if seed is None else int(seed)
+        key = list(run_key(tr))
+        if scheduler is not None:  # "" (the pipeline's own): its class is known when the trace used it
+            named = isinstance(tr.metadata.get("scheduler"), dict) and tr.metadata["scheduler"].get("name")
+            key[4] = scheduler or (None if named else key[4])
+        key = (prompt, key[1], seed, *key[3:-1], round(guidance_scale, 4))
         result = self.runs.get(key)
         if result is not None:
             self.cache_hits += 1
         else:
-            if self.pipe is None:
-                raise ValueError("re-running with a new guidance scale needs the pipeline: explore(trace, pipe=pipe).")
+            pipe = self.run_pipe(tr)
+            if pipe is None:
+                raise ValueError("a new run (guidance, prompt, seed or scheduler) needs the pipeline: "
+                                 "explore(trace, pipe=pipe).")  # fmt: skip
+            if isinstance(pipe, str):  # "toy": the trace was made with the bundled model
+                pipe = self.pipe = default_pipeline()
             meta = tr.metadata
+            if scheduler is not None:  # the choice sticks for later guidance re-runs
+                self.trace_kwargs["scheduler"] = scheduler or None
             kwargs = self._run_kwargs(tr)
             scales = {"guidance_scale": guidance_scale}
             if "cfg_scale" in meta:  # FLUX true CFG: the slider is true_cfg_scale; guidance_scale stays the embedding
                 scales = {"guidance_scale": tr.guidance_scale, "true_cfg_scale": guidance_scale}
                 kwargs.pop("true_cfg_scale", None)
-            self.status = f"re-running at guidance {guidance_scale:g}…"
+            same = (prompt, seed, scheduler) == (tr.prompt, int(meta["seed"]), None)
+            self.status = f"re-running at guidance {guidance_scale:g}…" if same else f"running {prompt!r}, seed {seed}…"
             try:
-                with stop_when(self.pipe, lambda: generation != self._generation):
-                    result = run_trace(self.pipe, tr.prompt, negative_prompt=tr.negative_prompt,
+                with stop_when(pipe, lambda: generation != self._generation):
+                    result = run_trace(pipe, prompt, negative_prompt=tr.negative_prompt,
                                        num_inference_steps=int(meta["num_inference_steps"]),
-                                       seed=int(meta["seed"]), progress=False, **scales, **kwargs)  # fmt: skip
+                                       seed=seed, progress=False, **scales, **kwargs)  # fmt: skip
             except RunSuperseded as err:
                 partial = getattr(err, "partial_trace", None)
                 self.cancelled.append({"guidance": guidance_scale, "steps_done": partial.num_steps if partial else 0,
@@ -573,6 +693,7 @@ class Explorer(anywidget.AnyWidget):
             return  # superseded after its last step: the result stays cached, not shown
         self.status = ""
         self.set_trace(result)
+        self.can_run = self.run_pipe(result) is not None
 
     def _show_error(self, err: BaseException) -> None:
         self.status = ""
@@ -589,12 +710,26 @@ class Explorer(anywidget.AnyWidget):
         return self._worker
 
 
-def explore(prompt_or_trace: str | Trace, *, pipe: Any = None, **trace_kwargs: Any) -> Explorer:
+def explore(
+    prompt_or_trace: str | Trace,
+    *,
+    pipe: Any = None,
+    presentation: bool = False,
+    docs_url: str = "",
+    **trace_kwargs: Any,
+) -> Explorer:
     """The one-call dashboard: a displayable widget to scrub steps, map tokens and try guidance.
+
+    Its prompt box, seed box and scheduler choice start new runs (on ``pipe``, or the bundled toy for
+    a toy trace); an overview strip shows where each panel sits in the pipeline; the "presentation"
+    button (or ``presentation=True``) shows frames of 512 px or more in large type, full width.
 
     Args:
         prompt_or_trace: a prompt (traced with ``pipe``, or the bundled toy model) or a :class:`Trace`.
         pipe: the pipeline, for tracing a prompt, VAE decodes and guided re-runs.
+        presentation: start in presentation mode (for a projector).
+        docs_url: base URL of the built docs for the overview's concept-page links (``""``: the page files
+            are named instead).
         **trace_kwargs: passed to :func:`explainer.trace` (``num_inference_steps``, ``seed``...).
 
     Returns:
@@ -614,11 +749,17 @@ def explore(prompt_or_trace: str | Trace, *, pipe: Any = None, **trace_kwargs: A
     """
     from ..tracing import trace as run_trace
 
+    view = {"presentation": presentation, "docs_url": docs_url}
+    if not isinstance(presentation, bool) or not isinstance(docs_url, str):
+        try:
+            Explorer(**view)
+        except TypeError as err:
+            return Explorer(error=readable(err))
     if isinstance(prompt_or_trace, Trace):
         try:
             if pipe is not None:
                 _vae_of(pipe)  # refuse a model name or anything else that is not a pipeline or a VAE
-            return Explorer(prompt_or_trace, pipe=pipe, trace_kwargs=trace_kwargs)
+            return Explorer(prompt_or_trace, pipe=pipe, trace_kwargs=trace_kwargs, **view)
         except (TypeError, ValueError) as err:
             return Explorer(error=readable(err))
     if not isinstance(prompt_or_trace, str):
@@ -629,6 +770,6 @@ def explore(prompt_or_trace: str | Trace, *, pipe: Any = None, **trace_kwargs: A
         kwargs = {"progress": False, **trace_kwargs}
         tr = run_trace(pipe, prompt_or_trace, **kwargs)
         extra = {k: v for k, v in trace_kwargs.items() if k in ("record", "height", "width", "scheduler")}
-        return Explorer(tr, pipe=pipe, trace_kwargs=extra)
+        return Explorer(tr, pipe=pipe, trace_kwargs=extra, **view)
     except (TypeError, ValueError, FileNotFoundError, RuntimeError) as err:
         return Explorer(pipe=pipe, error=readable(err))

@@ -1,6 +1,9 @@
 // sd-explainer step player (anywidget ESM). Frames arrive once as binary buffers and are swapped here,
 // with no kernel round trip per frame; the step goes back to the kernel throttled, for kernel-side panels.
 const PANELS = [["xt", "x\u209c noisy latent"], ["x0", "x\u2080 predicted"], ["eps", "model output (guided)"]];
+// What the overview strip lists under each stage (keys of Explorer.STAGES' "panels").
+const PANEL_NAMES = { chips: "word chips / token maps", xt: "x\u209c", eps: "model output", x0: "x\u2080",
+  schedule: "schedule", emergence: "emergence curve", guidance: "guidance", final: "final image", detail: "VAE decode" };
 
 function blobUrl(view, mime) {
   if (!view || view.byteLength === 0) return null;  // empty bytes: nothing to show
@@ -27,6 +30,21 @@ function render({ model, el }) {
   const error = h("div", { class: "sdx-error", role: "alert" });
   const status = h("div", { class: "sdx-status" });
   const title = h("div", { class: "sdx-title" });
+  const vocabNote = h("div", { class: "sdx-vocab", role: "note" });
+
+  // New runs: prompt, seed and scheduler, sent together with run_request + 1.
+  const promptBox = h("input", { type: "text", class: "sdx-prompt", "aria-label": "prompt", placeholder: "prompt" });
+  const seedBox = h("input", { type: "number", class: "sdx-seed", min: "0", step: "1", "aria-label": "seed" });
+  const schedBox = h("select", { class: "sdx-scheduler", "aria-label": "scheduler" });
+  const runButton = h("button", { type: "button", class: "sdx-run" });
+  runButton.textContent = "\u21bb Run";
+  const presentButton = h("button", { type: "button", class: "sdx-present-toggle", "aria-label": "presentation mode" });
+  presentButton.textContent = "\u26f6 Presentation";
+  const runRow = h("div", { class: "sdx-controls sdx-run-row" }, promptBox,
+    h("label", { text: "seed " }, seedBox), h("label", { text: "scheduler " }, schedBox), runButton, presentButton);
+
+  // The overview strip: text -> CLIP -> UNet + scheduler loop -> VAE decoder, each with the panels it makes.
+  const overview = h("ol", { class: "sdx-overview", "aria-label": "where each panel sits in the pipeline" });
   const previewKind = h("div", { class: "sdx-preview-kind" });
   const panelsRow = h("div", { class: "sdx-row sdx-panels" });
   const imgs = {};
@@ -102,7 +120,7 @@ function render({ model, el }) {
   const panelFig = h("figure", { class: "sdx-panel" }, h("div", { class: "sdx-frame" }, panelImg), panelCap);
   const panelBox = h("div", { class: "sdx-panel-box" }, tabs, panelFig);
 
-  root.append(error, status, title, previewKind, panelsRow, controls, plots, tokensRow, guidanceRow, panelBox);
+  root.append(error, status, runRow, overview, title, vocabNote, previewKind, panelsRow, controls, plots, tokensRow, guidanceRow, panelBox);
 
   const count = () => (model.get("frames").x0 || []).length;
   const mime = () => "image/" + model.get("image_format");
@@ -125,23 +143,27 @@ function render({ model, el }) {
   }
 
   function loadFrames() {
-    for (const list of Object.values(urls.frames)) revokeAll(list);
+    // The old URLs go a little later: frames and final arrive together, and a preload may still read them.
+    const old = [...Object.values(urls.frames).flat(), urls.final];
+    setTimeout(() => revokeAll(old), 5000);
     urls.frames = {};
     const frames = model.get("frames");
     for (const [key] of PANELS) urls.frames[key] = (frames[key] || []).map((v) => blobUrl(v, mime()));
-    if (urls.final) URL.revokeObjectURL(urls.final);
     urls.final = blobUrl(model.get("final"), mime());
     imgs.final.src = urls.final || "";
     imgs.final.closest("figure").hidden = !urls.final;
     for (const [key] of PANELS) imgs[key].closest("figure").hidden = urls.frames[key].length === 0;
-    const size = model.get("display_size");
-    for (const img of Object.values(imgs)) { img.width = size[0]; img.height = size[1]; }
-    for (const c of overlays) { c.width = size[0]; c.height = size[1]; }
-    for (const img of [whatif, detail, inputImg]) { img.width = size[0]; img.height = size[1]; }
+    applySize();
     root.classList.toggle("sdx-pixelated", model.get("pixelated"));
     slider.max = String(Math.max(0, count() - 1));
     for (const list of Object.values(urls.frames)) for (const u of list) { const im = new Image(); im.src = u; }
     show(Math.min(state.step, Math.max(0, count() - 1)), false);
+  }
+  function applySize() {  // display_size, or present_size in presentation mode
+    const size = model.get(model.get("presentation") ? "present_size" : "display_size");
+    for (const img of Object.values(imgs)) { img.width = size[0]; img.height = size[1]; }
+    for (const c of overlays) { c.width = size[0]; c.height = size[1]; }
+    for (const img of [whatif, detail, inputImg]) { img.width = size[0]; img.height = size[1]; }
   }
 
   function show(step, send = true) {
@@ -212,7 +234,10 @@ function render({ model, el }) {
     chips.replaceChildren();
     const selected = new Set(model.get("selected"));
     for (const group of model.get("words")) {
-      const word = h("span", { class: "sdx-word" + (group.branch === "uncond" ? " sdx-negative" : ""), title: group.text });
+      const unknown = group.known === false;
+      const word = h("span", { class: "sdx-word" + (group.branch === "uncond" ? " sdx-negative" : "") + (unknown ? " sdx-unknown" : ""),
+        title: unknown ? group.text + ": a word the toy model never saw" : group.text });
+      if (unknown) word.dataset.unknown = "true";
       for (const tok of group.tokens) {
         const chip = h("button", { type: "button", class: "sdx-chip", "data-key": tok.key, text: tok.text });
         chip.setAttribute("aria-pressed", String(selected.has(tok.key)));
@@ -270,7 +295,50 @@ function render({ model, el }) {
     startLabel.hidden = !model.get("start_label");
     root.dataset.mode = model.get("mode");
     emergenceLabels.textContent = (model.get("emergence_labels") || []).join(" \u00b7 ");
+    vocabNote.textContent = model.get("vocab_note");
+    vocabNote.hidden = !model.get("vocab_note");
   }
+  function loadRun() {
+    if (document.activeElement !== promptBox) promptBox.value = model.get("prompt_text");
+    if (document.activeElement !== seedBox) seedBox.value = String(model.get("seed_value"));
+    schedBox.replaceChildren(...model.get("scheduler_options").map(([v, t]) => h("option", { value: v, text: t })));
+    schedBox.value = model.get("scheduler_name");
+    const can = model.get("can_run");
+    for (const e of [promptBox, seedBox, schedBox, runButton]) e.disabled = !can;
+    runButton.title = can ? "run this prompt, seed and scheduler" : "new runs need the pipeline: explore(trace, pipe=pipe)";
+  }
+  function loadOverview() {
+    const base = model.get("docs_url");
+    overview.replaceChildren();
+    for (const stage of model.get("stages")) {
+      const page = base ? h("a", { href: base.replace(/\/?$/, "/") + stage.page.replace(/\.md$/, "/"), target: "_blank", rel: "noopener", text: "concept page" })
+        : h("span", { class: "sdx-page", text: "docs/" + stage.page });
+      const shows = stage.panels.map((k) => PANEL_NAMES[k] || k).join(", ");
+      overview.append(h("li", { class: "sdx-stage", "data-stage": stage.key },
+        h("b", { text: stage.name }), h("span", { class: "sdx-stage-line", text: stage.line }),
+        h("span", { class: "sdx-stage-panels", text: "shows: " + shows }), page));
+    }
+  }
+  function loadPresentation() {
+    const on = model.get("presentation");
+    root.classList.toggle("sdx-present", on);
+    presentButton.setAttribute("aria-pressed", String(on));
+    applySize();
+    drawOverlay();  // resizing cleared the overlay canvases
+  }
+  function submitRun() {
+    const seed = Math.trunc(Number(seedBox.value));
+    if (!Number.isFinite(seed) || seed < 0) { error.textContent = "seed must be a whole number >= 0"; error.hidden = false; return; }
+    const prompt = promptBox.value, scheduler = schedBox.value;  // read all first: each set re-renders the boxes
+    model.set("prompt_text", prompt);
+    model.set("seed_value", seed);
+    model.set("scheduler_name", scheduler);
+    model.set("run_request", model.get("run_request") + 1);
+    model.save_changes();
+  }
+  runButton.addEventListener("click", submitRun);
+  promptBox.addEventListener("keydown", (event) => { if (event.key === "Enter") { event.preventDefault(); submitRun(); } });
+  presentButton.addEventListener("click", () => { model.set("presentation", !model.get("presentation")); model.save_changes(); loadPresentation(); });
 
   slider.addEventListener("input", () => { pause(); show(Number(slider.value)); });
   function pause() {
@@ -325,7 +393,13 @@ function render({ model, el }) {
   model.on("change:input_frame", () => loadImage(inputImg, "input_frame", inputCap, "image/png"));
   model.on("change:input_frame_label", () => loadImage(inputImg, "input_frame", inputCap, "image/png"));
 
-  loadText(); loadControls(); loadChips(); loadFrames();
+  model.on("change:presentation", loadPresentation);
+  model.on("change:present_size", loadPresentation);
+  for (const name of ["prompt_text", "seed_value", "scheduler_name", "scheduler_options", "can_run"]) model.on("change:" + name, loadRun);
+  for (const name of ["stages", "docs_url"]) model.on("change:" + name, loadOverview);
+  model.on("change:vocab_note", loadText);
+
+  loadText(); loadControls(); loadChips(); loadRun(); loadOverview(); loadFrames(); loadPresentation();
   setPlot(schedule, "schedule"); setPlot(emergence, "emergence");
   loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap); loadImage(inputImg, "input_frame", inputCap, "image/png");
   loadMaps(); loadPanel();
