@@ -15,21 +15,10 @@ if TYPE_CHECKING:
 
 
 def _toy_known_words() -> frozenset[str]:
-    """The words of the toy's shapes-world captions: ``explainer.toy.vocabulary()["words"]`` where that
-    exists, else the same set derived here from :mod:`explainer.toy.world` (colours, shapes, places,
-    ``a``, ``and``, ``above``)."""
-    try:
-        from ...toy.vocabulary import vocabulary
-    except ImportError:
-        vocabulary = None
-    if vocabulary is not None:
-        return frozenset(vocabulary()["words"])
-    from ...toy import world
+    """The words of the toy's shapes-world captions (``explainer.toy.vocabulary()["words"]``)."""
+    from ...toy import vocabulary
 
-    words: set[str] = {"a", "and", "above"}
-    for phrase in (*world.COLOURS, *world.SHAPES, *world.PLACES):
-        words.update(phrase.split())
-    return frozenset(words)
+    return frozenset(vocabulary()["words"])
 
 
 def tokenize(tokenizer: Any, prompt: str, *, known: frozenset[str] | None = None) -> dict[str, Any]:
