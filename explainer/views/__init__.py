@@ -1,10 +1,22 @@
 """Figure functions: each takes a Trace (and options) and returns a matplotlib figure.
 
+:mod:`explainer.views.interactive` holds the plotly versions, for hovering and zooming.
+
 The explorer widget (:mod:`explainer.widgets`) composes these; they also serve static notebooks and docs.
 """
 
+from ._common import difference_label, output_symbol
 from .applications import blend_view, edit_overview, inpaint_progress, strength_schedule, strength_sweep
 from .guidance import guidance_decomposition, guidance_sweep
+from .interactive import (
+    emergence_figure,
+    figure_html,
+    guidance_sweep_figure,
+    noise_levels,
+    schedule_figure,
+    token_similarity_figure,
+    trajectory_figure,
+)
 from .steps import compare_steps, schedule_plot
 from .tokens import concentration, emergence_curve, token_overlay
 from .trajectory import latent_trajectory, project_latents
@@ -13,15 +25,24 @@ __all__ = [
     "blend_view",
     "compare_steps",
     "concentration",
+    "difference_label",
     "edit_overview",
+    "emergence_figure",
+    "figure_html",
     "emergence_curve",
     "guidance_decomposition",
     "guidance_sweep",
+    "guidance_sweep_figure",
     "inpaint_progress",
     "latent_trajectory",
+    "noise_levels",
+    "output_symbol",
     "project_latents",
+    "schedule_figure",
     "schedule_plot",
     "strength_schedule",
     "strength_sweep",
     "token_overlay",
+    "token_similarity_figure",
+    "trajectory_figure",
 ]
