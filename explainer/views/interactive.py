@@ -288,13 +288,26 @@ def token_similarity_figure(embeddings: np.ndarray, labels: Sequence[str], *, ti
 
 
 def figure_html(fig: go.Figure, *, div_id: str | None = None) -> str:
-    """An HTML fragment of ``fig`` that expects plotly.js on the page (no CDN; the docs vendor it).
+    """An HTML fragment of ``fig`` that draws with the page's plotly.js (no CDN; the docs vendor it).
+
+    The script waits for the page to finish loading, so plotly.js may come later in the page.
 
     Args:
         fig: the figure.
         div_id: the id of its ``<div>``, or ``None`` for a random one.
 
     Returns:
-        ``<div>`` and ``<script>`` text, responsive to the page width.
+        One ``<div>`` holding a ``<div>`` and a ``<script>``; the figure follows the page's width.
     """
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True})
+    import uuid
+
+    div_id = div_id or f"sdx-{uuid.uuid4().hex[:12]}"
+    height = int(fig.layout.height or 420)
+    spec = fig.to_json().replace("</", "<\\/")  # never close the script early
+    return (
+        f'<div class="sdx-plotly">\n<div id="{div_id}" style="width:100%;height:{height}px"></div>\n'
+        f"<script>(function () {{ var fig = {spec}; function draw() {{ "
+        f'Plotly.newPlot("{div_id}", fig.data, fig.layout, {{responsive: true, displaylogo: false}}); }} '
+        'if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", draw); } '
+        "else { draw(); } })();</script>\n</div>"
+    )
