@@ -110,7 +110,8 @@ def schedule_figure(
     fig.update_layout(
         xaxis={"title": "timestep t (sampling runs right to left)", "autorange": "reversed"},
         yaxis={"title": "ᾱ (signal share)", "range": [-0.02, 1.02]},
-        yaxis2={"title": "SNR = ᾱ / (1 − ᾱ)", "type": "log", "overlaying": "y", "side": "right"},
+        yaxis2={"title": "SNR = ᾱ / (1 − ᾱ)", "type": "log", "overlaying": "y", "side": "right",
+                "exponentformat": "power", "dtick": 2, "showgrid": False},
         legend={"orientation": "h", "y": -0.25}, margin={"l": 60, "r": 60, "t": 30, "b": 40}, height=380,
         hovermode="closest",
     )
