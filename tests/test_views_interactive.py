@@ -63,7 +63,7 @@ def test_schedule_figure_hovers_t_alpha_sigma_snr(eps_trace, pipe):
     for key in ("t =", "ᾱ =", "σ =", "SNR =", "step"):
         assert key in run.hovertemplate
     sigma = np.sqrt((1 - tr.alphas_cumprod.astype(np.float64)) / tr.alphas_cumprod)
-    assert [float(v) for v in run.customdata[:, 1]] == pytest.approx(sigma, rel=6e-3)  # 3 significant digits
+    assert [float(v) for v in np.asarray(run.customdata)[:, 1]] == pytest.approx(sigma, rel=6e-3)  # 3 significant digits
     assert fig.layout.shapes[0].x0 == pytest.approx(float(tr.timesteps[2]))
     assert fig.layout.yaxis2.type == "log"
     assert len(views.schedule_figure(tr).data) == 2 and not views.schedule_figure(tr).layout.shapes
