@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 def schedule_plot(trace: Trace, step: int | None = None, *, width: float = 4.0, height: float = 2.2) -> Figure:
     """σ (log scale) and ᾱ per step, with ``step`` marked by a vertical line.
 
+    σ = √((1 − ᾱ)/ᾱ) is the noise's size relative to the signal (infinite where ᾱ = 0, not drawn).
+    :func:`explainer.views.schedule_figure` is the interactive version (hover for t, ᾱ, σ, SNR).
+
     Args:
         trace: the trace.
         step: step to mark, or ``None``.
