@@ -1,4 +1,7 @@
-"""Render the concept pages' figures with the bundled toy model (CPU, about 20 s).
+"""Render the concept pages' figures with the bundled toy model (CPU, about 30 s).
+
+PNG figures (matplotlib) and interactive ones (plotly, ``NAME.html`` fragments that a page includes
+with a line ``<!--plotly NAME-->``; ``docs/hooks.py`` inlines them and vendors plotly.js).
 
 The docs build runs this from its hook (``docs/hooks.py``) into ``docs/generated/figures/``; by hand::
 
@@ -104,8 +107,11 @@ def vae_channels(ctx: _Context) -> Figure:
 
 
 def unet(ctx: _Context) -> Figure:
-    """One UNet call of the trace: its input x_t, its output (v, channel 0) and the x0 the scheduler derives."""
+    """One UNet call of the trace: its input x_t, its conditional output (channel 0), the guided x̂0."""
+    from explainer.views import output_symbol
+
     tr, pipe = ctx.trace, ctx.pipe
+    sym = output_symbol(tr)  # ε or v: what this model outputs
     steps = [0, 3, 6]
     fig, axes = _figure(6.4, 6.2, nrows=3, ncols=3)
     for r, s in enumerate(steps):
@@ -115,7 +121,8 @@ def unet(ctx: _Context) -> Figure:
         axes[r, 1].imshow(out, cmap="RdBu_r", vmin=-lim, vmax=lim)
         axes[r, 2].imshow(tr.preview(s, kind="x0", method="vae", pipe=pipe))
         axes[r, 0].set_ylabel(f"step {s}, t = {int(tr.timesteps[s])}", fontsize=8)
-    for c, title in enumerate(["input x_t (decoded)", "UNet output v (channel 0)", "x0 = a·x_t + b·v (decoded)"]):
+    titles = ["input x_t (decoded)", f"conditional output {sym}_cond (ch. 0)", f"x̂0 from the guided {sym} (decoded)"]
+    for c, title in enumerate(titles):
         axes[0, c].set_title(title, fontsize=8)
     _off(axes)
     return fig
@@ -221,6 +228,59 @@ def training(ctx: _Context) -> Figure:
     return fig
 
 
+# ----------------------------------------------------------------------------- interactive (plotly)
+def schedule_interactive(ctx: _Context):
+    """The toy's training schedule (ᾱ, SNR over every t) with the run's 10 steps; hover for σ."""
+    from explainer.views import schedule_figure
+
+    return schedule_figure(ctx.trace, train_alphas_cumprod=ctx.pipe.scheduler.alphas_cumprod.numpy())
+
+
+def trajectory_interactive(ctx: _Context):
+    """The latent paths of one prompt from four seeds, in one PCA plane."""
+    import explainer
+    from explainer.views import trajectory_figure
+
+    runs = [explainer.trace(ctx.pipe, PROMPT, num_inference_steps=STEPS, seed=s, record="none", progress=False)
+            for s in range(4)]
+    return trajectory_figure(runs, labels=[f"seed {s}" for s in range(4)])
+
+
+def emergence_interactive(ctx: _Context):
+    """Concentration of each word's map over the steps (8x8 layers)."""
+    from explainer.views import emergence_figure
+
+    return emergence_figure(ctx.trace, ["red", "circle", "above", "blue", "square"], layers="8x8")
+
+
+def guidance_sweep_interactive(ctx: _Context):
+    """Step 0's x̂0 re-guided at several scales under a slider, with its distance from g = 1."""
+    from explainer.views import guidance_sweep_figure
+
+    return guidance_sweep_figure(ctx.trace, 0, (0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0), method="vae", pipe=ctx.pipe)
+
+
+def token_similarity_interactive(ctx: _Context):
+    """Cosine similarity of the toy text encoder's input embeddings, words of its world and two unknown words."""
+    from explainer.views import token_similarity_figure
+
+    tok, enc = ctx.pipe.tokenizer, ctx.pipe.text_encoder
+    words = ["red", "green", "blue", "yellow", "purple", "circle", "square", "triangle", "star", "left", "right", "top"]
+    ids = [tok(w).input_ids[1] for w in words]  # [BOS, word, EOS]: each of these words is one BPE token
+    table = enc.get_input_embeddings().weight.detach().numpy()  # [vocab, width]
+    return token_similarity_figure(table[ids], words)
+
+
+#: file name (without .html) -> the function that makes the plotly figure
+INTERACTIVE = {
+    "schedule_interactive": schedule_interactive,
+    "trajectory_interactive": trajectory_interactive,
+    "emergence_interactive": emergence_interactive,
+    "guidance_sweep_interactive": guidance_sweep_interactive,
+    "token_similarity_interactive": token_similarity_interactive,
+}
+
+
 #: file name (without .png) -> the function that draws it
 FIGURES: dict[str, Callable[[_Context], Figure]] = {
     "text_encoder_embeddings": text_encoder,
@@ -238,7 +298,7 @@ FIGURES: dict[str, Callable[[_Context], Figure]] = {
 
 
 def render_all(out: str | Path) -> list[Path]:
-    """Render every figure into ``out`` as PNG; return the paths written."""
+    """Render every figure into ``out`` as PNG, and the interactive ones as HTML; return the paths written."""
     torch.manual_seed(0)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,6 +307,12 @@ def render_all(out: str | Path) -> list[Path]:
     for name, make in FIGURES.items():
         path = out / f"{name}.png"
         make(ctx).savefig(path, dpi=110, metadata={"Software": None})
+        written.append(path)
+    from explainer.views import figure_html
+
+    for name, make in INTERACTIVE.items():
+        path = out / f"{name}.html"
+        path.write_text(figure_html(make(ctx), div_id=name.replace("_", "-")))
         written.append(path)
     return written
 

@@ -3,6 +3,8 @@
 Before each build, into ``docs/generated/`` (git-ignored):
 
 - ``figures/``: the concept pages' figures, rendered with the toy model by ``docs/gen_figures.py``;
+- ``javascripts/plotly.min.js``: plotly.js, copied from the installed ``plotly`` package (no CDN), for
+  the interactive figures that a page includes with a line ``<!--plotly NAME-->``;
 - ``notebooks/``: the classroom notebooks from ``notebooks/``, executed (so the pages show their
   pictures and numbers), then rendered by mkdocs-jupyter.
 
@@ -84,11 +86,39 @@ def make_figures(out: Path = GENERATED / "figures", key: str | None = None) -> b
     return True
 
 
+# ----------------------------------------------------------------------------- plotly (vendored)
+PLOTLY_JS = "generated/javascripts/plotly.min.js"
+_PLOTLY_MARK = re.compile(r"^<!--plotly ([\w-]+)-->$", re.MULTILINE)
+
+
+def vendor_plotly(out: Path = DOCS / PLOTLY_JS) -> None:
+    """Copy the installed plotly package's own plotly.min.js into the site (offline; same version as the figures)."""
+    import plotly
+
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not source.exists():
+        raise PluginError(f"plotly.min.js not found in the installed plotly package ({source}).")
+    _write_if_changed(out, source.read_bytes())
+
+
+def include_interactive(markdown: str, figures: Path = GENERATED / "figures") -> str:
+    """Replace each line ``<!--plotly NAME-->`` with the fragment ``figures/NAME.html``."""
+
+    def inline(match: re.Match) -> str:
+        path = figures / f"{match.group(1)}.html"
+        if not path.exists():
+            raise PluginError(f"interactive figure {match.group(1)!r} is not in {figures}; add it to docs/gen_figures.py.")
+        return "\n" + path.read_text() + "\n"
+
+    return _PLOTLY_MARK.sub(inline, markdown)
+
+
 # ---------------------------------------------------------------------------------------- notebooks
 @contextlib.contextmanager
 def _kernel_env() -> Iterator[None]:
     """Offline, headless, single-threaded unless the caller chose otherwise (kernels inherit os.environ)."""
-    wanted = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    wanted = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+              "PLOTLY_RENDERER": "plotly_mimetype"}  # plotly figures as JSON; _plotly_outputs makes the page's HTML
     wanted.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
@@ -121,6 +151,23 @@ def _quiet(nb) -> None:
             kept.append(out)
         if cell.cell_type == "code":
             cell.outputs = kept
+
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def _plotly_outputs(nb) -> None:
+    """Give each plotly output an HTML fragment drawn by the site's vendored plotly.js (no CDN)."""
+    from plotly.io import from_json
+
+    from explainer.views import figure_html
+
+    for k, cell in enumerate(nb.cells):
+        for j, out in enumerate(cell.get("outputs", [])):
+            spec = out.get("data", {}).get(PLOTLY_MIME)
+            if spec is not None:
+                fig = from_json(json.dumps(spec), skip_invalid=True)
+                out["data"]["text/html"] = figure_html(fig, div_id=f"plotly-{k}-{j}")
 
 
 def notebook_title(path: Path) -> str:
@@ -158,6 +205,7 @@ def prepare_notebook(src: Path, out_dir: Path, execute: bool, key: str) -> str:
             raise PluginError(f"notebook {src.name} failed while building the docs:\n{err}") from err
         log.info("executed %s in %.1f s", src.name, time.perf_counter() - start)
         _quiet(nb)
+        _plotly_outputs(nb)
     nb.metadata["sd_explainer_docs"] = {"key": nb_key, "executed": execute}
     _write_if_changed(target, nbformat.writes(nb).encode())
     return "executed" if execute else "copied"
@@ -188,6 +236,8 @@ def on_config(config, **kwargs):
             pages = [p for p in entry["Notebooks"] if not _is_notebook_entry(p)]
             pages += [{notebook_title(p): f"generated/notebooks/{p.name}"} for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
             entry["Notebooks"] = pages
+    if PLOTLY_JS not in config["extra_javascript"]:
+        config["extra_javascript"].append(PLOTLY_JS)
     optional = {"Applications": "applications.md"}
     for title, page in optional.items():
         if (DOCS / page).exists() and not any(isinstance(e, dict) and title in e for e in config["nav"]):
@@ -209,12 +259,13 @@ def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
         rendered = os.path.relpath(GENERATED / "notebooks" / target.name, here).replace(os.sep, "/")
         return f"]({rendered}{match.group(2) or ''})"
 
-    return _NOTEBOOK_LINK.sub(repoint, markdown)
+    return include_interactive(_NOTEBOOK_LINK.sub(repoint, markdown))
 
 
 def on_pre_build(config, **kwargs):
     start = time.perf_counter()
     make_figures()
+    vendor_plotly()
     done = prepare_notebooks()
     log.info("generated pages ready in %.1f s (notebooks: %s)", time.perf_counter() - start,
              ", ".join(f"{k} {v}" for k, v in done.items()))

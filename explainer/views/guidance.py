@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._common import image_axes, new_figure
+from ._common import difference_label, image_axes, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -26,7 +26,10 @@ def _need_uncond(trace: Trace) -> None:
 
 
 def guidance_difference(trace: Trace, step: int) -> np.ndarray:
-    """``[h, w]`` float32: |ε_cond − ε_uncond| at ``step``, summed over channels (L2)."""
+    """``[h, w]`` float32: |cond − uncond| of the model output at ``step``, over channels (L2).
+
+    The output is ε, v or x̂0 as the trace's ``metadata["prediction_type"]`` says (:func:`output_symbol`).
+    """
     _need_uncond(trace)
     step = trace._check_step(step, "x0")
     diff = trace.eps_cond[step].astype(np.float32) - trace.eps_uncond[step].astype(np.float32)
@@ -34,7 +37,10 @@ def guidance_difference(trace: Trace, step: int) -> np.ndarray:
 
 
 def guidance_decomposition(trace: Trace, step: int, *, method: str = "linear", pipe: Any = None) -> Figure:
-    """Unconditional, conditional and guided x0 of ``step`` side by side, and |ε_cond − ε_uncond|.
+    """Unconditional, conditional and guided x̂0 of ``step`` side by side, and where the two outputs differ.
+
+    The guided x̂0 extrapolates past the conditional one: it is derived from uncond + g·(cond − uncond).
+    The difference panel is titled by what the model outputs (``|ε_cond − ε_uncond|``, ``|v_cond − v_uncond|``).
 
     Args:
         trace: a trace recorded with classifier-free guidance.
@@ -49,13 +55,13 @@ def guidance_decomposition(trace: Trace, step: int, *, method: str = "linear", p
     """
     _need_uncond(trace)
     fig, axes = new_figure(8.8, 2.6, ncols=4)
-    image_axes(axes[0, 0], trace.what_if(step, 0.0, method=method, pipe=pipe), "x0 unconditional")
-    image_axes(axes[0, 1], trace.what_if(step, 1.0, method=method, pipe=pipe), "x0 conditional")
+    image_axes(axes[0, 0], trace.what_if(step, 0.0, method=method, pipe=pipe), "x̂0 unconditional")
+    image_axes(axes[0, 1], trace.what_if(step, 1.0, method=method, pipe=pipe), "x̂0 conditional")
     guided = trace.preview(step, kind="x0", method=method, pipe=pipe)
-    image_axes(axes[0, 2], guided, f"x0 guided (g {trace.cfg_scale:g})")
+    image_axes(axes[0, 2], guided, f"x̂0 guided (g {trace.cfg_scale:g})")
     ax = axes[0, 3]
     shown = ax.imshow(guidance_difference(trace, step), cmap="magma", interpolation="nearest")
-    ax.set_title("|ε_cond − ε_uncond|", fontsize=9)
+    ax.set_title(difference_label(trace), fontsize=9)
     ax.set_axis_off()
     fig.colorbar(shown, ax=ax, shrink=0.8)
     return fig

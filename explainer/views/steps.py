@@ -19,6 +19,8 @@ def schedule_plot(trace: Trace, step: int | None = None, *, width: float = 4.0, 
 
     A flow-matching trace (SD3, FLUX) plots its flow σ on a linear scale, titled with the shift used, and
     the ᾱ of the VP process with the same signal-to-noise ratio (flow matching has no ᾱ of its own).
+    σ = √((1 − ᾱ)/ᾱ) is the noise's size relative to the signal (infinite where ᾱ = 0, not drawn).
+    :func:`explainer.views.schedule_figure` is the interactive version (hover for t, ᾱ, σ, SNR).
 
     Args:
         trace: the trace.
