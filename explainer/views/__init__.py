@@ -4,7 +4,7 @@ The explorer widget (:mod:`explainer.widgets`) composes these; they also serve s
 """
 
 from .applications import blend_view, edit_overview, inpaint_progress, strength_schedule, strength_sweep
-from .commitment import commitment_curve, commitment_scores
+from .commitment import branches, commitment_curve, commitment_scores
 from .guidance import guidance_decomposition, guidance_sweep
 from .steps import compare_steps, schedule_plot
 from .tokens import concentration, emergence_curve, token_overlay
@@ -12,6 +12,7 @@ from .trajectory import latent_trajectory, project_latents
 
 __all__ = [
     "blend_view",
+    "branches",
     "commitment_curve",
     "commitment_scores",
     "compare_steps",

@@ -139,3 +139,29 @@ def commitment_curve(
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="center right")
     return fig
+
+
+def branches(parent: Trace, child: Trace, *, labels: Sequence[str] | None = None, width: float = 5.0) -> Figure:
+    """Two runs' final images side by side: a parent and its fork, or a prompt-to-prompt source and target.
+
+    Args:
+        parent, child: the two traces (complete).
+        labels: a title per image (default: each prompt, and the fork step or the edit mode).
+        width: figure width in inches.
+
+    Returns:
+        A matplotlib figure with the two final images.
+    """
+    for name, tr in (("parent", parent), ("child", child)):
+        if tr.final_image is None:
+            raise ValueError(f"{name} has no final image (an interrupted trace); branches() shows finished runs.")
+    if labels is None:
+        lineage, edit = child.metadata.get("fork"), child.metadata.get("edit")
+        note = (f"fork at step {lineage['step']}" if lineage else f"{edit['mode']} edit" if edit else "second run")
+        labels = [f'"{parent.prompt}"', f'{note}\n"{child.prompt}"']
+    if len(labels) != 2:
+        raise ValueError(f"labels has {len(labels)} entries; branches() shows 2 images.")
+    fig, axes = new_figure(width, width / 2 + 0.5, ncols=2)
+    image_axes(axes[0, 0], parent.final_image, labels[0])
+    image_axes(axes[0, 1], child.final_image, labels[1])
+    return fig
