@@ -107,6 +107,12 @@ def fork(
 
     Raises:
         ValueError / TypeError: a bad step or setting, named in the message.
+
+    Example:
+        >>> tr = explainer.trace(pipe, "a red circle above a blue square", num_inference_steps=10)  # doctest: +SKIP
+        >>> branch = tr.fork(4, prompt="a green circle above a blue square", pipe=pipe)  # doctest: +SKIP
+
+    Walk-through: ``notebooks/11_change_one_word.ipynb``.
     """
     if not isinstance(parent, Trace):
         raise TypeError(f"fork needs a Trace, not {type(parent).__name__}.")

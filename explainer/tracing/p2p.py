@@ -47,6 +47,9 @@ class EditResult:
         alignment: per target token (BOS .. EOS), the index of the source token whose cross-attention
             it took, or ``None`` (a new word in ``refine`` mode).
         mode: ``"replace"``, ``"refine"`` or ``"reweight"``.
+        settings: the edit's settings (also in ``target.metadata["edit"]``).
+
+    Returned by :func:`explainer.edit`; shown in ``notebooks/11_change_one_word.ipynb``.
     """
 
     source: Trace
@@ -295,6 +298,12 @@ def edit(
 
     Raises:
         ValueError: what cannot be aligned (named words), or a bad setting.
+
+    Example:
+        >>> res = explainer.edit(pipe, "a red circle above a blue square", "a green circle above a blue square")  # doctest: +SKIP
+        >>> res.source.final_image, res.target.final_image, res.alignment  # doctest: +SKIP
+
+    Walk-through: ``notebooks/11_change_one_word.ipynb``.
     """
     if isinstance(trace_or_pipe, Trace):
         given: Trace | None = trace_or_pipe
