@@ -5,8 +5,9 @@
   prompt-to-prompt (word swap) and, as the baseline, re-run with the target prompt and the same seed.
   Per case: is the new colour there (the toy checker), and the IoU of each object's colour mask in the
   source vs the output (the swapped object under its new colour), averaged over the two objects.
-- **Commitment**: ``n_commit`` captions, forked at every ``stride``-th step with a colour swap;
-  the commitment step is the first fork step from which no fork shows the new colour in place.
+- **Commitment**: ``n_commit`` captions, forked at every ``stride``-th step with a colour swap (or, with
+  ``commit-position``, the two objects' places exchanged); the commitment step is the first fork step
+  from which no fork follows the new prompt (every object's colour in its place).
 - **Fork cost**: seconds of a fork at step k as a fraction of a full traced run, for DDIM (restored
   prefix) and DPM++ (recomputed prefix), median of ``repeats``.
 
@@ -14,6 +15,7 @@ Run (the docs' figures; two processes in parallel)::
 
     python -m explainer.toy.evaluate_branching --only swap --out docs/data/branching_swap.json
     python -m explainer.toy.evaluate_branching --only commit --only cost --out docs/data/branching.json
+    python -m explainer.toy.evaluate_branching --only commit-position --out docs/data/branching_position.json
 """
 
 from __future__ import annotations
@@ -83,12 +85,24 @@ def p2p_eval(pipe: Any, n: int, steps: int, progress: bool) -> dict[str, Any]:
     return out
 
 
-def commitment_eval(pipe: Any, n: int, steps: int, stride: int, progress: bool) -> dict[str, Any]:
+def position_swap(caption: str) -> str:
+    """The same two objects with their places exchanged: "a red circle above a blue square" -> "a blue square above a red circle"."""
+    for rel in (" above ", " and "):
+        if rel in caption:
+            first, second = caption.split(rel)
+            return f"{second}{rel}{first}"
+    raise ValueError(f"{caption!r} is not a two-object caption")
+
+
+def commitment_eval(pipe: Any, n: int, steps: int, stride: int, progress: bool, change: str = "colour") -> dict[str, Any]:
     from ..views.commitment import commitment_scores
 
     fork_steps = list(range(0, steps, stride))
     per_caption = []
-    for source, target, _, _ in tqdm(swap_cases(n, EVAL_SEED + 1), desc="commitment", disable=not progress):
+    cases = swap_cases(n, EVAL_SEED + 1)
+    if change == "position":
+        cases = [(src, position_swap(src), "", "") for src, *_ in cases]
+    for source, target, _, _ in tqdm(cases, desc=f"commitment ({change})", disable=not progress):
         parent = trace(pipe, source, num_inference_steps=steps, seed=0, scheduler="ddim",
                        record={"dtype": "float32", "attention": "none"}, progress=False)  # fmt: skip
         data = commitment_scores(parent, target, steps=fork_steps, pipe=pipe)
@@ -99,6 +113,7 @@ def commitment_eval(pipe: Any, n: int, steps: int, stride: int, progress: bool) 
     mean_curve = np.mean([c["new"] for c in per_caption], axis=0)
     return {
         "n": n,
+        "change": change,
         "num_inference_steps": steps,
         "scheduler": "ddim",
         "fork_steps": fork_steps,
@@ -138,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=2, help="fork every this many steps (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (default 3)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--only", choices=["swap", "commit", "cost"], action="append",
+    parser.add_argument("--only", choices=["swap", "commit", "commit-position", "cost"], action="append",
                         help="run only these parts (repeatable; default all three)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -155,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {
         "swap": ("colour_swap", lambda: p2p_eval(pipe, args.n, steps, progress)),
         "commit": ("commitment", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride, progress)),
+        "commit-position": ("commitment_position", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride,
+                                                                           progress, change="position")),
         "cost": ("fork_cost", lambda: cost_eval(pipe, steps, [steps // 4, steps // 2, 3 * steps // 4], args.repeats,
                                                 progress)),  # fmt: skip
     }
