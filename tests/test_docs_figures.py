@@ -27,6 +27,7 @@ PAGES = {
     "docs/performance.md": 20,
     "docs/model_families.md": 4,
     "docs/batch.md": 6,
+    "docs/branching.md": 20,
     "README.md": 0,
 }
 
