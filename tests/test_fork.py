@@ -138,3 +138,26 @@ def test_new_scheduler_from_the_fork_step(pipe):
     assert np.array_equal(child.latents[:3], parent.latents[:3])
     with pytest.raises(ValueError, match="another space"):
         parent.fork(2, scheduler="ddim", pipe=pipe)
+
+
+def test_commitment_scores_and_figures(pipe, basic_trace):
+    from explainer import views
+
+    new = "a green cube beside a blue sphere"
+    calls = []
+
+    def score(image, prompt):  # a stand-in for the toy checker: how far the image moved from the parent's
+        calls.append(prompt)
+        moved = np.abs(np.asarray(image, np.float32) - np.asarray(basic_trace.final_image, np.float32)).mean()
+        return 1.0 if prompt == new and moved > 0 else 0.0
+
+    data = views.commitment_scores(basic_trace, new, steps=[0, 2], pipe=pipe, score=score)
+    assert data["steps"] == [0, 2] and len(data["images"]) == 2 and data["old"] == [0.0, 0.0]
+    assert data["new"][0] == 1.0  # a fork at 0 is a fresh run of the new prompt
+    assert sorted(set(calls)) == sorted({new, basic_trace.prompt})
+    fig = views.commitment_curve(basic_trace, new, scores=data)
+    assert len(fig.axes) == 3
+    child = basic_trace.fork(1, prompt=new, pipe=pipe, progress=False)
+    assert "fork at step 1" in views.branches(basic_trace, child).axes[1].get_title()
+    with pytest.raises(ValueError, match="the default score is the toy checker"):
+        views.commitment_scores(basic_trace, new, pipe=pipe)
