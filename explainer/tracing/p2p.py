@@ -382,6 +382,7 @@ def edit(
     settings = {"source_prompt": source_prompt, "target_prompt": target_prompt, "mode": mode,
                 "cross_steps": cross_steps, "self_steps": self_steps, "cross_until_step": state.cross_until,
                 "self_until_step": state.self_until, "self_max_positions": self_max, "weights": weights,
-                "alignment": alignment, "source_uid": source.uid}  # fmt: skip
+                "alignment": alignment, "source_uid": source.uid,
+                "recorded_attention": "the target's own queries against its own keys, before the injection"}  # fmt: skip
     target.metadata["edit"] = settings
     return EditResult(source=source, target=target, alignment=alignment, mode=mode, settings=settings)
