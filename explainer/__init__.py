@@ -5,14 +5,17 @@ from .export import export
 from .models import load_pipeline, toy_model_path
 from .tracing import (
     SCHEDULERS,
+    EditResult,
     LatentRGB,
     StepIndexError,
     Trace,
     TraceBudgetError,
     TraceFileError,
     UnsupportedPipelineError,
+    edit,
     estimate_trace_bytes,
     fit_latent_rgb_factors,
+    fork,
     load_trace,
     outpaint,
     trace,
@@ -25,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SCHEDULERS",
+    "EditResult",
     "LatentRGB",
     "StepIndexError",
     "Trace",
@@ -34,6 +38,7 @@ __all__ = [
     "batch",
     "compare",
     "corpus",
+    "edit",
     "estimate_trace_bytes",
     "explore",
     "explore_editing",
@@ -44,6 +49,7 @@ __all__ = [
     "explore_vae",
     "export",
     "fit_latent_rgb_factors",
+    "fork",
     "load_pipeline",
     "load_trace",
     "outpaint",

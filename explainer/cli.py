@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(handler=_cmd_info, parser=info)
     _add_batch_commands(sub)
+    from .cli_branch import add_branch_commands
+
+    add_branch_commands(sub, sorted(SCHEDULERS), _positive_int, _non_negative_int, _non_negative_float)
     return parser
 
 

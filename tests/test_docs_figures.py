@@ -28,6 +28,7 @@ PAGES = {
     "docs/model_families.md": 4,
     "docs/batch.md": 6,
     "docs/teaching/exercises.md": 5,
+    "docs/branching.md": 20,
     "README.md": 0,
 }
 

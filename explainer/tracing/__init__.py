@@ -10,12 +10,15 @@ from .validation import ATTENTION_MODES, RecordSpec
 # Last: binds the name `trace` to the function, shadowing the `trace` submodule attribute.
 from .recorder import estimate_trace_bytes, trace  # noqa: E402
 from .outpaint import outpaint  # noqa: E402
+from .fork import fork  # noqa: E402
+from .p2p import EditResult, edit  # noqa: E402
 
 __all__ = [
     "ATTENTION_MODES",
     "FORMAT_VERSION",
     "SCHEDULERS",
     "AttentionLayer",
+    "EditResult",
     "LatentRGB",
     "RecordSpec",
     "StepIndexError",
@@ -25,8 +28,10 @@ __all__ = [
     "UnsupportedPipelineError",
     "Word",
     "clear_preview_cache",
+    "edit",
     "estimate_trace_bytes",
     "fit_latent_rgb_factors",
+    "fork",
     "load_trace",
     "outpaint",
     "trace",

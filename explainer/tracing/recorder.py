@@ -171,6 +171,7 @@ class Recorder:
         self.separate = bool(getattr(self.family, "separate_guidance_calls", False))
         self.branch_embeds: dict[str, torch.Tensor] = {}
         self.call_branch = "cond"
+        self.user_callback: Callable[..., Any] | None = None  # trace(callback_on_step_end=...), run before committing
 
     # -------------------------------------------------------------- attach / detach
 
@@ -490,7 +491,8 @@ class Recorder:
         if not self.active:
             return {}
         p = self._pending
-        latents = callback_kwargs["latents"]
+        outputs = dict(self.user_callback(pipe, i, t, callback_kwargs) or {}) if self.user_callback else {}
+        latents = outputs.get("latents", callback_kwargs["latents"])
         kept = self._grid(latents[0]).to(self.dtype, copy=True)
         self._check_finite(p, latents, kept)
         self.latents.append(kept)
@@ -510,7 +512,7 @@ class Recorder:
             by_layer.clear()
         self._pending = {}
         self._bar.update(1)
-        return {}
+        return outputs
 
     def _check_finite(self, p: dict[str, Any], latents: torch.Tensor, kept: torch.Tensor) -> None:
         """Raise ``FloatingPointError`` naming the step if its model output or latent is NaN or infinite.
@@ -622,6 +624,7 @@ def trace(
     scheduler: str | SchedulerMixin | None = None,
     record: str | dict[str, Any] = "default",
     progress: bool = True,
+    callback_on_step_end: Callable[..., dict[str, Any] | None] | None = None,
 ) -> Trace:
     """Run ``pipe`` once on ``prompt`` and record every denoising step.
 
@@ -669,6 +672,10 @@ def trace(
             ``"per_head"``, or a dict with ``attention``, ``tokens`` (``"prompt"``/``"all"``), ``dtype``
             (``"float16"``/``"float32"`` for latents, x0 and model outputs) and ``max_bytes``.
         progress: show a tqdm progress bar.
+        callback_on_step_end: optional diffusers-style ``callback(pipe, i, t, callback_kwargs) -> dict``
+            run at the end of every step, before the step is recorded; what it returns goes back to the
+            pipeline (e.g. ``{"prompt_embeds": ...}`` to change the conditioning from the next step on;
+            returned ``latents`` are the ones recorded). :meth:`Trace.fork` uses it.
 
     Returns:
         The :class:`Trace`; ``trace.mode`` says which kind of run it was and image-to-image /
@@ -694,6 +701,9 @@ def trace(
     t_start = time.perf_counter()
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, not {type(progress).__name__}.")
+    if callback_on_step_end is not None and not callable(callback_on_step_end):
+        raise TypeError(f"callback_on_step_end must be a function (pipe, i, t, callback_kwargs) -> dict, not "
+                        f"{type(callback_on_step_end).__name__}.")  # fmt: skip
     req = prepare_request(pipe, prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, seed=seed, generator=generator, height=height, width=width,
                           scheduler=scheduler, record=record, image=image, mask=mask, strength=strength,
@@ -777,6 +787,7 @@ def trace(
 
     recorder = Recorder(pipe, sched, plan, progress)
     recorder.guidance = guidance
+    recorder.user_callback = callback_on_step_end
     final_image = None
     failure: BaseException | None = None
     t_run = time.perf_counter()

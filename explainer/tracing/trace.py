@@ -126,6 +126,38 @@ class Trace:
     latents_blended: np.ndarray | None = None  # [step, channel, h, w], after the known region is blended back
     latents_unblended: np.ndarray | None = None  # [step, channel, h, w], the scheduler's output before blending
 
+    # ------------------------------------------------------------------ branching
+
+    def fork(
+        self,
+        step: int,
+        *,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        scheduler: Any = None,
+        pipe: Any = None,
+        progress: bool = True,
+    ) -> Trace:
+        """Continue this run from ``step`` with a new prompt, guidance, seed or scheduler (``tracing/fork.py``).
+
+        Args:
+            step: the first step that runs with the changes; steps ``0..step-1`` stay this trace's, bit for bit.
+            prompt, negative_prompt, guidance_scale: new settings from ``step`` on (``None``: unchanged).
+            seed: fresh noise from ``step`` on (ancestral / SDE schedulers).
+            scheduler: a new scheduler from ``step`` on (needs float32 latents in this trace).
+            pipe: the pipeline; ``None`` loads this trace's model.
+            progress: show a progress bar.
+
+        Returns:
+            The branch, with its lineage in ``metadata["fork"]`` (``parent_uid``, ``step``, ``prefix``).
+        """
+        from .fork import fork
+
+        return fork(self, step, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                    seed=seed, scheduler=scheduler, pipe=pipe, progress=progress)  # fmt: skip
+
     # ------------------------------------------------------------------ facts
 
     @property

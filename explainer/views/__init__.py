@@ -10,6 +10,7 @@ The explorer widget (:mod:`explainer.widgets`) composes these; they also serve s
 from . import components  # noqa: F401 - explainer.views.components: one part of SD each
 from ._common import difference_label, output_symbol
 from .applications import blend_view, edit_overview, inpaint_progress, strength_schedule, strength_sweep
+from .commitment import branches, commitment_curve, commitment_scores
 from .guidance import guidance_decomposition, guidance_sweep
 from .interactive import (
     emergence_figure,
@@ -26,6 +27,9 @@ from .trajectory import latent_trajectory, project_latents
 
 __all__ = [
     "blend_view",
+    "branches",
+    "commitment_curve",
+    "commitment_scores",
     "compare_steps",
     "concentration",
     "difference_label",

@@ -1,0 +1,192 @@
+"""Measure forks and prompt-to-prompt edits on the toy model (writes ``docs/data/branching.json``).
+
+- **Colour swaps**: ``n`` two-object captions; the first object's colour is swapped for one the caption
+  does not use ("a red circle above a blue square" -> "a green circle ..."). Each is edited with
+  prompt-to-prompt (word swap) and, as the baseline, re-run with the target prompt and the same seed.
+  Per case: is the new colour there (the toy checker), and the IoU of each object's colour mask in the
+  source vs the output (the swapped object under its new colour), averaged over the two objects.
+- **Commitment**: ``n_commit`` captions, forked at every ``stride``-th step with a colour swap (or, with
+  ``commit-position``, the two objects' places exchanged); the commitment step is the first fork step
+  from which no fork follows the new prompt (every object's colour in its place).
+- **Fork cost**: seconds of a fork at step k as a fraction of a full traced run, for DDIM (restored
+  prefix) and DPM++ (recomputed prefix), median of ``repeats``.
+
+Run (the docs' figures; two processes in parallel)::
+
+    python -m explainer.toy.evaluate_branching --only swap --out docs/data/branching_swap.json
+    python -m explainer.toy.evaluate_branching --only commit --only cost --out docs/data/branching.json
+    python -m explainer.toy.evaluate_branching --only commit-position --out docs/data/branching_position.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..tracing import edit, trace
+from .checker import check_image, colour_masks
+from .world import COLOURS, parse_caption, sample_scenes
+
+EVAL_SEED = 2024
+
+
+def swap_cases(n: int, seed: int = EVAL_SEED) -> list[tuple[str, str, str, str]]:
+    """``(source, target, old colour, new colour)`` for ``n`` two-object captions of the world."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    stream = 0
+    while len(cases) < n:
+        for scene in sample_scenes(64, seed, stream):
+            if len(scene.objects) != 2 or len(cases) >= n:
+                continue
+            a, b = scene.objects
+            choices = [c for c in COLOURS if c not in (a.colour, b.colour)]
+            new = str(rng.choice(choices))
+            target = scene.caption.replace(f"a {a.colour} {a.shape}", f"a {new} {a.shape}", 1)
+            cases.append((scene.caption, target, a.colour, new))
+        stream += 1
+    return cases
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def swap_measures(source_img: Any, output_img: Any, source: str, target: str) -> dict[str, float]:
+    """New colour present (checker), the other object kept, and the mean object-mask IoU source vs output."""
+    src_masks, out_masks = colour_masks(np.asarray(source_img)), colour_masks(np.asarray(output_img))
+    (s1, s2), (t1, t2) = parse_caption(source), parse_caption(target)
+    checks = check_image(np.asarray(output_img), target)
+    ious = [iou(src_masks[s1.colour], out_masks[t1.colour]), iou(src_masks[s2.colour], out_masks[t2.colour])]
+    return {"new_colour": float(checks[0].colour), "other_kept": float(checks[1].colour and checks[1].position),
+            "iou": float(np.mean(ious)), "iou_swapped": ious[0], "iou_other": ious[1]}  # fmt: skip
+
+
+def p2p_eval(pipe: Any, n: int, steps: int, progress: bool) -> dict[str, Any]:
+    rows = {"p2p": [], "rerun": []}
+    for source, target, _, _ in tqdm(swap_cases(n), desc="colour swaps", disable=not progress):
+        res = edit(pipe, source, target, mode="replace", num_inference_steps=steps, seed=0, record="none", progress=False)
+        rerun = trace(pipe, target, num_inference_steps=steps, seed=0, scheduler=res.source.metadata["scheduler"]["name"],
+                      record="none", progress=False)  # fmt: skip
+        rows["p2p"].append(swap_measures(res.source.final_image, res.target.final_image, source, target))
+        rows["rerun"].append(swap_measures(res.source.final_image, rerun.final_image, source, target))
+    out: dict[str, Any] = {"n": n, "num_inference_steps": steps, "cross_steps": 0.8, "self_steps": 0.4}
+    for name, vals in rows.items():
+        out[name] = {key: round(float(np.mean([v[key] for v in vals])), 4) for key in vals[0]}
+    return out
+
+
+def position_swap(caption: str) -> str:
+    """The same two objects with their places exchanged: "a red circle above a blue square" -> "a blue square above a red circle"."""
+    for rel in (" above ", " and "):
+        if rel in caption:
+            first, second = caption.split(rel)
+            return f"{second}{rel}{first}"
+    raise ValueError(f"{caption!r} is not a two-object caption")
+
+
+def commitment_eval(pipe: Any, n: int, steps: int, stride: int, progress: bool, change: str = "colour") -> dict[str, Any]:
+    from ..views.commitment import commitment_scores
+
+    fork_steps = list(range(0, steps, stride))
+    per_caption = []
+    cases = swap_cases(n, EVAL_SEED + 1)
+    if change == "position":
+        cases = [(src, position_swap(src), "", "") for src, *_ in cases]
+    for source, target, _, _ in tqdm(cases, desc=f"commitment ({change})", disable=not progress):
+        parent = trace(pipe, source, num_inference_steps=steps, seed=0, scheduler="ddim",
+                       record={"dtype": "float32", "attention": "none"}, progress=False)  # fmt: skip
+        data = commitment_scores(parent, target, steps=fork_steps, pipe=pipe)
+        per_caption.append({"source": source, "target": target, "new": data["new"],
+                            "commitment_step": data["commitment_step"]})  # fmt: skip
+    committed = [c["commitment_step"] for c in per_caption]
+    known = [c for c in committed if c is not None]
+    mean_curve = np.mean([c["new"] for c in per_caption], axis=0)
+    return {
+        "n": n,
+        "change": change,
+        "num_inference_steps": steps,
+        "scheduler": "ddim",
+        "fork_steps": fork_steps,
+        "follows_new_prompt_by_fork_step": [round(float(v), 4) for v in mean_curve],
+        "median_commitment_step": float(np.median(known)) if known else None,
+        "never_committed": len(committed) - len(known),
+        "per_caption": per_caption,
+    }
+
+
+def cost_eval(pipe: Any, steps: int, fork_at: list[int], repeats: int, progress: bool) -> dict[str, Any]:
+    out = {}
+    prompt = "a red circle above a blue square"
+    for name in tqdm(("ddim", "dpm++"), desc="fork cost", disable=not progress):
+        record = {"dtype": "float32"}
+        full, forks = [], {k: [] for k in fork_at}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            parent = trace(pipe, prompt, num_inference_steps=steps, seed=0, scheduler=name, record=record, progress=False)
+            full.append(time.perf_counter() - t0)
+            for k in fork_at:
+                t0 = time.perf_counter()
+                child = parent.fork(k, prompt="a green circle above a blue square", pipe=pipe, progress=False)
+                forks[k].append(time.perf_counter() - t0)
+        base = float(np.median(full))
+        out[name] = {"prefix": child.metadata["fork"]["prefix"], "full_run_s": round(base, 3),
+                     "fraction_of_full_run": {str(k): round(float(np.median(v)) / base, 3) for k, v in forks.items()}}  # fmt: skip
+    return {"num_inference_steps": steps, "repeats": repeats, "schedulers": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m explainer.toy.evaluate_branching --out FILE.json``."""
+    parser = argparse.ArgumentParser(prog="python -m explainer.toy.evaluate_branching", description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=50, help="colour-swap edits (default 50)")
+    parser.add_argument("--n-commit", type=int, default=20, help="captions for the commitment step (default 20)")
+    parser.add_argument("--steps", type=int, default=12, help="denoising steps (default 12)")
+    parser.add_argument("--stride", type=int, default=2, help="fork every this many steps (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats (default 3)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--only", choices=["swap", "commit", "commit-position", "cost"], action="append",
+                        help="run only these parts (repeatable; default all three)")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    from ..models import load_pipeline
+
+    pipe = load_pipeline("toy")
+    progress = not args.quiet
+    parts = args.only or ["swap", "commit", "cost"]
+    res: dict[str, Any] = {}
+    res.update({"model": "toy", "device": str(pipe._execution_device), "torch_threads": torch.get_num_threads(),
+                "machine": "2 CPU cores shared with other jobs (loaded)"})  # fmt: skip
+    seconds = res.setdefault("seconds", {})
+    steps = args.steps
+    runs = {
+        "swap": ("colour_swap", lambda: p2p_eval(pipe, args.n, steps, progress)),
+        "commit": ("commitment", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride, progress)),
+        "commit-position": ("commitment_position", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride,
+                                                                           progress, change="position")),
+        "cost": ("fork_cost", lambda: cost_eval(pipe, steps, [steps // 4, steps // 2, 3 * steps // 4], args.repeats,
+                                                progress)),  # fmt: skip
+    }
+    for part in parts:
+        key, work = runs[part]
+        start = time.perf_counter()
+        res[key] = work()
+        seconds[key] = round(time.perf_counter() - start, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k != "commitment"}, indent=1))
+    if "commitment" in res:
+        print("median commitment step:", res["commitment"]["median_commitment_step"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

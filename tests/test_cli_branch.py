@@ -1,0 +1,69 @@
+"""``explainer fork`` and ``explainer edit`` on the toy model: files written, errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import explainer
+from explainer.cli import main
+
+
+@pytest.fixture(scope="module")
+def toy_trace(tmp_path_factory):
+    pipe = explainer.load_pipeline()
+    tr = explainer.trace(pipe, "a red circle above a blue square", num_inference_steps=3, progress=False)
+    return tr.save(tmp_path_factory.mktemp("parent") / "parent.safetensors"), tr
+
+
+def fails(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def test_fork_writes_the_branch(toy_trace, tmp_path, capsys):
+    path, parent = toy_trace
+    out = tmp_path / "fork"
+    argv = ["fork", str(path), "--step", "1", "--prompt", "a green circle above a blue square", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    child = explainer.load_trace(out / "fork.safetensors")
+    assert child.metadata["fork"]["parent_uid"] == parent.uid and child.metadata["fork"]["step"] == 1
+    assert np.array_equal(child.latents[:2], parent.latents[:2])
+    assert (out / "fork.png").stat().st_size > 0 and (out / "branches.png").stat().st_size > 0
+    assert "prefix recomputed" in capsys.readouterr().out  # float16 latents: the prefix is run again
+
+
+def test_fork_errors_exit_2(toy_trace, tmp_path, capsys):
+    path, _ = toy_trace
+    last = fails(["fork", str(path), "--step", "3", "--out", str(tmp_path / "x")], capsys)
+    assert "--step 3 is out of range" in last and "0..2" in last
+    last = fails(["fork", str(tmp_path / "missing.safetensors"), "--step", "1", "--out", str(tmp_path / "x")], capsys)
+    assert "no trace file" in last
+    last = fails(["fork", str(path), "--step", "1", "--guidance", "1", "--out", str(tmp_path / "x")], capsys)
+    assert "turns classifier-free guidance off" in last
+
+
+def test_edit_writes_both_runs(tmp_path):
+    out = tmp_path / "edit"
+    assert main(["edit", "a red circle above a blue square", "a green circle above a blue square", "--steps", "3",
+                 "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    target = explainer.load_trace(out / "target.safetensors")
+    source = explainer.load_trace(out / "source.safetensors")
+    assert target.metadata["edit"]["source_uid"] == source.uid
+    assert all((out / name).stat().st_size > 0 for name in ("source.png", "target.png", "edit.png"))
+
+
+def test_edit_errors_exit_2(tmp_path, capsys):
+    base = ["--steps", "2", "--out", str(tmp_path / "e"), "--quiet"]
+    last = fails(["edit", "a red circle", "a big red circle", *base], capsys)
+    assert "mode='refine'" in last
+    last = fails(["edit", "a red circle", "a red circle", "--weight", "red", *base], capsys)
+    assert "WORD=FACTOR" in last
+    last = fails(["edit", "a red circle", "a red circle", "--cross-steps", "2", *base], capsys)
+    assert "fraction" in last
+    last = fails(["edit", "a red circle", "a red circle", "--mode", "reweight", "--weight", "blue=2", *base], capsys)
+    assert "weights names 'blue'" in last

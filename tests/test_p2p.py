@@ -1,0 +1,93 @@
+"""Prompt-to-prompt editing: the source run is untouched, the target takes the source's attention, alignment errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import explainer
+from explainer.tracing.p2p import align_tokens, key_mapper
+from explainer.tracing.attention import tokenize_prompt
+
+SOURCE = "a red cube beside a blue sphere"
+TARGET = "a green cube beside a blue sphere"
+STEPS = 4
+
+
+def edit(pipe, source=SOURCE, target=TARGET, **kw):
+    kw = {"num_inference_steps": STEPS, "scheduler": "ddim", "progress": False, **kw}
+    return explainer.edit(pipe, source, target, **kw)
+
+
+def test_source_run_is_bit_identical_to_an_untraced_call(pipe):
+    result = edit(pipe, cross_steps=1.0, self_steps=1.0)
+    plain = explainer.trace(pipe, SOURCE, num_inference_steps=STEPS, scheduler="ddim", progress=False)
+    sched = explainer.tracing.schedulers.resolve_scheduler("ddim", pipe.scheduler)
+    original = pipe.scheduler
+    pipe.scheduler = sched
+    try:
+        untraced = pipe(SOURCE, num_inference_steps=STEPS, generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    finally:
+        pipe.scheduler = original
+    assert np.array_equal(np.asarray(result.source.final_image), np.asarray(untraced))
+    assert np.array_equal(result.source.latents, plain.latents)
+    assert all(type(p).__name__ == "AttnProcessor2_0" for p in pipe.unet.attn_processors.values())  # restored
+
+
+def test_injection_changes_the_target_and_zero_steps_do_not(pipe):
+    plain_target = explainer.trace(pipe, TARGET, num_inference_steps=STEPS, scheduler="ddim", progress=False)
+    off = edit(pipe, cross_steps=0.0, self_steps=0.0)
+    assert np.array_equal(off.target.latents, plain_target.latents)  # no step injected: the plain target run
+    on = edit(pipe, cross_steps=1.0, self_steps=0.5)
+    assert not np.array_equal(on.target.latents[-1], plain_target.latents[-1])
+    assert on.alignment == list(range(len(on.target.tokens)))
+    settings = on.target.metadata["edit"]
+    assert settings["source_uid"] == on.source.uid and settings["mode"] == "replace"
+    assert settings["cross_until_step"] == STEPS and settings["self_until_step"] == STEPS // 2
+
+
+def test_full_injection_makes_the_target_follow_the_source(pipe):
+    # With every attention map the source's, the target differs from the source only through the values:
+    # it is far closer to the source than a plain run of the target prompt is.
+    full = edit(pipe, cross_steps=1.0, self_steps=1.0)
+    plain_target = explainer.trace(pipe, TARGET, num_inference_steps=STEPS, scheduler="ddim", progress=False)
+    src = full.source.latents[-1].astype(np.float32)
+    assert np.abs(full.target.latents[-1] - src).mean() < np.abs(plain_target.latents[-1] - src).mean()
+
+
+def test_refine_and_reweight(pipe):
+    refined = edit(pipe, target="a red cube beside a big blue sphere", mode="refine")
+    tokens = refined.target.tokens
+    big = tokens.index("big</w>")
+    assert refined.alignment[big] is None
+    assert refined.alignment[big + 1] == big  # "blue" keeps the source's "blue"
+    heavy = edit(pipe, target=SOURCE, mode="reweight", weights={"red": 3.0}, cross_steps=1.0, self_steps=0.0)
+    light = edit(pipe, target=SOURCE, mode="reweight", weights={"red": 1.0}, cross_steps=1.0, self_steps=0.0)
+    assert not np.array_equal(heavy.target.latents[-1], light.target.latents[-1])
+
+
+def test_alignment_errors(pipe):
+    tok = pipe.tokenizer
+    src = tokenize_prompt(tok, "a red cube")
+    with pytest.raises(ValueError, match=r"cannot align 'red' \(1 token\) with 'reddishbrownish' \(\d tokens\)"):
+        align_tokens(src, tokenize_prompt(tok, "a reddishbrownish cube"), "replace")
+    with pytest.raises(ValueError, match=r"source has 3 words.*target 4.*mode='refine'"):
+        align_tokens(src, tokenize_prompt(tok, "a big red cube"), "replace")
+    with pytest.raises(ValueError, match=r"lacks the source's \['red'\]"):
+        align_tokens(src, tokenize_prompt(tok, "a green cube"), "refine")
+    with pytest.raises(ValueError, match="mode='swap' is not allowed"):
+        align_tokens(src, src, "swap")
+    index, alpha = key_mapper([0, 1, None, 2, 3], 4, 8)  # one word added: pads shift by one
+    assert index.tolist() == [0, 1, 2, 2, 3, 4, 5, 6] and alpha.tolist() == [1, 1, 0, 1, 1, 1, 1, 1]
+
+
+def test_edit_argument_errors(pipe, basic_trace):
+    with pytest.raises(ValueError, match="needs weights="):
+        edit(pipe, target=SOURCE, mode="reweight")
+    with pytest.raises(ValueError, match="weights names 'cat', not a word of the target prompt"):
+        edit(pipe, weights={"cat": 2.0})
+    with pytest.raises(ValueError, match=r"cross_steps=1.5 must be a fraction"):
+        edit(pipe, cross_steps=1.5)
+    with pytest.raises(ValueError, match="edit\\(\\) re-runs a text-to-image trace of source_prompt='a red cube'"):
+        explainer.edit(basic_trace, "a red cube", TARGET, pipe=pipe)
