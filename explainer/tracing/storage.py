@@ -124,6 +124,41 @@ def _leading_only(index: Any, leading: int) -> bool:
     return True
 
 
+def write_safetensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write a safetensors file byte-for-byte reproducibly (the library's writer orders the metadata at random).
+
+    Tensors go widest dtype first, then by name, so each starts aligned to its item size; the data is
+    streamed from the arrays (memory maps are not copied first).
+
+    Args:
+        path: the file to write.
+        arrays: name → array (uint8, float16/32/64 or int64).
+        metadata: the ``__metadata__`` strings.
+    """
+    codes = {np.dtype(v): k for k, v in _NUMPY_DTYPES.items()}
+    items = []
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        if arr.dtype.newbyteorder("=") not in codes:
+            raise TypeError(f"array {name!r} has dtype {arr.dtype}; a trace file stores {sorted(codes.values())}.")
+        items.append((name, np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))))
+    items.sort(key=lambda item: (-item[1].dtype.itemsize, item[0]))
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name, arr in items:
+        header[name] = {"dtype": codes[arr.dtype.newbyteorder("=")], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}  # fmt: skip
+        offset += arr.nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)))
+        fh.write(text)
+        for _, arr in items:
+            if arr.size:
+                fh.write(memoryview(arr.reshape(-1).view(np.uint8)))
+
+
 def read_layout(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
     """The safetensors header of ``path``: where its data starts and each tensor's dtype, shape and offsets."""
     with open(path, "rb") as fh:

@@ -340,8 +340,6 @@ class Trace:
             NotADirectoryError: a parent of ``path`` is a file.
             OSError: the file cannot be written (the message names the path).
         """
-        from safetensors.numpy import save_file
-
         path = writable_path(path, "path", "the trace file, e.g. 'run.safetensors'")
 
         header = {
@@ -380,7 +378,7 @@ class Trace:
         # written beside and moved into place: a trace loaded from ``path`` maps its arrays from the old file
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
-            save_file(arrays, str(partial), metadata=meta)
+            _storage.write_safetensors(partial, arrays, meta)
             os.replace(partial, path)
         except Exception as err:  # safetensors reports I/O failures as SafetensorError, without the path
             partial.unlink(missing_ok=True)
@@ -549,7 +547,10 @@ def check_layout(header: dict[str, Any], layout: dict[str, tuple[tuple[int, ...]
     expected.update(attention)
     for key in attention:  # version 4: uint8 maps come with their per-map [lo, hi]
         if key in layout and layout[key][1] == "U8":
-            expected["attention_range/" + key.removeprefix("attention/")] = (*layout[key][0][:-2], 2)
+            ranges = "attention_range/" + key.removeprefix("attention/")
+            if ranges not in layout:
+                raise TraceFileError(f"its uint8 attention maps {key!r} lack their per-map ranges {ranges!r}.")
+            expected[ranges] = (*layout[key][0][:-2], 2)
     unexpected = sorted(set(layout) - set(expected))
     if unexpected:
         raise TraceFileError(
