@@ -27,24 +27,33 @@ _NUMPY_DTYPES = {"U8": np.uint8, "F16": np.float16, "F32": np.float32, "F64": np
 def quantize_maps(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Quantise maps ``[..., h, w]`` to uint8 levels between each map's min and max.
 
+    Works one leading index at a time (in torch, for speed), so the float32 temporaries stay small.
+
     Args:
         maps: float maps, all finite.
 
     Returns:
         ``(levels, ranges)``: ``levels`` uint8 ``[..., h, w]``; ``ranges`` ``[..., 2]`` (lo, hi) in ``maps``' dtype.
     """
-    x = np.asarray(maps)
-    lo = x.min(axis=(-2, -1), keepdims=True)  # [..., 1, 1], exact values of the map
-    hi = x.max(axis=(-2, -1), keepdims=True)
-    span = hi.astype(np.float32) - lo.astype(np.float32)
-    scale = np.where(span > 0, LEVELS / np.where(span > 0, span, 1), 0).astype(np.float32)
-    levels = np.rint((x.astype(np.float32) - lo.astype(np.float32)) * scale)
-    ranges = np.concatenate([lo[..., 0], hi[..., 0]], axis=-1)  # [..., 2]
-    return np.clip(levels, 0, LEVELS).astype(np.uint8), ranges
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(maps))
+    if x.ndim < 3:
+        raise ValueError(f"maps must have shape [n, ..., h, w], got {list(x.shape)}.")
+    levels = torch.empty(x.shape, dtype=torch.uint8)
+    ranges = torch.empty((*x.shape[:-2], 2), dtype=x.dtype)
+    for i in range(x.shape[0]):
+        xi = x[i].float()
+        lo, hi = xi.amin(dim=(-2, -1), keepdim=True), xi.amax(dim=(-2, -1), keepdim=True)  # exact values of the map
+        span = hi - lo
+        scale = torch.where(span > 0, LEVELS / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
+        levels[i] = ((xi - lo) * scale).round_().clamp_(0, LEVELS).to(torch.uint8)
+        ranges[i, ..., 0], ranges[i, ..., 1] = lo[..., 0, 0].to(x.dtype), hi[..., 0, 0].to(x.dtype)
+    return levels.numpy(), ranges.numpy()
 
 
 def dequantize_maps(levels: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-    """Maps back from :func:`quantize_maps`' output (``ranges`` broadcast as ``[..., 1, 1]`` per map).
+    """Maps back from :func:`quantize_maps`' output, ``lo + q * (hi - lo) / 255`` (numpy only).
 
     Args:
         levels: uint8 ``[..., h, w]``.
@@ -53,10 +62,18 @@ def dequantize_maps(levels: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     Returns:
         ``[..., h, w]`` maps in ``ranges``' dtype.
     """
-    r = np.asarray(ranges).astype(np.float32)
-    lo, hi = r[..., 0, None, None], r[..., 1, None, None]
-    values = lo + np.asarray(levels, np.float32) * ((hi - lo) / np.float32(LEVELS))
-    return values.astype(np.asarray(ranges).dtype)
+    ranges = np.asarray(ranges)
+    r = ranges.astype(np.float32)
+    lo = r[..., 0, None, None]
+    step = (r[..., 1, None, None] - lo) / np.float32(LEVELS)
+    out = np.empty(np.shape(levels), ranges.dtype)
+    if out.ndim < 3:
+        return (lo + np.asarray(levels, np.float32) * step).astype(ranges.dtype)
+    for i in range(out.shape[0]):  # one leading index at a time: small float32 temporaries
+        value = np.multiply(levels[i], step[i], dtype=np.float32)
+        value += lo[i]
+        out[i] = value
+    return out
 
 
 class QuantizedMaps:
