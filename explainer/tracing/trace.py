@@ -238,8 +238,10 @@ class Trace:
         Args:
             step: step index; for ``kind="xt"`` index ``S`` is the final latent.
             kind: ``"x0"`` (predicted clean latent) or ``"xt"`` (the noisy latent before the step).
-            method: ``"linear"`` (latent → RGB factors, instant) or ``"vae"`` (full decode, cached).
-            pipe: the pipeline (or its VAE), required for ``method="vae"``.
+            method: ``"linear"`` (latent → RGB factors, instant), ``"taesd"`` (the family's tiny
+                autoencoder, see :func:`explainer.load_preview_decoder`; cached) or ``"vae"`` (full decode, cached).
+            pipe: the pipeline (or its VAE), required for ``method="vae"``; for ``"taesd"``, an
+                ``AutoencoderTiny`` to use instead of the loaded or cached one.
 
         Returns:
             A PIL image at the trace's image size.
@@ -257,7 +259,11 @@ class Trace:
             if pipe is None:
                 raise ValueError("method='vae' decodes with the model: pass pipe=<the pipeline or its VAE>.")
             return _previews.vae_preview(pipe, latent)
-        raise ValueError(f"method={method!r} is not allowed; use 'linear' or 'vae'.")
+        if method == "taesd":
+            from .preview_decoder import decoder_for
+
+            return _previews.vae_preview(decoder_for(self.family, pipe), latent)
+        raise ValueError(f"method={method!r} is not allowed; use 'linear', 'taesd' or 'vae'.")
 
     def heatmap(
         self,
@@ -289,7 +295,7 @@ class Trace:
         Args:
             step: step index.
             guidance_scale: the scale to try; the recorded scale reproduces ``preview(step)``.
-            method: ``"linear"`` or ``"vae"`` (needs ``pipe``).
+            method: ``"linear"``, ``"taesd"`` (tiny autoencoder) or ``"vae"`` (needs ``pipe``).
             pipe: the pipeline or its VAE, for ``method="vae"``.
         """
         from .editing import latent_image
