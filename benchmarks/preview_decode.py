@@ -3,8 +3,10 @@
 SD 1.x architecture at 512x512 with random weights (weights do not change the cost): the UNet
 (diffusers' default ``UNet2DConditionModel``, cross-attention width 768, one guided step = a batch
 of 2 with 77 text tokens), the SD 1.x ``AutoencoderKL`` decoder, and ``AutoencoderTiny`` in its
-default configuration, which is TAESD's. Each is timed ``--rounds`` times in turn (median and min),
-float32, on the CPU unless ``--device cuda``.
+default configuration, which is TAESD's. Each is timed ``--rounds`` times in turn (median and min of
+the wall time, and the median process CPU time, which a busy machine inflates less), float32, on the
+CPU unless ``--device cuda``. ``--warmup N`` untimed calls come first (0 is fine on a CPU, where the
+first call of a large model costs about what the others do).
 
 Usage::
 
@@ -38,6 +40,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None)
@@ -69,18 +72,22 @@ def main() -> None:
     }
     params = {"unet_step": unet, "vae_decode": vae.decoder, "taesd_decode": tiny.decoder}
     times: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     with torch.no_grad():
-        for fn in cases.values():  # warm-up
-            fn()
+        for _ in range(args.warmup):
+            for fn in cases.values():
+                fn()
         for r in range(args.rounds):
             for name, fn in cases.items():
                 sync()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 sync()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()))
     unet_median = statistics.median(times["unet_step"])
+    unet_cpu = statistics.median(cpu["unet_step"])
     rows = []
     for name, values in times.items():
         median = statistics.median(values)
@@ -88,6 +95,8 @@ def main() -> None:
         rows.append({"case": name, "size": args.size, "device": args.device, "rounds": args.rounds,
                      "median_ms": round(median * 1e3, 1), "min_ms": round(min(values) * 1e3, 1),
                      "ratio_to_unet_step": round(median / unet_median, 4),
+                     "cpu_median_ms": round(statistics.median(cpu[name]) * 1e3, 1),
+                     "cpu_ratio_to_unet_step": round(statistics.median(cpu[name]) / unet_cpu, 4),
                      "params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 2) if module else None})  # fmt: skip
         print(rows[-1])
     _json.write(args.json, "preview_decode", vars(args), rows)

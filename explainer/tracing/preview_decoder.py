@@ -117,11 +117,20 @@ def is_tiny(module: Any) -> bool:
 def find_preview_decoder(family: str) -> Any:
     """``family``'s tiny decoder if one was loaded or is in the Hugging Face cache, else ``None`` (never downloads)."""
     if family not in _LOADED:
-        try:
-            load_preview_decoder(family=family)
-        except (FileNotFoundError, ValueError):
-            _LOADED[family] = None  # looked once; load_preview_decoder() after a download
+        _LOADED[family] = None  # looked once; call load_preview_decoder() after a download
+        if family in TINY_DECODERS and _in_cache(TINY_DECODERS[family]):
+            try:
+                load_preview_decoder(family=family)
+            except (FileNotFoundError, ValueError):
+                pass
     return _LOADED[family]
+
+
+def _in_cache(repo: str) -> bool:
+    """Whether ``repo``'s ``config.json`` is in the Hugging Face cache (a file look-up, no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
 
 
 def decoder_for(family: str, pipe: Any = None) -> Any:
