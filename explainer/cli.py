@@ -307,6 +307,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .export import export
     from .models import load_pipeline
     from .tracing import trace
+    from .tracing.preview_decoder import find_preview_decoder
     from .tracing.previews import vae_decode_is_cheap
 
     if args.out.exists() and not args.out.is_dir():
@@ -364,6 +365,9 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"warning: the run stopped early ({result.error}); exports show the finished steps.", file=sys.stderr)
     # frames are VAE decodes when decoding every step is cheap (the toy model), else linear previews
     decoder = pipe if (args.gif or args.html) and vae_decode_is_cheap(pipe, result) else None
+    if decoder is None and (args.gif or args.html):  # the middle tier: a tiny autoencoder, if loaded or cached
+        tiny = find_preview_decoder(result.family)
+        decoder = tiny if tiny is not None and vae_decode_is_cheap(tiny, result) else None
     edited = result.mode != "txt2img"
     if args.gif:
         panels = RUN_EDIT_PANELS if edited else RUN_GIF_PANELS

@@ -3,6 +3,7 @@
 from .attention import AttentionLayer, Word
 from .errors import StepIndexError, TraceBudgetError, TraceFileError, UnsupportedPipelineError
 from .previews import LatentRGB, clear_preview_cache, fit_latent_rgb_factors
+from .preview_decoder import load_preview_decoder
 from .schedulers import SCHEDULERS
 from .trace import FORMAT_VERSION, Trace, load_trace
 from .validation import ATTENTION_MODES, RecordSpec
@@ -32,6 +33,7 @@ __all__ = [
     "estimate_trace_bytes",
     "fit_latent_rgb_factors",
     "fork",
+    "load_preview_decoder",
     "load_trace",
     "outpaint",
     "trace",

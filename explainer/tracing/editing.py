@@ -83,7 +83,11 @@ def latent_image(trace: Trace, latent: np.ndarray, method: str = "linear", pipe:
             image = previews.decode_latents(previews._vae_of(pipe), np.asarray(latent, np.float32)[None])[0]
             return previews.to_pil(image.permute(1, 2, 0).numpy())
         return previews.vae_preview(pipe, latent)
-    raise ValueError(f"method={method!r} is not allowed; use 'linear' or 'vae'.")
+    if method == "taesd":  # the family's tiny autoencoder: a decode like "vae", with another decoder
+        from .preview_decoder import decoder_for
+
+        return latent_image(trace, latent, "vae", decoder_for(trace.family, pipe), key)
+    raise ValueError(f"method={method!r} is not allowed; use 'linear', 'taesd' or 'vae'.")
 
 
 def changed_outside_mask(trace: Trace) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,16 @@ from PIL import Image
 from . import attention as _attention
 from . import guidance as _guidance
 from . import previews as _previews
+from . import storage as _storage
 from .attention import AttentionLayer, Word
 from .errors import StepIndexError, TraceFileError
 from .previews import LatentRGB
 
 FORMAT_NAME = "sd-explainer-trace"
 # 2 added the image-to-image / inpainting fields; 3 the model family, token segments and schedule kind
-# (metadata["family"], ["token_segments"], ["schedule_kind"]). Version 1 and 2 files still load (as "sd").
-FORMAT_VERSION = 3
+# (metadata["family"], ["token_segments"], ["schedule_kind"]); 4 stores attention maps as uint8 levels with a
+# per-map range ("attention_range/..."; see storage.py). Version 1 and 2 files still load (as "sd"), version 3 as it was.
+FORMAT_VERSION = 4
 MODES = ("txt2img", "img2img", "inpaint")
 #: Optional arrays of image-to-image and inpainting traces (``None`` for text-to-image), in file order.
 EDIT_ARRAYS = ("input_image", "mask", "mask_latent", "image_latent", "start_latent", "latents_blended",
@@ -273,8 +276,10 @@ class Trace:
         Args:
             step: step index; for ``kind="xt"`` index ``S`` is the final latent.
             kind: ``"x0"`` (predicted clean latent) or ``"xt"`` (the noisy latent before the step).
-            method: ``"linear"`` (latent → RGB factors, instant) or ``"vae"`` (full decode, cached).
-            pipe: the pipeline (or its VAE), required for ``method="vae"``.
+            method: ``"linear"`` (latent → RGB factors, instant), ``"taesd"`` (the family's tiny
+                autoencoder, see :func:`explainer.load_preview_decoder`; cached) or ``"vae"`` (full decode, cached).
+            pipe: the pipeline (or its VAE), required for ``method="vae"``; for ``"taesd"``, an
+                ``AutoencoderTiny`` to use instead of the loaded or cached one.
 
         Returns:
             A PIL image at the trace's image size.
@@ -292,7 +297,11 @@ class Trace:
             if pipe is None:
                 raise ValueError("method='vae' decodes with the model: pass pipe=<the pipeline or its VAE>.")
             return _previews.vae_preview(pipe, latent)
-        raise ValueError(f"method={method!r} is not allowed; use 'linear' or 'vae'.")
+        if method == "taesd":
+            from .preview_decoder import decoder_for
+
+            return _previews.vae_preview(decoder_for(self.family, pipe), latent)
+        raise ValueError(f"method={method!r} is not allowed; use 'linear', 'taesd' or 'vae'.")
 
     def heatmap(
         self,
@@ -324,7 +333,7 @@ class Trace:
         Args:
             step: step index.
             guidance_scale: the scale to try; the recorded scale reproduces ``preview(step)``.
-            method: ``"linear"`` or ``"vae"`` (needs ``pipe``).
+            method: ``"linear"``, ``"taesd"`` (tiny autoencoder) or ``"vae"`` (needs ``pipe``).
             pipe: the pipeline or its VAE, for ``method="vae"``.
         """
         from .editing import latent_image
@@ -358,11 +367,13 @@ class Trace:
                 arrays[key] = getattr(self, key)
         return arrays
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, quantize_attention: bool = True) -> Path:
         """Write the trace to one safetensors file; JSON fields go in its header. No pickle.
 
         Args:
             path: the file to write (an existing file is replaced). Missing parent folders are created.
+            quantize_attention: store attention maps as uint8 levels with a per-map range (about half
+                the size; each value within 1/255 of its map's peak); ``False`` stores them as they are.
 
         Returns:
             The path written.
@@ -373,8 +384,6 @@ class Trace:
             NotADirectoryError: a parent of ``path`` is a file.
             OSError: the file cannot be written (the message names the path).
         """
-        from safetensors.numpy import save_file
-
         path = writable_path(path, "path", "the trace file, e.g. 'run.safetensors'")
 
         header = {
@@ -396,15 +405,27 @@ class Trace:
             "error": self.error,
             "uid": self.uid,
         }
-        arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
+        if not isinstance(quantize_attention, bool):
+            raise TypeError(f"quantize_attention must be True or False, not {quantize_attention!r}.")
+        arrays: dict[str, np.ndarray] = {}
+        for key, value in self._arrays().items():
+            if key.startswith("attention/"):  # [step, layer, (head,) token, h, w] -> uint8 + [..., 2] ranges
+                parts = _storage.split_attention(key.removeprefix("attention/"), value, quantize_attention)
+                arrays.update({k: np.ascontiguousarray(v) for k, v in parts.items()})
+            else:
+                arrays[key] = np.ascontiguousarray(value)
         meta = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
             "trace": json.dumps(header, allow_nan=True, ensure_ascii=False),
         }
+        # written beside and moved into place: a trace loaded from ``path`` maps its arrays from the old file
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
-            save_file(arrays, str(path), metadata=meta)
+            _storage.write_safetensors(partial, arrays, meta)
+            os.replace(partial, path)
         except Exception as err:  # safetensors reports I/O failures as SafetensorError, without the path
+            partial.unlink(missing_ok=True)
             raise OSError(f"could not write the trace to {path} ({type(err).__name__}: {err}).") from err
         return path
 
@@ -436,7 +457,12 @@ def writable_path(path: Any, name: str, example: str) -> Path:
 
 
 def load_trace(path: str | Path) -> Trace:
-    """Read a trace written by :meth:`Trace.save` (format versions 1, 2 and 3).
+    """Read a trace written by :meth:`Trace.save` (format versions 1 to 4), lazily.
+
+    Only the header and the small arrays are read at once: the large arrays are memory-mapped from the
+    file (copy-on-write: changing them never changes the file), and quantised attention maps are
+    :class:`~explainer.tracing.storage.QuantizedMaps`, dequantised as they are indexed. Looking at
+    one step reads that step's bytes, not the whole file.
 
     Args:
         path: the ``.safetensors`` file.
@@ -474,12 +500,12 @@ def load_trace(path: str | Path) -> Trace:
             header = json.loads(meta["trace"])
             layout = {key: (tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype()) for key in f.keys()}
             try:
-                check_layout(header, layout)
+                check_layout(header, layout, version)
             except TraceFileError as err:
                 raise TraceFileError(f"{path}: {err}") from None
             except Exception as err:
                 raise TraceFileError(f"{path} has incomplete trace metadata ({type(err).__name__}: {err}).") from err
-            arrays = {key: f.get_tensor(key) for key in f.keys()}
+            arrays = _storage.join_attention(_storage.read_arrays(path, f))
     except TraceFileError:
         raise
     except Exception as err:  # safetensors, JSON and key errors all mean the same to the user
@@ -496,7 +522,7 @@ _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _SCALARS = ("timesteps", "sigmas", "alphas_cumprod", "x0_coef_sample", "x0_coef_model")
 
 
-def check_layout(header: dict[str, Any], layout: dict[str, tuple[tuple[int, ...], str]]) -> None:
+def check_layout(header: dict[str, Any], layout: dict[str, tuple[tuple[int, ...], str]], version: int = FORMAT_VERSION) -> None:
     """Check every array of a trace file against its metadata before anything is read.
 
     Each name must be one a trace of that mode and recording writes, and each shape must follow from
@@ -505,6 +531,7 @@ def check_layout(header: dict[str, Any], layout: dict[str, tuple[tuple[int, ...]
     Args:
         header: the file's ``trace`` JSON.
         layout: array name → (shape, safetensors dtype string such as ``"F16"``).
+        version: the file's format version (uint8 attention maps from version 4).
 
     Raises:
         TraceFileError: an array is missing, unexpected, or has a shape or dtype the metadata rules out.
@@ -562,6 +589,12 @@ def check_layout(header: dict[str, Any], layout: dict[str, tuple[tuple[int, ...]
                 attention[f"attention/{branch}/{group}"] = (steps, len(layers), *heads, -1, layers[0]["height"],
                                                             layers[0]["width"])  # fmt: skip
     expected.update(attention)
+    for key in attention:  # version 4: uint8 maps come with their per-map [lo, hi]
+        if key in layout and layout[key][1] == "U8":
+            ranges = "attention_range/" + key.removeprefix("attention/")
+            if ranges not in layout:
+                raise TraceFileError(f"its uint8 attention maps {key!r} lack their per-map ranges {ranges!r}.")
+            expected[ranges] = (*layout[key][0][:-2], 2)
     unexpected = sorted(set(layout) - set(expected))
     if unexpected:
         raise TraceFileError(
@@ -580,6 +613,8 @@ def check_layout(header: dict[str, Any], layout: dict[str, tuple[tuple[int, ...]
         if tuple(shape) != want:
             raise TraceFileError(f"its array {key!r} has shape {list(shape)}; its metadata implies {list(want)}.")
         allowed = ("U8",) if key in ("final_image", "input_image") else _FLOAT_DTYPES
+        if key.startswith("attention/") and version >= 4:
+            allowed = (*_FLOAT_DTYPES, "U8")
         if dtype not in allowed:
             raise TraceFileError(f"its array {key!r} has dtype {dtype}; a trace stores {' or '.join(allowed)} there.")
 

@@ -29,6 +29,7 @@ from ..toy.known_words import words_of
 from ..tracing import SCHEDULERS, Trace
 from ..tracing.attention import no_negative_tokens_message
 from ..tracing.guidance import guided_output
+from ..tracing.preview_decoder import find_preview_decoder
 from ..tracing.previews import _vae_of, decode_steps, linear_preview, vae_decode_is_cheap
 from ..views import (
     guidance_decomposition,
@@ -62,6 +63,7 @@ MIN_DISPLAY = 256
 #: The label shown above the frames for each way of making them.
 PREVIEW_LABELS = {
     "vae": "x\u2080 / x\u209c frames: full VAE decodes",
+    "taesd": "x\u2080 / x\u209c frames: tiny-autoencoder (TAESD) decodes",
     "linear": "x\u2080 / x\u209c frames: linear latent\u2192RGB previews (approximate colours)",
 }
 _PIPELINES: dict[str, Any] = {}
@@ -136,7 +138,9 @@ class Explorer(anywidget.AnyWidget):
         grid over guidance scales), ``"trajectory"`` (PCA of the latent path, several seeds), or ``""``;
         panel_png / panel_label: its picture of the current step.
         preview_method: ``"vae"`` when the x0 / x_t frames (and what-if previews) are VAE decodes (a
-        pipeline is given and decoding every step is cheap), else ``"linear"``; preview_label says so.
+        pipeline is given and decoding every step is cheap), else ``"taesd"`` when the family's tiny
+        autoencoder is loaded or cached (:func:`explainer.load_preview_decoder`) and cheap enough, else
+        ``"linear"``; preview_label says so.
         emergence_labels: the emergence curve's lines (``"red (prompt)"``, ``"blurry (negative)"``).
         mode: ``trace.metadata["mode"]``; for ``"img2img"`` / ``"inpaint"``, input_frame (PNG, the mask
         outlined) and start_label (``"img2img start, t = 501, strength 0.5"``, also marked on the schedule).
@@ -286,8 +290,9 @@ class Explorer(anywidget.AnyWidget):
         method = self.choose_preview_method(trace)
         frames: dict[str, list[bytes]] = {"xt": [], "x0": [], "eps": []}
         for kind in ("xt", "x0"):
-            if method == "vae":
-                images = decode_steps(trace, self.pipe, kind, steps=range(trace.num_steps))
+            if method in ("vae", "taesd"):
+                decoder = self.pipe if method == "vae" else find_preview_decoder(trace.family)
+                images = decode_steps(trace, decoder, kind, steps=range(trace.num_steps))
             else:
                 images = [trace.preview(s, kind=kind) for s in range(trace.num_steps)]
             frames[kind] = [encode(image, fmt, q) for image in images]
@@ -378,6 +383,9 @@ class Explorer(anywidget.AnyWidget):
         (:func:`~explainer.tracing.previews.vae_decode_is_cheap`), else ``"linear"``."""
         if self.pipe is not None and vae_decode_is_cheap(self.pipe, trace):
             return "vae"
+        tiny = find_preview_decoder(trace.family)  # the middle tier: a tiny autoencoder, if loaded or cached
+        if tiny is not None and vae_decode_is_cheap(tiny, trace):
+            return "taesd"
         return "linear"
 
     def _model_output(self, step: int) -> np.ndarray:
@@ -564,7 +572,7 @@ class Explorer(anywidget.AnyWidget):
         """Draw the open panel for the current step (matplotlib figure → PNG)."""
         tr, step, name = self.trace, self.step, self.panel
         pipe = self.pipe if self.preview_method == "vae" else None
-        how = "VAE decodes" if pipe is not None else "linear previews"
+        how = {"vae": "VAE decodes", "taesd": "tiny-autoencoder decodes"}.get(self.preview_method, "linear previews")
         if name in ("guidance", "sweep") and not tr.has_uncond:
             png, label = b"", f"{name}: this trace has no unconditional branch (guidance_scale {tr.guidance_scale:g})."
         elif name == "guidance":
