@@ -384,7 +384,7 @@ def test_save_creates_missing_folders(basic_trace, tmp_path):
     ("call", "error", "match"),
     [
         (lambda tr, vae: tr.preview("1"), TypeError, r"step must be an int, not str"),
-        (lambda tr, vae: tr.preview(0, method="fast"), ValueError, r"method='fast' is not allowed; use 'linear' or 'vae'"),
+        (lambda tr, vae: tr.preview(0, method="fast"), ValueError, r"method='fast' is not allowed; use 'linear', 'taesd' or 'vae'"),
         (lambda tr, vae: tr.preview(0, method="vae", pipe="toy"), TypeError,
          r"pipe must be a diffusers pipeline with a VAE, or an AutoencoderKL, not str; load one with"),
         (lambda tr, vae: tr.preview(0, method="vae", pipe=vae), ValueError,
