@@ -156,12 +156,16 @@ def test_unpack_round_trip():
 
 def test_save_load_round_trip(dev, tmp_path):
     tr = explainer.trace(dev, PROMPT, seed=0, progress=False, **RUN)
-    back = explainer.load_trace(tr.save(tmp_path / "flux.trace"))
+    back = explainer.load_trace(tr.save(tmp_path / "flux.trace", quantize_attention=False))
     assert back.family == "flux" and back.tokens == tr.tokens
     for name in ("latents", "x0", "eps_cond", "sigmas", "timesteps"):
         np.testing.assert_array_equal(getattr(back, name), getattr(tr, name))
     for key, value in tr.attention.items():
         np.testing.assert_array_equal(back.attention[key], value)
+    small = explainer.load_trace(tr.save(tmp_path / "flux_uint8.trace"))  # default: uint8 maps, each within 1/255 of its peak
+    for key, value in tr.attention.items():
+        x, y = np.asarray(small.attention[key], np.float32), value.astype(np.float32)
+        assert (np.abs(x - y) <= y.max(axis=(-2, -1), keepdims=True) / 255 + 1e-7).all(), key
     assert back.metadata["conditioning"]["guidance_embedding"] == 3.5
     assert back.metadata["schedule"]["mu"] == tr.metadata["schedule"]["mu"]
 
