@@ -141,3 +141,16 @@ def test_other_view_arguments(basic_trace):
         basic_trace.heatmap("cube", layers=3)
     with pytest.raises(ValueError, match="layers entry 99"):
         basic_trace.heatmap("cube", layers=[99])
+
+
+def test_sd3_and_flux_need_a_recent_diffusers(monkeypatch):
+    import diffusers
+
+    from explainer.tracing import families
+
+    assert families.dit_families_available()  # the test environment's diffusers serves them
+    monkeypatch.setattr(diffusers, "__version__", "0.30.0")
+    assert not families.dit_families_available()
+    FluxPipeline = type("FluxPipeline", (), {})  # what an older diffusers' FLUX pipeline is to the tracer
+    with pytest.raises(explainer.UnsupportedPipelineError, match=r"tracing FluxPipeline needs diffusers >= 0\.42; this is diffusers 0\.30\.0"):
+        families.family_for(FluxPipeline())
