@@ -36,7 +36,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from ..attention import AttentionLayer, tokenize_prompt
 from ..errors import UnsupportedPipelineError
-from ..joint_attention import text_probabilities
+from ..joint_attention import JointAttentionRecorder, text_probabilities
 from ..t5_tokens import tokenize_sequence
 from .base import Family, TokenSegment
 
@@ -69,7 +69,7 @@ def pack(latent: torch.Tensor) -> torch.Tensor:
     return latent.reshape(c, h // 2, 2, w // 2, 2).permute(1, 3, 0, 2, 4).reshape((h // 2) * (w // 2), c * 4)
 
 
-class FluxAttentionRecorder:
+class FluxAttentionRecorder(JointAttentionRecorder):
     """Processor for one FLUX attention layer: the original processor computes the output, we keep q and k.
 
     ``to_q``/``to_k`` (image stream or, in a single-stream block, text and image together), ``add_k_proj``
@@ -94,17 +94,10 @@ class FluxAttentionRecorder:
         method: ``"probabilities"`` or ``"concept"``.
     """
 
-    SLOTS = (("query", "to_q", "norm_q"), ("key", "to_k", "norm_k"), ("text_key", "add_k_proj", "norm_added_k"))
-
     def __init__(self, layer: AttentionLayer, original: Any, sink: Callable[[AttentionLayer, torch.Tensor], None],
                  active: Callable[[], bool], head_mean: bool = True, method: str = "probabilities") -> None:  # fmt: skip
-        self.layer = layer
+        super().__init__(layer, original, sink, active, head_mean)
         self.method = method
-        self.original = original
-        self.sink = sink
-        self.active = active
-        self.head_mean = head_mean
-        self.seen: dict[str, torch.Tensor] = {}
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None,
@@ -143,13 +136,9 @@ class FluxAttentionRecorder:
         return text_probabilities(query.transpose(1, 2), keys.transpose(1, 2), slice(0, t), head_mean=self.head_mean)
 
     def wrappers(self, attn: Any) -> list[tuple[Any, Callable[..., Any]]]:
-        """``(module, new forward)`` for every projection and norm to wrap (the caller installs and undoes them)."""
-        found = []
-        for slot, projection, norm in self.SLOTS:
-            for name in (projection, norm):
-                module = getattr(attn, name, None)
-                if module is not None:
-                    found.append((module, self._capture(module.forward, slot)))
+        """``(module, new forward)`` for every projection and norm to wrap, and the output projections' inputs
+        for ``method="concept"`` (the caller installs and undoes them)."""
+        found = super().wrappers(attn)
         if self.method == "concept":  # the attention outputs enter the output projections of a double-stream block
             outputs = getattr(attn, "to_out", None)
             for slot, module in (("image_out", outputs[0] if outputs is not None else None),
@@ -162,14 +151,6 @@ class FluxAttentionRecorder:
         def captured(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             self.seen[slot] = x
             return forward(x, *args, **kwargs)
-
-        return captured
-
-    def _capture(self, forward: Callable[..., torch.Tensor], slot: str) -> Callable[..., torch.Tensor]:
-        def captured(*args: Any, **kwargs: Any) -> torch.Tensor:
-            out = forward(*args, **kwargs)
-            self.seen[slot] = out  # a norm runs after its projection, so its output replaces the projection's
-            return out
 
         return captured
 
