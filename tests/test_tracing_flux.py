@@ -245,7 +245,7 @@ def test_concept_attention_maps(dev, pipe):
         recorded = tr.attention[f"cond/{la.group}"][0, la.slot].astype(np.float32)  # [SEQ, 8, 8]
         np.testing.assert_allclose(recorded, maps.T.reshape(SEQ, 8, 8).numpy(), atol=2e-3, rtol=2e-3)
         np.testing.assert_allclose(recorded.sum(0), 1.0, atol=3e-3)  # rows over all text tokens sum to 1
-    with pytest.raises(ValueError, match=r"record\['method'\]='concept' is available for FLUX.1 pipelines only"):
+    with pytest.raises(ValueError, match=r"record\['method'\]='concept' is available for Stable Diffusion 3 and FLUX.1 pipelines only"):
         explainer.trace(pipe, PROMPT, num_inference_steps=1, record={"method": "concept"})
     with pytest.raises(ValueError, match=r"record\['method'\]='rollout' is not allowed"):
         explainer.trace(dev, PROMPT, record={"method": "rollout"}, **RUN)

@@ -140,6 +140,40 @@ def test_joint_probabilities_equal_an_independent_softmax(sd35):
     assert np.all(got.sum(-1) < 1)  # the rest of each row went to image keys
 
 
+@pytest.mark.parametrize("block", [0, 1])  # block 1 is the last: context_pre_only, no to_add_out
+def test_concept_attention_maps_equal_an_independent_computation(sd35, block):
+    """ConceptAttention-style maps on SD3: per head, softmax over the text tokens of image-output . text-output
+    (the joint attention's outputs before the output projections), head-averaged; the image is unchanged."""
+    common = dict(negative_prompt="blurry", num_inference_steps=2, max_sequence_length=T5_LEN, height=32, width=32,
+                  progress=False)  # fmt: skip
+    tr = explainer.trace(sd35, PROMPT, record={"method": "concept"}, **common)
+    plain = explainer.trace(sd35, PROMPT, **common)
+    assert np.array_equal(np.asarray(tr.final_image), np.asarray(plain.final_image))
+    assert tr.metadata["record"]["method"] == "concept" and "ConceptAttention" in tr.metadata["attention_method"]
+    layer = tr.attention_layers[block]
+    attn = sd35.transformer.transformer_blocks[block].attn
+    assert attn.context_pre_only == (block == 1)
+    hidden, text = _joint_inputs(sd35, block, negative_prompt="blurry")
+    heads, d = attn.heads, attn.to_q.out_features // attn.heads
+
+    def split(x):  # [B, N, H*d] -> [B, H, N, d]
+        return x.reshape(x.shape[0], -1, heads, d).transpose(1, 2)
+
+    with torch.no_grad():
+        q = torch.cat([attn.norm_q(split(attn.to_q(hidden))), attn.norm_added_q(split(attn.add_q_proj(text)))], 2)
+        k = torch.cat([attn.norm_k(split(attn.to_k(hidden))), attn.norm_added_k(split(attn.add_k_proj(text)))], 2)
+        v = torch.cat([split(attn.to_v(hidden)), split(attn.add_v_proj(text))], 2)
+    out = torch.softmax(q.double() @ k.double().transpose(-1, -2) / d**0.5, dim=-1) @ v.double()  # [B, H, N + T, d]
+    n = hidden.shape[1]
+    maps = torch.softmax(out[:, :, :n] @ out[:, :, n:].transpose(-1, -2), dim=-1).mean(1)  # [B, N, T]
+    row = 1 if tr.metadata["batch_order"] == "uncond, cond" else 0
+    ref = maps[row][:, family_keys(sd35, tr, "cond")].numpy()  # [N, t]
+    got = tr.attention[f"cond/{layer.group}"][-1, layer.slot].astype(np.float64)  # [t, h, w]
+    np.testing.assert_allclose(got.reshape(got.shape[0], -1).T, ref, rtol=3e-3, atol=2e-4)  # stored in float16
+    with pytest.raises(ValueError, match=r"record\['method'\]='rollout' is not allowed"):
+        explainer.trace(sd35, PROMPT, record={"method": "rollout"}, **common)
+
+
 def family_keys(pipe, tr, branch: str) -> list[int]:
     """Recorded key positions of a branch, from the trace's segments (CLIP keys, then T5 keys after the CLIP ones)."""
     segs = tr.token_segments[branch]

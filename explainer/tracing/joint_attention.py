@@ -11,6 +11,11 @@ wrappers on the layer's projections and QK-norms hand over the very q and k it u
 norms. :func:`text_probabilities` turns them into the text block, in query chunks so the full
 ``[queries, keys]`` matrix never exists at once.
 
+With ``method="concept"`` the recorder keeps ConceptAttention-style maps instead (:func:`concept_maps`,
+Helbling et al., 2025): the image tokens' attention outputs (softmax(QK^T/sqrt(d))V, the input of
+``to_out[0]``) dotted with the text tokens' (the input of ``to_add_out``; in SD3's last block, which has
+no ``to_add_out`` (``context_pre_only``), the processor returns them unprojected), softmax over the text.
+
 Shapes: ``B`` batch, ``H`` heads, ``N`` image queries (= image keys), ``T`` text keys, ``d`` head dim.
 """
 
@@ -72,6 +77,24 @@ def text_probabilities(
     return torch.cat(parts, dim=2)
 
 
+def concept_maps(image: torch.Tensor, text: torch.Tensor, head_dim: int, *, head_mean: bool = True) -> torch.Tensor:
+    """ConceptAttention-style maps: per head, softmax over the text tokens of image-output . text-output.
+
+    Args:
+        image: ``[B, N, H * d]`` the attention outputs of the image tokens (before the output projection).
+        text: ``[B, T, H * d]`` those of the text tokens.
+        head_dim: ``d``.
+        head_mean: average the per-head maps (``[B, 1, N, T]``) instead of keeping them (``[B, H, N, T]``).
+
+    Returns:
+        float32; each image token's row sums to 1 over the ``T`` text tokens.
+    """
+    img = image.unflatten(-1, (-1, head_dim)).transpose(1, 2).float()  # [B, H, N, d]
+    txt = text.unflatten(-1, (-1, head_dim)).transpose(1, 2).float()  # [B, H, T, d]
+    probs = torch.matmul(img, txt.transpose(-1, -2)).softmax(dim=-1)  # [B, H, N, T]
+    return probs.mean(dim=1, keepdim=True) if head_mean else probs
+
+
 class JointAttentionRecorder:
     """Processor for one MMDiT joint-attention layer: the original processor computes the output, we keep q and k.
 
@@ -85,18 +108,20 @@ class JointAttentionRecorder:
         sink: called with ``(layer, probs [B, 1 | H, N, T])`` after each call while ``active()``.
         active: whether the recorder is recording now.
         head_mean: store the head average (``False`` keeps every head).
+        method: ``"probabilities"`` (the text block of the softmax) or ``"concept"`` (:func:`concept_maps`).
     """
 
     #: (slot, projection, norm) per captured tensor: image queries, image keys, text keys
     SLOTS = (("query", "to_q", "norm_q"), ("key", "to_k", "norm_k"), ("text_key", "add_k_proj", "norm_added_k"))
 
     def __init__(self, layer: AttentionLayer, original: Any, sink: Callable[[AttentionLayer, torch.Tensor], None],
-                 active: Callable[[], bool], head_mean: bool = True) -> None:  # fmt: skip
+                 active: Callable[[], bool], head_mean: bool = True, method: str = "probabilities") -> None:  # fmt: skip
         self.layer = layer
         self.original = original
         self.sink = sink
         self.active = active
         self.head_mean = head_mean
+        self.method = method
         self.seen: dict[str, torch.Tensor] = {}
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -104,7 +129,12 @@ class JointAttentionRecorder:
         self.seen = {}
         out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         seen, self.seen = self.seen, {}
-        if self.active() and encoder_hidden_states is not None and len(seen) == 3:
+        if self.active() and encoder_hidden_states is not None and self.method == "concept" and "image_out" in seen:
+            # the text outputs: to_add_out's input, or (context_pre_only: no to_add_out) the returned, unprojected ones
+            text = seen["text_out"] if "text_out" in seen else out[1]
+            head_dim = seen["image_out"].shape[-1] // attn.heads
+            self.sink(self.layer, concept_maps(seen["image_out"], text, head_dim, head_mean=self.head_mean))
+        elif self.active() and encoder_hidden_states is not None and {"query", "key", "text_key"} <= seen.keys():
             query = heads_first(seen["query"], attn.heads)
             image_keys = heads_first(seen["key"], attn.heads)
             text_keys = heads_first(seen["text_key"], attn.heads)
@@ -120,13 +150,20 @@ class JointAttentionRecorder:
         return out
 
     def wrappers(self, attn: Any) -> list[tuple[Any, Callable[..., Any]]]:
-        """``(module, new forward)`` for every projection and norm to wrap (the caller installs and undoes them)."""
+        """``(module, new forward)`` for every projection and norm to wrap, and the output projections' inputs
+        for ``method="concept"`` (the caller installs and undoes them)."""
         found = []
         for slot, projection, norm in self.SLOTS:
             for name in (projection, norm):
                 module = getattr(attn, name, None)
                 if module is not None:
                     found.append((module, self._capture(module.forward, slot)))
+        if self.method == "concept":  # the attention outputs enter the output projections
+            outputs = getattr(attn, "to_out", None)
+            for slot, module in (("image_out", outputs[0] if outputs is not None else None),
+                                 ("text_out", getattr(attn, "to_add_out", None))):  # fmt: skip
+                if module is not None:
+                    found.append((module, self._capture_input(module.forward, slot)))
         return found
 
     def _capture(self, forward: Callable[..., torch.Tensor], slot: str) -> Callable[..., torch.Tensor]:
@@ -134,5 +171,12 @@ class JointAttentionRecorder:
             out = forward(*args, **kwargs)
             self.seen[slot] = out  # a norm runs after its projection, so its output replaces the projection's
             return out
+
+        return captured
+
+    def _capture_input(self, forward: Callable[..., torch.Tensor], slot: str) -> Callable[..., torch.Tensor]:
+        def captured(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            self.seen[slot] = x
+            return forward(x, *args, **kwargs)
 
         return captured

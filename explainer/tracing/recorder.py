@@ -200,7 +200,7 @@ class Recorder:
                 module = self.plan.modules[layer.name]
                 original = module.processor
                 make = getattr(self.family, "joint_recorder", JointAttentionRecorder)  # FLUX: its own (RoPE)
-                method = {"method": self.spec.method} if self.spec.method != "probabilities" else {}  # FLUX: "concept"
+                method = {"method": self.spec.method} if self.spec.method != "probabilities" else {}  # SD3/FLUX: "concept"
                 joint = make(layer, original, self._keep_joint, lambda: self.active,
                              head_mean=self.spec.attention != "per_head", **method)  # fmt: skip
                 module.set_processor(joint)
@@ -764,7 +764,7 @@ def trace(
         "versions": dict(versions()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if spec.method != "probabilities":  # FLUX's ConceptAttention-style maps
+    if spec.method != "probabilities":  # SD3's / FLUX's ConceptAttention-style maps
         meta["attention_method"] = family.attention_methods[spec.method]
     if family.settings:  # family options given (max_sequence_length, true_cfg_scale): re-runs pass them again
         meta["options"] = dict(family.settings)

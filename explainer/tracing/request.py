@@ -148,8 +148,8 @@ def prepare_request(
     spec = parse_record(record)
     if spec.method not in getattr(family, "attention_methods", {"probabilities": None}):
         raise ValueError(
-            f"record['method']={spec.method!r} is available for FLUX.1 pipelines only; this is a {family.label} "
-            "pipeline, so leave method out (its maps are the attention probabilities)."
+            f"record['method']={spec.method!r} is available for Stable Diffusion 3 and FLUX.1 pipelines only; this "
+            f"is a {family.label} pipeline, so leave method out (its maps are the attention probabilities)."
         )
     if image is None and mask is not None:
         raise ValueError("mask needs image=: pass the picture to inpaint as image and the region to repaint as mask.")

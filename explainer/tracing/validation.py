@@ -37,7 +37,7 @@ class RecordSpec:
             ``names_filter``): ``None`` (all), or a tuple of selectors, each a module path or a prefix of
             one (``"up_blocks.0"``, ``"mid_block"``) or a resolution ``"HxW"`` (``"32x32"``).
         method: ``"probabilities"`` (default: the layer's own softmax) or ``"concept"`` (ConceptAttention-style
-            maps from the attention outputs; FLUX only).
+            maps from the attention outputs; SD3 and FLUX only).
     """
 
     attention: str = "per_layer"

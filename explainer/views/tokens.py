@@ -114,7 +114,7 @@ def method_comparison(
 ) -> Figure:
     """The same tokens' maps from traces recorded with different ``record={"method": ...}``, side by side.
 
-    For FLUX, trace the same run twice, once with the attention probabilities (the default) and once with
+    For SD3 and FLUX, trace the same run twice, once with the attention probabilities (the default) and once with
     ConceptAttention-style maps (``record={"method": "concept"}``); the image is the same in both.
 
     Args:

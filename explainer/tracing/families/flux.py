@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,9 +33,9 @@ from diffusers import FluxImg2ImgPipeline, FluxPipeline
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from ..attention import AttentionLayer, tokenize_prompt
+from ..attention import tokenize_prompt
 from ..errors import UnsupportedPipelineError
-from ..joint_attention import JointAttentionRecorder, text_probabilities
+from ..joint_attention import JointAttentionRecorder, concept_maps, text_probabilities
 from ..t5_tokens import tokenize_sequence
 from .base import Family, TokenSegment
 
@@ -94,11 +93,6 @@ class FluxAttentionRecorder(JointAttentionRecorder):
         method: ``"probabilities"`` or ``"concept"``.
     """
 
-    def __init__(self, layer: AttentionLayer, original: Any, sink: Callable[[AttentionLayer, torch.Tensor], None],
-                 active: Callable[[], bool], head_mean: bool = True, method: str = "probabilities") -> None:  # fmt: skip
-        super().__init__(layer, original, sink, active, head_mean)
-        self.method = method
-
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None,
                  **kwargs: Any) -> Any:  # fmt: skip
@@ -134,43 +128,6 @@ class FluxAttentionRecorder(JointAttentionRecorder):
             keys = apply_rotary_emb(keys, rotary, sequence_dim=1)
             query = apply_rotary_emb(query, tuple(r[t:] for r in rotary), sequence_dim=1)
         return text_probabilities(query.transpose(1, 2), keys.transpose(1, 2), slice(0, t), head_mean=self.head_mean)
-
-    def wrappers(self, attn: Any) -> list[tuple[Any, Callable[..., Any]]]:
-        """``(module, new forward)`` for every projection and norm to wrap, and the output projections' inputs
-        for ``method="concept"`` (the caller installs and undoes them)."""
-        found = super().wrappers(attn)
-        if self.method == "concept":  # the attention outputs enter the output projections of a double-stream block
-            outputs = getattr(attn, "to_out", None)
-            for slot, module in (("image_out", outputs[0] if outputs is not None else None),
-                                 ("text_out", getattr(attn, "to_add_out", None))):  # fmt: skip
-                if module is not None:
-                    found.append((module, self._capture_input(module.forward, slot)))
-        return found
-
-    def _capture_input(self, forward: Callable[..., torch.Tensor], slot: str) -> Callable[..., torch.Tensor]:
-        def captured(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            self.seen[slot] = x
-            return forward(x, *args, **kwargs)
-
-        return captured
-
-
-def concept_maps(image: torch.Tensor, text: torch.Tensor, head_dim: int, *, head_mean: bool = True) -> torch.Tensor:
-    """ConceptAttention-style maps: per head, softmax over the text tokens of image-output . text-output.
-
-    Args:
-        image: ``[B, N, H * d]`` the attention outputs of the image tokens (before the output projection).
-        text: ``[B, T, H * d]`` those of the text tokens.
-        head_dim: ``d``.
-        head_mean: average the per-head maps (``[B, 1, N, T]``) instead of keeping them (``[B, H, N, T]``).
-
-    Returns:
-        float32; each image token's row sums to 1 over the ``T`` text tokens.
-    """
-    img = image.unflatten(-1, (-1, head_dim)).transpose(1, 2).float()  # [B, H, N, d]
-    txt = text.unflatten(-1, (-1, head_dim)).transpose(1, 2).float()  # [B, H, T, d]
-    probs = torch.matmul(img, txt.transpose(-1, -2)).softmax(dim=-1)  # [B, H, N, T]
-    return probs.mean(dim=1, keepdim=True) if head_mean else probs
 
 
 def as_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -50,6 +50,15 @@ class SD3Family(Family):
         "joint attention: the text block of the joint softmax over image and text keys (each image query's "
         "probability on each text key; the rest of its row went to image keys), QK-norms applied"
     )
+    #: the maps record={"method": ...} can ask for, each described for metadata["attention_method"]
+    attention_methods: ClassVar[dict[str, str]] = {
+        "probabilities": attention_method,
+        "concept": (
+            "ConceptAttention-style maps (Helbling et al., 2025): per head, softmax over the text tokens (CLIP and "
+            "T5 keys) of the dot products of each image token's attention output with the text tokens' attention "
+            "outputs (softmax(QK^T/sqrt(d))V before the output projections), head-averaged; every joint block"
+        ),
+    }
 
     # ------------------------------------------------------------------ options
 
