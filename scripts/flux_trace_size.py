@@ -14,15 +14,14 @@ trace's ``nbytes`` on tiny FLUX components. Writes docs/data/flux_trace_size.jso
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _trace_size import NEGATIVE, PROMPT, REPO, main  # noqa: E402, F401 (the tests read PROMPT here)
+
 sys.path.insert(0, str(REPO / "tests"))
 
 # black-forest-labs/FLUX.1-dev: transformer/config.json and vae/config.json
@@ -36,8 +35,6 @@ FLUX_VAE = dict(
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024,
     scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
 )  # fmt: skip
-PROMPT = "a red fox sitting in tall grass under evening sky"  # 10 words
-NEGATIVE = "blurry, low quality, watermark"
 RECORDS = {
     "default": "default",
     "per_step": "per_step",
@@ -60,43 +57,27 @@ def flux_on_meta():
     return FluxPipeline(**parts)
 
 
-def main() -> None:
+def layer_counts(pipe) -> dict:
+    """All attention layers, then the double- and single-stream ones."""
     import explainer
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "data" / "flux_trace_size.json")
-    args = parser.parse_args()
-    pipe = flux_on_meta()
-    common = dict(num_inference_steps=28, height=1024, width=1024)
-    rows = []
-    for label, record in RECORDS.items():
-        for negative, cfg in ((None, None), (NEGATIVE, 2.0)):  # guidance-distilled; then true CFG with a negative
-            kwargs = dict(negative_prompt=negative, true_cfg_scale=cfg, record=record, **common)
-            req = explainer.tracing.recorder.prepare_request(pipe, PROMPT, options={"true_cfg_scale": cfg},
-                                                             negative_prompt=negative, record=record, **common)  # fmt: skip
-            size = explainer.estimate_trace_bytes(pipe, PROMPT, **kwargs)
-            rows.append({"record": label, "negative_prompt": negative, "true_cfg_scale": cfg, "bytes": size,
-                         "mb": round(size / 1e6, 1), "layers": len(req.plan.layers), "tokens": req.plan.tokens})  # fmt: skip
-            print(f"{label:34s} true_cfg={cfg!s:5s} {size / 1e6:8.1f} MB  {len(req.plan.layers)} layers")
-    family = explainer.tracing.families.family_for(pipe)
-    sites = [name for name, _, _ in family.attention_sites(pipe)]
-    out = {
-        "what": "explainer trace size, FLUX.1-dev layout, 1024x1024, 28 steps (flow-match Euler, dynamic shift), "
-        "guidance_scale 3.5 (embedded), max_sequence_length 512, fp16 storage",
-        "prompt": PROMPT,
-        "words": len(PROMPT.split()),
+    sites = [name for name, _, _ in explainer.tracing.families.family_for(pipe).attention_sites(pipe)]
+    return {
         "attention_layers": len(sites),
         "double_stream_layers": sum(name.startswith("transformer_blocks.") for name in sites),
         "single_stream_layers": sum(name.startswith("single_transformer_blocks.") for name in sites),
-        "method": "planner estimate (equal to Trace.nbytes in tests on tiny FLUX components); image bytes included; "
-        "T5 tokens counted with the CLIP tokenizer (about one more than T5's)",
-        "machine": f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}",
-        "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    main(
+        doc=__doc__, out="flux_trace_size.json", build=flux_on_meta, records=RECORDS, width=34,
+        # guidance-distilled (one branch); then true CFG with a negative prompt
+        variants=[{"negative_prompt": None, "true_cfg_scale": None}, {"negative_prompt": NEGATIVE, "true_cfg_scale": 2.0}],
+        common=dict(num_inference_steps=28, height=1024, width=1024),
+        what="explainer trace size, FLUX.1-dev layout, 1024x1024, 28 steps (flow-match Euler, dynamic shift), "
+        "guidance_scale 3.5 (embedded), max_sequence_length 512, fp16 storage",
+        method="planner estimate (equal to Trace.nbytes in tests on tiny FLUX components); image bytes included; "
+        "T5 tokens counted with the CLIP tokenizer (about one more than T5's)",
+        extra=layer_counts,
+    )  # fmt: skip

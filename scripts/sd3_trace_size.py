@@ -14,15 +14,14 @@ Writes docs/data/sd3_trace_size.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _trace_size import NEGATIVE, PROMPT, REPO, main  # noqa: E402, F401 (the tests read PROMPT here)
+
 sys.path.insert(0, str(REPO / "tests"))
 
 # stabilityai/stable-diffusion-3-medium-diffusers: transformer/config.json and vae/config.json
@@ -36,8 +35,6 @@ SD3_VAE = dict(
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024,
     scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
 )  # fmt: skip
-PROMPT = "a red fox sitting in tall grass under evening sky"  # 10 words
-NEGATIVE = "blurry, low quality, watermark"
 RECORDS = {
     "default": "default",
     "per_step": "per_step",
@@ -60,38 +57,13 @@ def sd3_on_meta():
     return StableDiffusion3Pipeline(**parts)
 
 
-def main() -> None:
-    import explainer
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "data" / "sd3_trace_size.json")
-    args = parser.parse_args()
-    pipe = sd3_on_meta()
-    common = dict(num_inference_steps=28, height=1024, width=1024)
-    rows = []
-    for label, record in RECORDS.items():
-        for negative in (None, NEGATIVE):
-            req = explainer.tracing.recorder.prepare_request(pipe, PROMPT, negative_prompt=negative, record=record,
-                                                             **common)  # fmt: skip
-            size = explainer.estimate_trace_bytes(pipe, PROMPT, negative_prompt=negative, record=record, **common)
-            rows.append({"record": label, "negative_prompt": negative, "bytes": size, "mb": round(size / 1e6, 1),
-                         "layers": len(req.plan.layers), "tokens": req.plan.tokens})  # fmt: skip
-            print(f"{label:32s} negative={negative!r:34s} {size / 1e6:8.1f} MB  {len(req.plan.layers)} layers")
-    out = {
-        "what": "explainer trace size, SD3 Medium layout, 1024x1024, 28 steps (flow-match Euler), guidance 7.0, "
-        "max_sequence_length 256, fp16 storage",
-        "prompt": PROMPT,
-        "words": len(PROMPT.split()),
-        "attention_layers": len(explainer.tracing.families.family_for(pipe).attention_sites(pipe)),
-        "method": "planner estimate (equal to Trace.nbytes in tests on tiny SD3 components); image bytes included; "
-        "T5 tokens counted with the CLIP tokenizer (about one more than T5's)",
-        "machine": f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}",
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    main(
+        doc=__doc__, out="sd3_trace_size.json", build=sd3_on_meta, records=RECORDS,
+        variants=[{"negative_prompt": None}, {"negative_prompt": NEGATIVE}],
+        common=dict(num_inference_steps=28, height=1024, width=1024),
+        what="explainer trace size, SD3 Medium layout, 1024x1024, 28 steps (flow-match Euler), guidance 7.0, "
+        "max_sequence_length 256, fp16 storage",
+        method="planner estimate (equal to Trace.nbytes in tests on tiny SD3 components); image bytes included; "
+        "T5 tokens counted with the CLIP tokenizer (about one more than T5's)",
+    )  # fmt: skip

@@ -11,15 +11,14 @@ components. Writes docs/data/sdxl_trace_size.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _trace_size import NEGATIVE, PROMPT, REPO, main  # noqa: E402
+
 sys.path.insert(0, str(REPO / "tests"))
 
 # stabilityai/stable-diffusion-xl-base-1.0: unet/config.json and vae/config.json (the fields that set the layout)
@@ -36,7 +35,6 @@ SDXL_VAE = dict(
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024,
     scaling_factor=0.13025, force_upcast=True,
 )  # fmt: skip
-PROMPT = "a red fox sitting in tall grass under evening sky"  # 10 words
 RECORDS = {
     "default": "default",
     "per_step": "per_step",
@@ -60,37 +58,12 @@ def sdxl_on_meta():
     return StableDiffusionXLPipeline(**parts)
 
 
-def main() -> None:
-    import explainer
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "data" / "sdxl_trace_size.json")
-    args = parser.parse_args()
-    pipe = sdxl_on_meta()
-    common = dict(num_inference_steps=30, height=1024, width=1024)
-    rows = []
-    for label, record in RECORDS.items():
-        for negative in (None, "blurry, low quality, watermark"):
-            req = explainer.tracing.recorder.prepare_request(pipe, PROMPT, negative_prompt=negative, record=record,
-                                                             **common)  # fmt: skip
-            size = explainer.estimate_trace_bytes(pipe, PROMPT, negative_prompt=negative, record=record, **common)
-            rows.append({"record": label, "negative_prompt": negative, "bytes": size, "mb": round(size / 1e6, 1),
-                         "layers": len(req.plan.layers), "tokens": req.plan.tokens})  # fmt: skip
-            print(f"{label:20s} negative={negative!r:34s} {size / 1e6:8.1f} MB  {len(req.plan.layers)} layers")
-    out = {
-        "what": "explainer trace size, SDXL base layout, 1024x1024, 30 steps (Euler), guidance 7.5, fp16 storage",
-        "prompt": PROMPT,
-        "words": len(PROMPT.split()),
-        "prompt_tokens": len(pipe.tokenizer(PROMPT).input_ids),  # BOS and EOS included
-        "attention_layers": len(explainer.tracing.families.family_for(pipe).attention_sites(pipe)),
-        "method": "planner estimate (equal to Trace.nbytes in tests on tiny SDXL components); image bytes included",
-        "machine": f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}",
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    main(
+        doc=__doc__, out="sdxl_trace_size.json", build=sdxl_on_meta, records=RECORDS,
+        variants=[{"negative_prompt": None}, {"negative_prompt": NEGATIVE}],
+        common=dict(num_inference_steps=30, height=1024, width=1024), width=20,
+        what="explainer trace size, SDXL base layout, 1024x1024, 30 steps (Euler), guidance 7.5, fp16 storage",
+        method="planner estimate (equal to Trace.nbytes in tests on tiny SDXL components); image bytes included",
+        extra=lambda pipe: {"prompt_tokens": len(pipe.tokenizer(PROMPT).input_ids)},  # BOS and EOS included
+    )  # fmt: skip
