@@ -11,7 +11,7 @@ allowed FLUX's 512 tokens, like FLUX's T5 tokenizer).
 from __future__ import annotations
 
 import torch
-from _sdxl import TOKENIZER, text_config
+from _tiny import clip_tokenizer, t5_config, text_config, tiny_vae
 
 # black-forest-labs/FLUX.1-dev scheduler/scheduler_config.json
 FLUX_SCHEDULER = dict(
@@ -32,38 +32,19 @@ T5_MAX_LENGTH = 512  # FLUX.1's tokenizer_2 (T5) model_max_length
 
 
 def tiny_flux_vae(seed: int = 0, latent_channels: int = 16):
-    """16 latent channels, scale factor 2 (so 32x32 images give 16x16 latents, 8x8 packed tokens)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=FLUX_VAE_SHIFT,
-        scaling_factor=FLUX_VAE_SCALING,
-    )
+    """16 latent channels, scale factor 2 (32x32 images give 16x16 latents), FLUX's factors."""
+    return tiny_vae(seed, latent_channels, scaling_factor=FLUX_VAE_SCALING, shift_factor=FLUX_VAE_SHIFT)
 
 
 def build_flux_components(seed: int = 0, guidance_embeds: bool = True, num_layers: int = 1,
                           num_single_layers: int = 1) -> dict:  # fmt: skip
     """The seven components of a ``FluxPipeline`` (no IP-adapter image encoder)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, T5EncoderModel
 
     clip = text_config()
     vae = tiny_flux_vae(seed)
-    t5 = T5Config(vocab_size=clip.vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                  relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
-                  feed_forward_proj="gated-gelu", is_encoder_decoder=False, pad_token_id=clip.pad_token_id,
-                  eos_token_id=clip.eos_token_id)  # fmt: skip
+    t5 = t5_config(clip)
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
@@ -86,8 +67,8 @@ def build_flux_components(seed: int = 0, guidance_embeds: bool = True, num_layer
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         text_encoder_2=text_encoder_2.eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(str(TOKENIZER)),
-        tokenizer_2=CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=T5_MAX_LENGTH),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(model_max_length=T5_MAX_LENGTH),
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER),
     )
 

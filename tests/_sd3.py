@@ -10,7 +10,7 @@ tokenizer slots (the third stands in for T5's sentencepiece tokenizer).
 from __future__ import annotations
 
 import torch
-from _sdxl import TOKENIZER, text_config
+from _tiny import clip_tokenizer, t5_config, text_config, tiny_vae
 
 # stabilityai/stable-diffusion-3-medium-diffusers scheduler/scheduler_config.json
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
@@ -21,38 +21,19 @@ SD3_VAE_SHIFT = 0.0609
 
 
 def tiny_sd3_vae(seed: int = 0, latent_channels: int = 16):
-    """16 latent channels, scale factor 2 (32x32 images give 16x16 latents, an 8x8 patch grid)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=SD3_VAE_SHIFT,
-        scaling_factor=SD3_VAE_SCALING,
-    )
+    """16 latent channels, scale factor 2 (32x32 images give 16x16 latents), SD3's factors."""
+    return tiny_vae(seed, latent_channels, scaling_factor=SD3_VAE_SCALING, shift_factor=SD3_VAE_SHIFT)
 
 
 def build_sd3_components(seed: int = 0, qk_norm: str | None = None, dual_attention_layers: tuple[int, ...] = (),
                          with_t5: bool = True) -> dict:  # fmt: skip
     """The nine components of a ``StableDiffusion3Pipeline`` (two joint blocks; T5 optional)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
     clip = text_config()
     vae = tiny_sd3_vae(seed)
-    t5 = T5Config(vocab_size=clip.vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                  relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
-                  feed_forward_proj="gated-gelu", is_encoder_decoder=False, pad_token_id=clip.pad_token_id,
-                  eos_token_id=clip.eos_token_id)  # fmt: skip
+    t5 = t5_config(clip)
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=16,
@@ -81,9 +62,9 @@ def build_sd3_components(seed: int = 0, qk_norm: str | None = None, dual_attenti
         text_encoder=text_encoder.eval(),
         text_encoder_2=text_encoder_2.eval(),
         text_encoder_3=text_encoder_3.eval() if text_encoder_3 is not None else None,
-        tokenizer=CLIPTokenizer.from_pretrained(str(TOKENIZER)),
-        tokenizer_2=CLIPTokenizer.from_pretrained(str(TOKENIZER)),
-        tokenizer_3=CLIPTokenizer.from_pretrained(str(TOKENIZER)) if with_t5 else None,
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        tokenizer_3=clip_tokenizer() if with_t5 else None,
         scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
     )
 

@@ -7,11 +7,8 @@ and a UNet with two transformer layers per block at its cross-attention level.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-
-TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "toy" / "tokenizer"
+from _tiny import clip_tokenizer, text_config, tiny_vae
 
 # SDXL base's scheduler settings (stabilityai/stable-diffusion-xl-base-1.0 scheduler_config.json).
 SDXL_SCHEDULER = dict(
@@ -26,21 +23,12 @@ SDXL_SCHEDULER = dict(
 )
 
 
-def text_config(hidden: int = 32):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=hidden,
-                          intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
-                          max_position_embeddings=77, projection_dim=hidden, hidden_act="gelu")  # fmt: skip
-
-
 def build_sdxl_components(seed: int = 0, unet_in_channels: int = 4, time_cond_proj_dim: int | None = None,
                           force_zeros_for_empty_prompt: bool = True) -> dict:  # fmt: skip
     """UNet (cross-attention at 8x8 for 32x32 images, 2 transformer layers per block there), VAE, two CLIP
     towers (hidden 32 each, so the UNet's cross_attention_dim is 64), the real tokenizer twice, Euler."""
-    from conftest import tiny_vae
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     enc = text_config()
     time_dim, time_ids = 8, 6  # addition_time_embed_dim, len(add_time_ids)
@@ -73,8 +61,8 @@ def build_sdxl_components(seed: int = 0, unet_in_channels: int = 4, time_cond_pr
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         text_encoder_2=text_encoder_2.eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(str(TOKENIZER)),
-        tokenizer_2=CLIPTokenizer.from_pretrained(str(TOKENIZER)),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
         force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
     )

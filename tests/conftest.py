@@ -19,8 +19,9 @@ import torch  # noqa: E402
 # oneDNN spends seconds building kernels for each new tiny shape on CPU; plain kernels are faster here.
 torch.backends.mkldnn.enabled = False
 
+from _tiny import clip_tokenizer, text_config, tiny_vae  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-TOKENIZER = REPO / "assets" / "toy" / "tokenizer"
 
 # SD 1.x scheduler settings (the runwayml/stable-diffusion-v1-5 scheduler_config.json values).
 SD_SCHEDULER = dict(
@@ -35,28 +36,11 @@ SD_SCHEDULER = dict(
 )
 
 
-def tiny_vae(seed: int = 0):
-    """The tiny ``AutoencoderKL`` every test pipeline uses (4 latent channels, scale factor 2, 32x32 images)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
-
-
 def build_components(prediction_type: str = "epsilon", seed: int = 0, unet_in_channels: int = 4) -> dict:
     """Tiny UNet (two cross-attention resolutions; 9 input channels makes it an inpainting UNet), VAE,
     CLIP text encoder, real tokenizer, PNDM."""
     from diffusers import PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -73,21 +57,8 @@ def build_components(prediction_type: str = "epsilon", seed: int = 0, unet_in_ch
     )
     vae = tiny_vae(seed)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=32,
-        )
-    )
-    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER))
+    text_encoder = CLIPTextModel(text_config(act="quick_gelu"))
+    tokenizer = clip_tokenizer()
     scheduler = PNDMScheduler.from_config({**SD_SCHEDULER, "prediction_type": prediction_type})
     return dict(
         unet=unet.eval(),
