@@ -187,6 +187,23 @@ def test_bad_input(dev):
         explainer.trace(dev, PROMPT, image=_image(), mask=Image.new("L", (32, 32), 255), max_sequence_length=SEQ)
 
 
+def test_bad_input_more(schnell):
+    """The rest of the issue's bad-input list: width off the packing, a non-integer max_sequence_length, a negative
+    prompt without true_cfg_scale (warned, as its true_cfg_scale twin), what-if without true CFG on a schnell-style
+    model (says how to get the second branch)."""
+    with pytest.raises(ValueError, match=r"width=34 .*multiple of 4"):  # VAE factor 2 x the 2x2 packing
+        explainer.trace(schnell, PROMPT, height=32, width=34, max_sequence_length=SEQ)
+    with pytest.raises(TypeError, match=r"max_sequence_length must be an integer"):
+        explainer.trace(schnell, PROMPT, max_sequence_length="256", height=32, width=32)
+    with pytest.warns(UserWarning, match=r"negative_prompt is ignored: FluxPipeline uses it only with true_cfg_scale > 1"):
+        tr = explainer.trace(schnell, PROMPT, negative_prompt="blurry", seed=0, progress=False, num_inference_steps=1,
+                             height=32, width=32, max_sequence_length=SEQ)  # fmt: skip
+    assert not tr.has_uncond and tr.negative_tokens == []
+    with pytest.raises(ValueError, match=r"trace again with true_cfg_scale > 1 and a negative_prompt"):
+        tr.what_if(0, 3.0)
+    assert "guidance_embeds" in tr.metadata["unconditional"]
+
+
 def test_true_cfg_what_if_uses_true_cfg_scale(schnell):
     tr = explainer.trace(schnell, PROMPT, negative_prompt="a green cone", true_cfg_scale=3.0, seed=0,
                          progress=False, **RUN)  # fmt: skip

@@ -222,6 +222,14 @@ def test_sd3_bad_input(sd3, pipe):  # pipe: the toy SD 1.x pipeline (conftest)
         explainer.trace(sd3, PROMPT, max_sequence_length=513, progress=False)
     with pytest.raises(ValueError, match="height"):
         explainer.trace(sd3, PROMPT, height=34, width=32, progress=False)  # not a multiple of vae factor x patch
+    with pytest.raises(ValueError, match="width=34"):
+        explainer.trace(sd3, PROMPT, height=32, width=34, progress=False)
+    with pytest.raises(TypeError, match="max_sequence_length must be an int"):
+        explainer.trace(sd3, PROMPT, max_sequence_length=64.0, progress=False)
+    unguided = explainer.trace(sd3, PROMPT, guidance_scale=1.0, num_inference_steps=1, max_sequence_length=T5_LEN,
+                               height=32, width=32, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"trace again with guidance_scale > 1"):  # what-if needs SD3's CFG
+        unguided.what_if_x0(0, 5.0)
     with pytest.raises(explainer.UnsupportedPipelineError, match="inpainting"):
         explainer.trace(sd3, PROMPT, image=_image(), mask=np.ones((32, 32)), progress=False)
     with pytest.raises(ValueError, match="flow matching"):

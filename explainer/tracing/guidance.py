@@ -48,9 +48,12 @@ def what_if_x0(trace: Trace, step: int, guidance_scale: float) -> np.ndarray:
     scale = check_guidance(guidance_scale)
     if not trace.has_uncond:
         why = trace.metadata.get("unconditional") or "no unconditional branch"
+        # FLUX guides with true_cfg_scale and a negative prompt; guidance_scale is an embedding input there
+        again = ("true_cfg_scale > 1 and a negative_prompt" if getattr(trace, "family", None) == "flux"
+                 else "guidance_scale > 1")  # fmt: skip
         raise ValueError(
             "what_if needs both branches, but this trace was recorded without classifier-free guidance "
-            f"(guidance_scale={trace.guidance_scale}; {why}); trace again with guidance_scale > 1 "
+            f"(guidance_scale={trace.guidance_scale}; {why}); trace again with {again} "
             "(a guidance-distilled model has no unconditional branch to re-guide)."
         )
     (step,) = resolve_steps(step, trace.num_steps)
