@@ -11,14 +11,28 @@ Pipelines (random weights, built from configs, nothing downloaded):
   OpenCLIP ViT-bigG/14 tower with projection, Euler with SDXL's scheduler settings,
   ``force_zeros_for_empty_prompt`` as in the base model. Both tokenizer slots hold the CLIP tokenizer of
   ``assets/toy`` (the real ``tokenizer_2`` differs only in its pad token).
+- ``sd3``: the Stable Diffusion 3 Medium architecture (``scripts/sd3_trace_size.py``'s published transformer
+  and VAE configs) with the transformer **shrunk to its first 2 of 24 joint blocks** (the second, like SD3's
+  last, is ``context_pre_only``), CLIP-L / CLIP-G / T5-XXL text towers at their real widths (768 / 1280 /
+  4096, with projections) but **1 layer each**, the CLIP tokenizer of ``assets/toy`` in all three slots
+  (no T5 vocabulary offline), SD3's flow-match Euler scheduler, guidance 7.0 (CFG: a batch of two).
+- ``flux``: the FLUX.1-dev architecture (``scripts/flux_trace_size.py``'s transformer and VAE configs) with
+  the transformer **shrunk to 1 of 19 double-stream and 1 of 38 single-stream blocks**, a 1-layer CLIP-L
+  (768, pooled) and a 1-layer T5-XXL-wide (4096) text tower, the CLIP tokenizer in both slots, FLUX.1-dev's
+  dynamically shifted flow-match scheduler, guidance 3.5 embedded (guidance-distilled: one branch).
+
+  For both DiT rows ``--max-sequence-length`` (default 128 here, against the pipelines' 256 / 512) keeps the
+  CPU run short; the text tokens dominate the sequence at small sizes.
 
 Usage::
 
-    python benchmarks/trace_overhead.py                      # CPU, both pipelines, 256x256, 10 steps
+    python benchmarks/trace_overhead.py                      # tiny and sd15, 256x256, 10 steps (CUDA if available)
     python benchmarks/trace_overhead.py --device cuda --pairs 5
     python benchmarks/trace_overhead.py --which sd15 --size 512 --steps 50   # also measures a full-size trace
     python benchmarks/trace_overhead.py --which sdxl --size 256 --steps 4 --pairs 5
     python benchmarks/trace_overhead.py --device cuda --which sdxl --size 1024 --steps 30 --pairs 5
+    python benchmarks/trace_overhead.py --which sd3,flux --size 128 --steps 2 --pairs 5
+    python benchmarks/trace_overhead.py --device cuda --which sd3,flux --size 1024 --steps 28 --pairs 5 --max-sequence-length 0
 
 Each pair runs plain, traced (default recording) and traced (``record="none"``) in a rotating order;
 the ratio of each traced run to the plain run of the same pair is taken, and the median reported.
@@ -121,6 +135,73 @@ def sdxl_components() -> dict:
                 tokenizer_2=tokenizer, scheduler=scheduler, force_zeros_for_empty_prompt=True)  # fmt: skip
 
 
+def t5_xxl_config(layers: int, vocab: int):
+    """google/t5-v1_1-xxl's encoder (the T5 of SD3 and FLUX.1) at its real width, with ``layers`` layers."""
+    from transformers import T5Config
+
+    return T5Config(vocab_size=vocab, d_model=4096, d_kv=64, d_ff=10240, num_layers=layers, num_heads=64,
+                    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0,
+                    feed_forward_proj="gated-gelu", is_encoder_decoder=False, pad_token_id=49407,
+                    eos_token_id=49407)  # fmt: skip
+
+
+DIT_TEXT_LAYERS = 1  # each text tower of the DiT rows: real width, one layer (the full T5-XXL is 4.7B parameters)
+SD3_BLOCKS = 2  # of SD3 Medium's 24 joint blocks
+FLUX_BLOCKS = (1, 1)  # of FLUX.1-dev's 19 double-stream and 38 single-stream blocks
+
+
+def sd3_components() -> dict:
+    """SD3 Medium architecture with random weights, shrunk to SD3_BLOCKS joint blocks and 1-layer text towers."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(REPO / "tests"))
+    from _sd3 import SD3_SCHEDULER
+    from sd3_trace_size import SD3_TRANSFORMER, SD3_VAE
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(**{**SD3_TRANSFORMER, "num_layers": SD3_BLOCKS})
+    vae = AutoencoderKL(**SD3_VAE)
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER))
+    return dict(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
+        text_encoder=CLIPTextModelWithProjection(clip_text_config(768, DIT_TEXT_LAYERS, 12, "quick_gelu")),
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(1280, DIT_TEXT_LAYERS, 20, "gelu")),
+        text_encoder_3=T5EncoderModel(t5_xxl_config(DIT_TEXT_LAYERS, tokenizer.vocab_size)),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=tokenizer,
+    )  # fmt: skip
+
+
+def flux_components() -> dict:
+    """FLUX.1-dev architecture with random weights, shrunk to FLUX_BLOCKS blocks and 1-layer text towers."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(REPO / "tests"))
+    from _flux import FLUX_SCHEDULER, T5_MAX_LENGTH
+    from flux_trace_size import FLUX_TRANSFORMER, FLUX_VAE
+
+    torch.manual_seed(0)
+    double, single = FLUX_BLOCKS
+    transformer = FluxTransformer2DModel(**{**FLUX_TRANSFORMER, "num_layers": double, "num_single_layers": single})
+    vae = AutoencoderKL(**FLUX_VAE)
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER))
+    with torch.device("cpu"):  # the scheduler keeps its tables on the CPU, as from_pretrained makes it
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER)
+    return dict(
+        transformer=transformer, vae=vae, scheduler=scheduler,
+        text_encoder=CLIPTextModel(clip_text_config(768, DIT_TEXT_LAYERS, 12, "quick_gelu")),
+        text_encoder_2=T5EncoderModel(t5_xxl_config(DIT_TEXT_LAYERS, tokenizer.vocab_size)),
+        tokenizer=tokenizer, tokenizer_2=CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=T5_MAX_LENGTH),
+    )  # fmt: skip
+
+
+#: which diffusers pipeline class each DiT row builds, and the guidance it runs with (the model's default)
+DIT = {"sd3": ("StableDiffusion3Pipeline", sd3_components, 7.0), "flux": ("FluxPipeline", flux_components, 3.5)}
+
+
 def tiny_components() -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     onednn = torch.backends.mkldnn.enabled
@@ -138,6 +219,16 @@ def build(which: str, device: str, dtype: torch.dtype):
 
     if which == "toy":
         pipe = explainer.load_pipeline("toy", device=device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    if which in DIT:
+        import diffusers
+
+        cls, make, _ = DIT[which]
+        with torch.device(device):
+            parts = make()
+        pipe = getattr(diffusers, cls)(**{k: v.eval() if hasattr(v, "eval") else v for k, v in parts.items()})
+        pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
     with torch.device(device):  # initialise the random weights on the target device (fast on GPUs)
@@ -166,11 +257,15 @@ def timed(fn, device: str) -> tuple[float, float, object]:
     return time.perf_counter() - start, time.process_time() - cpu, result
 
 
-def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: int, pairs: int) -> dict:
+def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: int, pairs: int,
+          max_sequence_length: int | None = None) -> dict:  # fmt: skip
     pipe = build(which, device, dtype)
-    size = size if which in ("sd15", "sdxl") else None  # the tiny and toy pipelines run at their native size
+    size = size if which in ("sd15", "sdxl", *DIT) else None  # the tiny and toy pipelines run at their native size
     # guidance given to both calls: SD and SDXL pipelines have different defaults
-    kwargs = dict(num_inference_steps=steps, height=size, width=size, guidance_scale=GUIDANCE)
+    guidance = DIT[which][2] if which in DIT else GUIDANCE
+    kwargs = dict(num_inference_steps=steps, height=size, width=size, guidance_scale=guidance)
+    if which in DIT and max_sequence_length:
+        kwargs["max_sequence_length"] = max_sequence_length
 
     def plain():
         gen = torch.Generator(device).manual_seed(0)
@@ -213,9 +308,23 @@ def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: 
         "trace_none_bytes": last["none"].nbytes,
         "tokens": len(tr.tokens) + len(tr.negative_tokens),
         "attention_layers": len(tr.attention_layers),
-        "guidance_scale": GUIDANCE,
+        "guidance_scale": guidance,
         "same_image": same,
     }
+    if which in DIT:
+        family = explainer.tracing.families.family_for(pipe)
+        config = dict(family.denoiser(pipe).config)
+        out.update({
+            "family": family.name,
+            "max_sequence_length": kwargs.get("max_sequence_length", "pipeline default"),
+            "shrunk": {"sd3": f"transformer: {SD3_BLOCKS} of SD3 Medium's 24 joint blocks",
+                       "flux": f"transformer: {FLUX_BLOCKS[0]} of FLUX.1-dev's 19 double-stream and {FLUX_BLOCKS[1]} "
+                               "of its 38 single-stream blocks"}[which]
+            + f"; text towers at real widths with {DIT_TEXT_LAYERS} layer each; VAE full; CLIP tokenizer in every slot",
+            "transformer_parameters": sum(p.numel() for p in family.denoiser(pipe).parameters()),
+            "transformer_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()
+                                   if not k.startswith("_")},
+        })  # fmt: skip
     if peak is not None:
         out["cuda_peak_allocated_bytes"] = peak
     if which == "sd15":
@@ -228,9 +337,12 @@ def bench(which: str, device: str, dtype: torch.dtype, size: int | None, steps: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--which", default="tiny,sd15", help="comma list of: tiny, toy, sd15, sdxl")
-    parser.add_argument("--size", type=int, default=256, help="image side for sd15 and sdxl (default 256)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda (the default where torch.cuda.is_available()) or cpu")
+    parser.add_argument("--which", default="tiny,sd15", help="comma list of: tiny, toy, sd15, sdxl, sd3, flux")
+    parser.add_argument("--size", type=int, default=256, help="image side for sd15, sdxl, sd3, flux (default 256)")
+    parser.add_argument("--max-sequence-length", type=int, default=128,
+                        help="T5 tokens for the sd3 and flux rows (default 128; 0: the pipeline's own default)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--pairs", type=int, default=3, help="interleaved A/B rounds (default 3)")
     parser.add_argument("--dtype", default=None, help="float32 / float16 (default: float16 on cuda, float32 on cpu)")
@@ -246,7 +358,7 @@ def main() -> None:
     print(f"# trace overhead on {args.device} ({machine}), {dtype}, torch {torch.__version__}, pairs={args.pairs}")
     print(f"# prompt: {PROMPT!r}")
     for which in args.which.split(","):
-        r = bench(which.strip(), args.device, dtype, args.size, args.steps, args.pairs)
+        r = bench(which.strip(), args.device, dtype, args.size, args.steps, args.pairs, args.max_sequence_length)
         rows.append({**r, "device": args.device, "dtype": str(dtype).removeprefix("torch."), "machine": machine})
         print(
             f"{r['which']:>5} {r['size']:>8} {r['steps']:>3} steps | plain {r['plain_s']:.3f}s | "
