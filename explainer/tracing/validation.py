@@ -17,7 +17,7 @@ _RECORD_ALIASES = {"default": "per_layer"}
 TOKEN_MODES = ("prompt", "all")
 TENSOR_DTYPES = ("float16", "float32")
 #: How attention maps are computed: the softmax probabilities the layer used, or ConceptAttention-style maps
-#: (FLUX only: softmax over text tokens of image-output . text-output dot products, Helbling et al. 2025).
+#: (SD3 and FLUX only: softmax over text tokens of image-output . text-output dot products, Helbling et al. 2025).
 ATTENTION_METHODS = ("probabilities", "concept")
 #: Default memory budget for one trace (bytes); change it with ``record={"max_bytes": ...}``.
 DEFAULT_MAX_BYTES = 1 << 30
