@@ -125,3 +125,20 @@ def test_cli_runs_a_flux_folder_with_true_cfg(schnell, tmp_path, capsys):
     tr = explainer.load_trace(out / "trace.safetensors")
     assert tr.family == "flux" and tr.has_uncond and tr.cfg_scale == 3.0
     assert tr.metadata["options"] == {"max_sequence_length": 16, "true_cfg_scale": 3.0}
+
+
+def test_attention_methods_figure_data_is_consistent():
+    """docs/data/attention_methods.json (scripts/attention_methods_figure.py): both methods' maps of one run, and the
+    correlation and concentrations the docs quote are those of the stored maps."""
+    from pathlib import Path
+
+    import numpy as np
+
+    data_dir = Path(__file__).resolve().parent.parent / "docs" / "data"
+    data = json.loads((data_dir / "attention_methods.json").read_text())
+    assert set(data["methods"]) == set(data["maps"]) == {"probabilities", "concept"}
+    assert "ConceptAttention" in data["methods"]["concept"] and "RANDOM weights" in data["model"]
+    a, b = (np.asarray(data["maps"][m], np.float64) for m in ("probabilities", "concept"))
+    assert a.shape == b.shape == (data["settings"]["height"], data["settings"]["width"])
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1] - data["correlation"]) < 1e-3  # maps rounded to 4 digits
+    assert (data_dir / "attention_methods.png").stat().st_size > 0
