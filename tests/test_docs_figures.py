@@ -22,7 +22,7 @@ PAGES = {
     "docs/toy_model.md": 66,
     "docs/concepts/guidance.md": 2,
     "docs/concepts/cross_attention.md": 6,
-    "notebooks/05_cross_attention.ipynb": 2,
+    "notebooks/07_cross_attention.ipynb": 2,
     "docs/applications.md": 14,
     "docs/performance.md": 20,
     "docs/model_families.md": 4,

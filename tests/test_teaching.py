@@ -46,17 +46,16 @@ def test_check_cells_hold_only_checks_and_are_folded(path: Path) -> None:
             f"{path.name}: a check cell holds more than checks, and the docs drop it:\n{_source(cell)}")
 
 
-def test_lesson_notebooks_fold_their_checks() -> None:
-    """Notebooks 00-07 are the lesson: their story cells hold no assert; every check is in a folded cell."""
-    for path in NOTEBOOKS:
-        if int(path.stem[:2]) > 7:
-            continue
-        for cell in _cells(path):
-            tagged = CHECK_TAG in cell.get("metadata", {}).get("tags", [])
-            if cell["cell_type"] == "code" and not tagged:
-                lines = [line for line in _source(cell).splitlines() if line.lstrip().startswith("assert ")]
-                assert not lines, f"{path.name} shows a check to students: {lines[0]}"
-        assert any(CHECK_TAG in c.get("metadata", {}).get("tags", []) for c in _cells(path)), path.name
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_fold_their_checks(path: Path) -> None:
+    """Every notebook is a lesson: its story cells hold no assert (not even inside a loop or a with
+    block); every check is in a folded cell."""
+    for cell in _cells(path):
+        tagged = CHECK_TAG in cell.get("metadata", {}).get("tags", [])
+        if cell["cell_type"] == "code" and not tagged:
+            lines = [line for line in _source(cell).splitlines() if line.lstrip().startswith("assert ")]
+            assert not lines, f"{path.name} shows a check to students: {lines[0]}"
+    assert any(CHECK_TAG in c.get("metadata", {}).get("tags", []) for c in _cells(path)), path.name
 
 
 def test_the_docs_drop_check_cells() -> None:
@@ -81,11 +80,41 @@ def test_teachers_kit_is_in_the_nav_with_one_exercise_per_notebook() -> None:
     for path in NOTEBOOKS:
         section = re.search(rf"^## {path.stem[:2]} .*?(?=^## )", exercises, re.M | re.S)
         assert section, f"no exercise for {path.name}"
+        heading = re.sub(r"[-_]", " ", section.group(0).splitlines()[0][6:].lower())
+        assert heading == path.stem[3:].replace("_", " "), f"the {path.stem[:2]} exercise is headed {heading!r}, not for {path.name}"
         assert re.search(r'^\?\?\? \w+ "Solution"$', section.group(0), re.M), f"the {path.stem[:2]} solution is not folded"
     assert "## Break the toy" in exercises
     glossary = (ROOT / "docs" / "teaching" / "glossary.md").read_text()
     for symbol in (r"$x_t$", r"$\hat x_0$", r"$\varepsilon$", "$v$", r"$\bar\alpha_t$", r"$\beta_t$", r"$\sigma_t$", "SNR", "$g$"):
         assert symbol in glossary, symbol
+
+
+#: Where each part is taught: the notebook that opens its live explorer.
+EXPLORERS = {"01": "explore_text_encoder", "02": "explore_vae", "03": "explore_noising", "04": "explore_training",
+             "05": "explore(", "06": "explore_unet", "07": "explore(", "08": "explore(", "10": "explore_editing"}
+
+
+def test_each_part_opens_its_explorer_where_it_is_taught() -> None:
+    by_number = {p.stem[:2]: p for p in NOTEBOOKS}
+    for number, call in EXPLORERS.items():
+        sources = [_source(c) for c in _cells(by_number[number]) if c["cell_type"] == "code"
+                   and CHECK_TAG not in c.get("metadata", {}).get("tags", [])]  # fmt: skip
+        assert any(f"explainer.{call}" in s for s in sources), f"{by_number[number].name} does not open explainer.{call}"
+
+
+def test_lesson_plan_maps_every_lesson_notebook_and_explorer() -> None:
+    plan = (ROOT / "docs" / "teaching" / "index.md").read_text()
+    table = plan[plan.index("## A 90-minute lesson plan"):plan.index("## What the toy model")]
+    rows = [r for r in table.splitlines() if re.match(r"^\| \d+–\d+ \|", r)]
+    shown = [re.findall(r"Notebook (\d\d)", r) for r in rows]
+    numbers = [n for found in shown for n in found]
+    assert numbers == sorted(numbers), "the plan's segments should follow the notebooks' order"
+    lesson = sorted(p.stem[:2] for p in NOTEBOOKS if p.stem[:2] <= "08")
+    assert sorted(set(numbers)) == lesson, f"the plan shows notebooks {sorted(set(numbers))}, the lesson is {lesson}"
+    for call in set(EXPLORERS.values()) - {"explore_editing"}:
+        assert f"explainer.{call}" in table, f"the plan never drives explainer.{call}"
+    times = [tuple(map(int, re.match(r"^\| (\d+)–(\d+)", r).groups())) for r in rows]
+    assert times[0][0] == 0 and times[-1][1] == 90 and all(a[1] == b[0] for a, b in zip(times, times[1:]))
 
 
 def _hooks():

@@ -68,7 +68,7 @@ def export(trace: Trace, path: str | Path, *, verbose: bool = True, **options: A
         >>> explainer.export(tr, "grid.png", every=3)
         >>> explainer.export(tr, "run.html")                           # standalone page, no server needed
 
-        Every format, with pictures: ``notebooks/08_export.ipynb``.
+        Every format, with pictures: ``notebooks/12_export.ipynb``.
     """
     from ..tracing import Trace
 

@@ -51,7 +51,7 @@ def guidance_decomposition(trace: Trace, step: int, *, method: str = "linear", p
     Returns:
         A matplotlib figure with four panels.
 
-    Shown in ``notebooks/06_guidance.ipynb``.
+    Shown in ``notebooks/08_guidance.ipynb``.
     """
     _need_uncond(trace)
     fig, axes = new_figure(8.8, 2.6, ncols=4)
@@ -87,7 +87,7 @@ def guidance_sweep(
     Returns:
         A matplotlib figure with one panel per scale.
 
-    Shown in ``notebooks/06_guidance.ipynb``.
+    Shown in ``notebooks/08_guidance.ipynb``.
     """
     _need_uncond(trace)
     scales = list(scales)

@@ -30,7 +30,7 @@ def schedule_plot(trace: Trace, step: int | None = None, *, width: float = 4.0, 
     Returns:
         A matplotlib figure; ``fig.axes[0]`` holds σ, ``fig.axes[1]`` (twin) holds ᾱ.
 
-    Shown in ``notebooks/04_denoising.ipynb``.
+    Shown in ``notebooks/05_denoising.ipynb``.
     """
     step = check_step(trace, step)
     fig, axes = new_figure(width, height)
@@ -74,7 +74,7 @@ def compare_steps(traces: list[Trace], step: int, *, labels: list[str] | None = 
     Returns:
         A matplotlib figure with one image per trace.
 
-    Runs compared at the same step (schedulers): ``notebooks/04_denoising.ipynb``.
+    Runs compared at the same step (schedulers): ``notebooks/05_denoising.ipynb``.
     """
     if len(traces) < 2:
         raise ValueError(f"compare_steps needs two or more traces, got {len(traces)}.")

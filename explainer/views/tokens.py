@@ -93,7 +93,7 @@ def token_overlay(
     Returns:
         A matplotlib figure with one image.
 
-    Word maps and how to read them: ``notebooks/05_cross_attention.ipynb``.
+    Word maps and how to read them: ``notebooks/07_cross_attention.ipynb``.
     """
     image = overlay_image(trace, tokens, step, base=base, layers=layers, branch=branch, opacity=opacity)
     fig, axes = new_figure(3.0, 3.2)
@@ -145,7 +145,7 @@ def concentration(trace: Trace, token: str | int, layers: Any = None, branch: st
     Returns:
         ``[S]`` float32.
 
-    Shown in ``notebooks/05_cross_attention.ipynb``.
+    Shown in ``notebooks/07_cross_attention.ipynb``.
     """
     values = np.zeros(trace.num_steps, np.float32)
     for s in range(trace.num_steps):
@@ -182,7 +182,7 @@ def emergence_curve(
     Returns:
         A matplotlib figure with one line per token.
 
-    Shown in ``notebooks/05_cross_attention.ipynb``.
+    Shown in ``notebooks/07_cross_attention.ipynb``.
     """
     step = check_step(trace, step)
     fig, axes = new_figure(width, height)
