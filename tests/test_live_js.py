@@ -145,7 +145,11 @@ def _strings() -> list[str]:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     """Run every JS case in one Node process; returns the inputs and Node's outputs."""
-    node = _node()
+    return run_cases(_node(), tmp_path_factory.mktemp("live_js"))
+
+
+def run_cases(node: str, folder: Path) -> dict:
+    """Write every case to ``folder/in.json``, run them in Node, return ``{"in": inputs, "out": outputs}``."""
     rng = np.random.default_rng(1)
     strings = _strings()
     schedulers, step_cases = {}, {}
@@ -166,7 +170,6 @@ def results(tmp_path_factory) -> dict:
     randn = [[str(s) if abs(s) > 2**53 - 1 else s, n] for s, n in SEEDS_AND_SIZES]
     inp = {"tokenizer": tokenizer_payload(TOKENIZER_DIR), "strings": strings, "schedulers": schedulers,
            "stepCounts": list(STEP_COUNTS), "stepCases": step_cases, "badConfigs": bad, "randn": randn, "cfg": cfg_cases}  # fmt: skip
-    folder = tmp_path_factory.mktemp("live_js")
     (folder / "in.json").write_text(json.dumps(inp))
     (folder / "run.js").write_text(NODE_SCRIPT)
     proc = subprocess.run([node, str(folder / "run.js"), str(STATIC), str(folder / "in.json"), str(folder / "out.json")],
