@@ -80,6 +80,19 @@ for (const [name, c] of Object.entries(inp.schedulers)) {
   }
 }
 out.errors = inp.badConfigs.map((c) => { try { new S.DDIMScheduler(c); return null; } catch (e) { return e.message; } });
+const fresh = new S.DDIMScheduler(inp.schedulers.toy.config);
+const misuse = {
+  stepBeforeSetTimesteps: () => fresh.step(new Float32Array(4), 999, new Float32Array(4)),
+  tooManySteps: () => fresh.setTimesteps(inp.schedulers.toy.config.num_train_timesteps + 1),
+  lengths: () => { fresh.setTimesteps(10); return fresh.step(new Float32Array(4), 999, new Float32Array(5)); },
+  badAlphas: () => new S.DDIMScheduler(inp.schedulers.toy.config, {alphasCumprod: [0.5]}),
+  cfgLengths: () => S.cfg(new Float32Array(3), new Float32Array(4), 7.5),
+  padding: () => tok.encode('a', {padding: 'longest'}),
+  kernel: () => R.randn(0, 16, {kernel: 'neon'}),
+  seed: () => R.randn(0.5, 16),
+};
+out.misuse = {};
+for (const [k, fn] of Object.entries(misuse)) { try { fn(); out.misuse[k] = null; } catch (e) { out.misuse[k] = e.message; } }
 
 out.randn = inp.randn.map(([seed, n]) => Array.from(R.randn(typeof seed === 'string' ? BigInt(seed) : seed, n)));
 out.randnScalar = inp.randn.map(([seed, n]) => Array.from(R.randn(typeof seed === 'string' ? BigInt(seed) : seed, n, {kernel: 'scalar'})));
@@ -302,6 +315,15 @@ def test_scheduler_refuses_what_it_does_not_support(results):
     assert all(errors), errors
     for message, word in zip(errors, ("thresholding", "flow", "karras", "EulerDiscreteScheduler", "sigmoid"), strict=True):
         assert word in message
+
+
+def test_js_misuse_is_refused_with_a_message(results):
+    misuse = results["out"]["misuse"]
+    expected = {"stepBeforeSetTimesteps": "setTimesteps", "tooManySteps": "numInferenceSteps=1001",
+                "lengths": "has 4 values", "badAlphas": "alphasCumprod has 1", "cfgLengths": "uncond has 3",
+                "padding": "longest", "kernel": "neon", "seed": "seed=0.5"}  # fmt: skip
+    for case, words in expected.items():
+        assert misuse[case] is not None and words in misuse[case], (case, misuse[case])
 
 
 def test_scheduler_payload_is_diffusers_alphas():
