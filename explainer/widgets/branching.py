@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..export.branches import lineage
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 BRANCH_MODES = ("fork", "replace", "refine", "reweight")
 FORK_COLOR = "#2a7ab0"
 EDIT_COLOR = "#8a4fbf"
+__all__ = ["BRANCH_MODES", "branch_hint", "branch_key", "lineage", "mark_schedule", "parse_weights", "run_branch"]
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -103,29 +106,9 @@ def run_branch(
 
         result = edit(parent, parent.prompt, prompt, mode=mode, weights=weights or None, pipe=pipe, progress=False)
         child = result.target
-    if child.latent_rgb is None:
+    if parent.latent_rgb is not None:  # the parent's latent->RGB mapping: shared steps get the same previews
         child.latent_rgb = parent.latent_rgb
     return child, result
-
-
-def lineage(parent: Trace | None, child: Trace) -> dict[str, Any]:
-    """What to mark for ``child`` (a fork or an edit target): ``{"kind", "step", "label"}``.
-
-    ``kind`` is ``"fork"`` (``step``: the fork step; steps before it are the parent's), ``"edit"``
-    (``step``: the first step without the source's cross-attention) or ``""`` (neither).
-    """
-    fork, edit = child.metadata.get("fork"), child.metadata.get("edit")
-    n = child.num_steps
-    if isinstance(fork, dict) and (parent is None or fork.get("parent_uid") == parent.uid):
-        k = int(fork["step"])
-        shared = f"steps 1\u2013{k} are the parent's" if k else "nothing shared but the starting noise"
-        return {"kind": "fork", "step": k, "label": f"fork at step {k + 1}/{n}: {shared}"}
-    if isinstance(edit, dict) and (parent is None or edit.get("source_uid") in (None, parent.uid)
-                                   or edit.get("source_prompt") == parent.prompt):  # fmt: skip
-        until = int(edit.get("cross_until_step", 0))
-        return {"kind": "edit", "step": until,
-                "label": f"prompt-to-prompt {edit.get('mode')}: the source's cross-attention in steps 1\u2013{until}"}  # fmt: skip
-    return {"kind": "", "step": -1, "label": ""}
 
 
 def mark_schedule(fig: Figure, mark: dict[str, Any]) -> None:
