@@ -145,3 +145,43 @@ def test_branch_here_in_jupyterlab(lab, chromium):
             page.close()
             browser.close()
     assert errors == []
+
+
+def test_fork_page_has_both_runs_on_one_slider(chromium, pipe, tmp_path):
+    """The standalone page of a fork and its parent (explainer.export(..., parent=)), opened from file://."""
+    from playwright.sync_api import sync_playwright
+
+    import explainer
+
+    parent = explainer.trace(pipe, "a red cube beside a blue sphere", num_inference_steps=STEPS, scheduler="ddim",
+                             progress=False)  # fmt: skip
+    child = parent.fork(2, prompt="a green cube beside a blue sphere", pipe=pipe, progress=False)
+    path = explainer.export(child, tmp_path / "fork.html", parent=parent, size=48, verbose=False)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=_browser.CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("pageerror", lambda err: errors.append(f"pageerror: {err}"))
+        page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+        try:
+            page.goto(path.as_uri())
+            lanes = page.locator("section.lane")
+            assert [lanes.nth(i).get_attribute("data-lane") for i in range(2)] == ["parent", "fork"]
+            assert lanes.nth(1).locator("h2").inner_text() == 'fork at step 3: "a green cube beside a blue sphere"'
+            assert page.locator("#timeline span").count() == STEPS and page.locator("#timeline span.marked").count() == 2
+            assert page.locator("#timeline span.current").count() == 1
+            fork_x0 = lanes.nth(1).locator("figure[data-view='x0'] img")
+            before = fork_x0.get_attribute("src")
+            page.locator("#step").fill(str(STEPS - 1))
+            assert fork_x0.get_attribute("src") != before
+            assert page.locator("#timeline span").nth(STEPS - 1).get_attribute("class") == "current"
+            assert page.locator("#step-label").inner_text().endswith("branched (fork at step 3)")
+            page.locator("#step").fill("0")
+            assert page.locator("#step-label").inner_text().endswith("shared with the parent")
+            # a chip of the fork's prompt overlays its map on the fork's views only
+            page.locator("#chips button.chip[data-lane='1']", has_text="green").click()
+            page.wait_for_function("() => document.querySelector(\"section.lane[data-lane='fork'] canvas\").dataset.shown === 'green:0'")
+            assert lanes.nth(0).locator("canvas").first.is_hidden()
+        finally:
+            browser.close()
+    assert errors == []
