@@ -497,6 +497,12 @@ class Explorer(anywidget.AnyWidget):
             self.mark_kind, self.mark_step, self.mark_label = mark["kind"], mark["step"], mark["label"]
             self.schedule_png, self.schedule_x, self.schedule_box = self._schedule(tr, self._start_label(tr, trace_mode(tr)), mark)
 
+    def close(self) -> None:
+        """Close the widget and its branch pane."""
+        if getattr(self, "_links", None) is not None:
+            self.close_branch()
+        super().close()
+
     def close_branch(self) -> None:
         """Remove the branch pane (its trace stays in :attr:`branches`)."""
         pane, links = self.branch, self._links
@@ -890,8 +896,10 @@ def explore(
     """The one-call dashboard: a displayable widget to scrub steps, map tokens and try guidance.
 
     Its prompt box, seed box and scheduler choice start new runs (on ``pipe``, or the bundled toy for
-    a toy trace); an overview strip shows where each panel sits in the pipeline; the "presentation"
-    button (or ``presentation=True``) shows frames of 512 px or more in large type, full width.
+    a toy trace); "branch here" forks the run at the step shown (or edits its prompt with prompt-to-prompt)
+    and shows the branch under it, steps linked (:meth:`Explorer.branch_here`); an overview strip shows
+    where each panel sits in the pipeline; the "presentation" button (or ``presentation=True``) shows
+    frames of 512 px or more in large type, full width.
 
     Args:
         prompt_or_trace: a prompt (traced with ``pipe``, or the bundled toy model) or a :class:`Trace`.

@@ -398,7 +398,7 @@ function render({ model, el }) {
     model.set("branch_request", model.get("branch_request") + 1);
     model.save_changes();
   }
-  // The branch's explorer is another widget: its model comes from the widget manager (JupyterLab, Notebook 7,
+  // The branch's explorer is another widget: its model comes from the host's widget manager (notebook front ends,
   // VS Code) and this render draws it; without a widget manager the pane says how to show it.
   const branchState = { token: 0, dispose: null };
   async function loadBranch() {
