@@ -46,7 +46,8 @@ def compare(
     """Two explorers side by side whose steps stay in sync, and their latent trajectories (PCA).
 
     Args:
-        a, b: prompts or traces (the same number of steps).
+        a, b: prompts or traces (the same number of steps); when ``b`` is a fork (or an edit) of ``a``, the
+            fork step is marked on both sliders and schedules.
         pipe: the pipeline for prompts (default: the toy model), VAE decodes and re-runs.
         a_kwargs, b_kwargs: arguments for one side only (e.g. ``{"seed": 1}`` or ``{"guidance_scale": 3}``).
         **trace_kwargs: arguments for both sides.
