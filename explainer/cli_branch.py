@@ -9,6 +9,22 @@ from typing import Any
 FORK_FILES = {"trace": "fork.safetensors", "image": "fork.png", "both": "branches.png"}
 EDIT_FILES = {"source": "source.safetensors", "target": "target.safetensors", "source_image": "source.png",
               "target_image": "target.png", "both": "edit.png"}  # fmt: skip
+#: ``--export FORMAT``: both runs side by side, one step for both (:func:`explainer.export`), as
+#: ``branches.<ext>`` (fork) or ``edit.<ext>`` (edit); the PNG grid is ``*_grid.png`` (``*.png`` is the figure).
+EXPORT_FORMATS = ("gif", "webp", "mp4", "png", "html")
+
+
+def export_name(stem: str, fmt: str) -> str:
+    """File name of an ``--export`` format: ``branches.gif``, ``edit.html``, ``branches_grid.png``..."""
+    return f"{stem}_grid.png" if fmt == "png" else f"{stem}.{fmt}"
+
+
+def _export_format(text: str) -> list[str]:
+    names = [t.strip().lower().lstrip(".") for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in EXPORT_FORMATS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected formats among {', '.join(EXPORT_FORMATS)}, got {text!r}")
+    return names
 
 
 def _fraction(text: str) -> float:
@@ -40,7 +56,7 @@ def add_branch_commands(sub: Any, scheduler_names: list[str], positive_int: Any,
         help="branch a saved trace at a step with a new prompt, guidance, seed or scheduler",
         description="Continue a saved text-to-image trace from step K with changed settings; steps 0..K-1 stay "
         f"the parent's. Writes {FORK_FILES['trace']}, {FORK_FILES['image']} and {FORK_FILES['both']} "
-        "(parent and fork side by side) to --out.",
+        "(parent and fork side by side) to --out; --export adds an animation, grid or page of both runs.",
     )
     fork.add_argument("trace", type=Path, help="the parent trace (.safetensors)")
     fork.add_argument("--step", type=non_negative_int, required=True, help="first step with the new settings")
@@ -52,6 +68,9 @@ def add_branch_commands(sub: Any, scheduler_names: list[str], positive_int: Any,
     fork.add_argument("--model", help="the parent's model (default: the folder recorded in the trace)")
     fork.add_argument("--device", help="torch device (default: CUDA, then MPS, then CPU)")
     fork.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    fork.add_argument("--export", type=_export_format, action="append", metavar="FORMAT",
+                      help="also write parent and fork side by side, the fork step marked: gif, webp, mp4, png (grid) or "
+                      "html, as branches.<ext> (branches_grid.png); repeatable or comma-separated")  # fmt: skip
     fork.add_argument("--quiet", action="store_true", help="no progress bar")
     fork.set_defaults(handler=cmd_fork, parser=fork)
 
@@ -59,7 +78,7 @@ def add_branch_commands(sub: Any, scheduler_names: list[str], positive_int: Any,
         "edit",
         help="prompt-to-prompt: change words of a prompt and keep the image's layout",
         description="Trace SOURCE, then TARGET with SOURCE's attention maps injected (prompt-to-prompt). Writes "
-        + ", ".join(EDIT_FILES.values()) + " to --out.",
+        + ", ".join(EDIT_FILES.values()) + " to --out; --export adds an animation, grid or page of both runs.",
     )
     edit.add_argument("source", help="the source prompt (quote it)")
     edit.add_argument("target", help="the edited prompt (quote it)")
@@ -78,6 +97,9 @@ def add_branch_commands(sub: Any, scheduler_names: list[str], positive_int: Any,
     edit.add_argument("--scheduler", choices=scheduler_names, help="scheduler (default: the model's own)")
     edit.add_argument("--device", help="torch device (default: CUDA, then MPS, then CPU)")
     edit.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    edit.add_argument("--export", type=_export_format, action="append", metavar="FORMAT",
+                      help="also write source and target side by side: gif, webp, mp4, png (grid) or html, as "
+                      "edit.<ext> (edit_grid.png); repeatable or comma-separated")  # fmt: skip
     edit.add_argument("--quiet", action="store_true", help="no progress bars")
     edit.set_defaults(handler=cmd_edit, parser=edit)
 
@@ -96,6 +118,20 @@ def _pipeline(parser: argparse.ArgumentParser, model: str, device: str | None) -
         parser.error(f"--model {model}: {_one_line(err)}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _write_exports(item: Any, args: argparse.Namespace, stem: str, pipe: Any, **kwargs: Any) -> None:
+    """``--export``: both runs side by side in each format asked for (VAE decodes when they are cheap)."""
+    from .export import export
+    from .tracing.previews import vae_decode_is_cheap
+
+    formats = list(dict.fromkeys(f for group in args.export or [] for f in group))
+    if not formats:
+        return
+    first = item.source if hasattr(item, "source") else kwargs["parent"]
+    decoder = pipe if vae_decode_is_cheap(pipe, first) else None
+    for fmt in formats:
+        export(item, args.out / export_name(stem, fmt), progress=not args.quiet, pipe=decoder, **kwargs)
 
 
 def _save_figure(fig: Any, path: Path) -> None:
@@ -127,6 +163,7 @@ def cmd_fork(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     child.final_image.save(args.out / FORK_FILES["image"])
     print(f"wrote {args.out / FORK_FILES['image']}")
     _save_figure(branches(parent, child), args.out / FORK_FILES["both"])
+    _write_exports(child, args, "branches", pipe, parent=parent)
     return 0
 
 
@@ -151,4 +188,5 @@ def cmd_edit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         tr.final_image.save(args.out / EDIT_FILES[f"{kind}_image"])
         print(f"wrote {path} and {args.out / EDIT_FILES[f'{kind}_image']}")
     _save_figure(branches(result.source, result.target), args.out / EDIT_FILES["both"])
+    _write_exports(result, args, "edit", pipe)
     return 0

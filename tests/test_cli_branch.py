@@ -67,3 +67,34 @@ def test_edit_errors_exit_2(tmp_path, capsys):
     assert "fraction" in last
     last = fails(["edit", "a red circle", "a red circle", "--mode", "reweight", "--weight", "blue=2", *base], capsys)
     assert "weights names 'blue'" in last
+
+
+def test_fork_and_edit_export_both_runs(toy_trace, tmp_path):
+    import json
+    import re
+
+    from PIL import Image
+
+    path, parent = toy_trace
+    out = tmp_path / "fork"
+    assert main(["fork", str(path), "--step", "1", "--prompt", "a green circle above a blue square", "--out", str(out),
+                 "--export", "gif,html", "--export", "png", "--quiet"]) == 0  # fmt: skip
+    with Image.open(out / "branches.gif") as gif:
+        assert gif.n_frames == 3
+    assert (out / "branches_grid.png").stat().st_size > 0 and (out / "branches.png").stat().st_size > 0
+    page = (out / "branches.html").read_text()
+    data = json.loads(re.search(r'id="trace-data">(.*?)</script>', page, re.S).group(1))
+    assert [lane["name"] for lane in data["lanes"]] == ["parent", "fork"] and data["timeline"]["step"] == 1
+    assert data["lanes"][0]["label"] == f'parent: "{parent.prompt}"'
+    assert "VAE decode" in data["lanes"][0]["views"][0]["label"]  # the toy's VAE is cheap: decodes, not previews
+    out = tmp_path / "edit"
+    assert main(["edit", "a red circle above a blue square", "a green circle above a blue square", "--steps", "3",
+                 "--out", str(out), "--export", "webp", "--quiet"]) == 0  # fmt: skip
+    with Image.open(out / "edit.webp") as webp:
+        assert webp.n_frames == 3
+
+
+def test_bad_export_format_exits_2(toy_trace, tmp_path, capsys):
+    path, _ = toy_trace
+    last = fails(["fork", str(path), "--step", "1", "--out", str(tmp_path / "x"), "--export", "gif,avi"], capsys)
+    assert "--export" in last and "expected formats among gif, webp, mp4, png, html, got 'gif,avi'" in last

@@ -369,7 +369,8 @@ def test_docstring_examples_run():
 
 def test_player_uses_only_the_anywidget_model_api():
     """player.js is a self-contained anywidget ESM: no imports (so no CDN), no Jupyter globals, and
-    only the model calls every anywidget host (JupyterLab, Notebook 7, VS Code) provides."""
+    only the model calls every anywidget host (JupyterLab, Notebook 7, VS Code) provides; the widget manager
+    (for the branch pane, another explorer's model) only where the host has one."""
     import re
     from pathlib import Path
 
@@ -379,3 +380,5 @@ def test_player_uses_only_the_anywidget_model_api():
     assert not re.search(r"\b(jupyterlab|JupyterLab|_jupyter|IPython|Jupyter|require\.js|define\()", src)
     assert set(re.findall(r"\bmodel\.(\w+)\(", src)) <= {"get", "set", "on", "off", "save_changes", "send"}
     assert re.search(r"^export default \{ render \};?$", src, re.MULTILINE)
+    uses = re.findall(r"model\.widget_manager\b.*", src)
+    assert uses == ["model.widget_manager;"] and 'typeof manager.get_model !== "function"' in src

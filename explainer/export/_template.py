@@ -14,7 +14,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 <link rel="icon" href="data:,">
 <title>{{TITLE}}</title>
 <style>
-:root { --bg:#15151a; --panel:#1f1f27; --text:#ececec; --muted:#a0a0aa; --accent:#f0a030; }
+:root { --bg:#15151a; --panel:#1f1f27; --text:#ececec; --muted:#a0a0aa; --accent:#f0a030; --mark:#4a9ad0; }
 * { box-sizing: border-box; }
 [hidden] { display:none !important; }
 body { margin:0; padding:20px; background:var(--bg); color:var(--text);
@@ -24,6 +24,16 @@ h1 { font-size:20px; margin:0 0 4px; font-weight:600; }
 .settings { display:flex; flex-wrap:wrap; gap:4px 18px; margin:0 0 16px; color:var(--muted); font-size:13px; }
 .settings b { color:var(--text); font-weight:500; }
 .stages { display:flex; flex-wrap:wrap; gap:16px; align-items:flex-start; }
+.stages.lanes { flex-direction:column; gap:10px; }
+.lane h2 { font-size:15px; font-weight:600; margin:0 0 6px; }
+.lane + .lane { border-left:3px solid var(--mark); padding-left:10px; }
+.lane + .lane h2 { color:var(--mark); }
+#timeline { display:flex; gap:2px; width:min(520px, 90vw); margin:2px 0 4px; }
+#timeline span { flex:1; height:8px; background:#464652; border-radius:2px; }
+#timeline span.marked { background:var(--mark); }
+#timeline span.current { outline:2px solid var(--accent); }
+#timeline span.fork { box-shadow:-3px 0 0 var(--text); }
+#timeline-label { color:var(--mark); font-size:13px; }
 figure { margin:0; background:var(--panel); padding:8px; border-radius:6px; }
 figcaption { color:var(--muted); font-size:13px; margin-top:6px; }
 .frame { position:relative; line-height:0; }
@@ -68,6 +78,7 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
     <input id="step" type="range" min="0" max="0" value="0" aria-label="denoising step">
     <span id="step-label"></span>
   </div>
+  <div id="timeline-box" hidden><div id="timeline" aria-hidden="true"></div><span id="timeline-label"></span></div>
   <div class="tokens" id="tokens">
     <span class="hint">Cross-attention of a word:</span>
     <span id="chips"></span>
@@ -124,8 +135,15 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
   $("questions-box").hidden = questions.length === 0;
   $("handout").hidden = notes.length === 0 && questions.length === 0;
 
-  // Stages: one per view; the step-driven ones carry an overlay canvas.
+  // Runs: one (a trace), or two side by side with one slider (a fork and its parent, an edit's source and target).
+  const lanes = data.lanes || [{ name: "", label: "", views: data.views, final: data.final, words: data.words }];
+  const multi = Boolean(data.lanes);
+  if (data.timeline && data.timeline.kind === "edit") document.documentElement.style.setProperty("--mark", "#a070d8");
+
+  // Stages: one per view and run; the step-driven ones carry an overlay canvas.
   const stages = [];
+  let container = $("stages");
+  let laneIndex = 0;
   function addStage(label, src, stepped) {
     const fig = document.createElement("figure");
     fig.dataset.view = label.key;
@@ -149,16 +167,46 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
     const cap = document.createElement("figcaption");
     cap.textContent = label.text;
     fig.append(frame, cap);
-    $("stages").append(fig);
-    if (stepped) stages.push({ img, canvas, frames: label.frames });
+    container.append(fig);
+    if (stepped) stages.push({ img, canvas, frames: label.frames, lane: laneIndex });
   }
-  for (const view of data.views) {
-    addStage({ key: view.key, text: view.label, frames: view.frames }, view.frames[0], true);
-  }
-  if (data.final) addStage({ key: "final", text: "final image" }, data.final, false);
+  if (multi) $("stages").classList.add("lanes");
+  lanes.forEach((lane, index) => {
+    laneIndex = index;
+    if (multi) {
+      const section = document.createElement("section");
+      section.className = "lane";
+      section.dataset.lane = lane.name;
+      const head = document.createElement("h2");
+      head.textContent = lane.label;
+      container = document.createElement("div");
+      container.className = "stages";
+      section.append(head, container);
+      $("stages").append(section);
+    }
+    for (const view of lane.views) {
+      addStage({ key: view.key, text: view.label, frames: view.frames }, view.frames[0], true);
+    }
+    if (lane.final) addStage({ key: "final", text: "final image" }, lane.final, false);
+  });
 
   // Decode every frame once, up front, so playback does not stutter.
-  for (const view of data.views) for (const uri of view.frames) { const im = new Image(); im.src = uri; }
+  for (const lane of lanes) for (const view of lane.views) for (const uri of view.frames) { const im = new Image(); im.src = uri; }
+
+  // The timeline under the slider: a fork's shared prefix (or an edit's injected steps) and the fork step.
+  const cells = [];
+  if (data.timeline) {
+    for (let i = 0; i < count; i++) {
+      const cell = document.createElement("span");
+      const s = data.steps[i].step - 1;
+      if (s < data.timeline.step) cell.classList.add("marked");
+      if (s === data.timeline.step) cell.classList.add("fork");
+      cells.push(cell);
+      $("timeline").append(cell);
+    }
+    $("timeline-label").textContent = data.timeline.label;
+    $("timeline-box").hidden = false;
+  }
 
   // Attention overlays: small grayscale maps, colour-mapped with the LUT and scaled up smoothly.
   const lut = data.colormap;
@@ -185,7 +233,7 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
       for (const s of stages) { s.canvas.hidden = true; delete s.canvas.dataset.shown; }
       return;
     }
-    const word = data.words[state.word];
+    const word = lanes[state.word.lane].words[state.word.index];
     const uri = $("all-steps").checked ? word.mean : word.maps[state.step];
     const im = await loadMap(uri);
     if (token !== drawToken) return;  // a newer request won
@@ -200,6 +248,7 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
     }
     sctx.putImageData(pixels, 0, 0);
     for (const s of stages) {
+      if (s.lane !== state.word.lane) { s.canvas.hidden = true; delete s.canvas.dataset.shown; continue; }
       const ctx = s.canvas.getContext("2d");
       ctx.imageSmoothingEnabled = true;
       ctx.clearRect(0, 0, s.canvas.width, s.canvas.height);
@@ -210,21 +259,33 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
   }
 
   const chips = [];
-  data.words.forEach((word, index) => {
-    const chip = document.createElement("button");
-    chip.type = "button";
-    chip.className = "chip";
-    chip.textContent = word.text;
-    chip.setAttribute("aria-pressed", "false");
-    chip.addEventListener("click", () => {
-      state.word = state.word === index ? null : index;
-      chips.forEach((c, i) => c.setAttribute("aria-pressed", String(i === state.word)));
-      drawOverlay();
+  lanes.forEach((lane, laneAt) => {
+    if (multi && lane.words.length) {
+      const name = document.createElement("span");
+      name.className = "hint";
+      name.textContent = lane.name + ":";
+      $("chips").append(name);
+    }
+    lane.words.forEach((word, index) => {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "chip";
+      chip.textContent = word.text;
+      chip.dataset.lane = String(laneAt);
+      chip.setAttribute("aria-pressed", "false");
+      const key = { lane: laneAt, index };
+      chip.addEventListener("click", () => {
+        const same = state.word !== null && state.word.lane === laneAt && state.word.index === index;
+        state.word = same ? null : key;
+        chips.forEach((c) => c.chip.setAttribute("aria-pressed", String(state.word !== null
+          && c.key.lane === state.word.lane && c.key.index === state.word.index)));
+        drawOverlay();
+      });
+      chips.push({ chip, key });
+      $("chips").append(chip);
     });
-    chips.push(chip);
-    $("chips").append(chip);
   });
-  if (data.words.length === 0) $("tokens").hidden = true;
+  if (chips.length === 0) $("tokens").hidden = true;
   $("all-steps").addEventListener("change", drawOverlay);
   $("opacity").addEventListener("input", drawOverlay);
 
@@ -237,7 +298,9 @@ footer { margin-top:20px; color:var(--muted); font-size:12px; }
     for (const s of stages) s.img.src = s.frames[state.step];
     const info = data.steps[state.step];
     $("step-label").textContent =
-      "step " + info.step + " / " + data.num_steps + " \u00b7 t = " + info.t + " \u00b7 \u03c3 = " + info.sigma;
+      "step " + info.step + " / " + data.num_steps + " \u00b7 t = " + info.t + " \u00b7 \u03c3 = " + info.sigma
+      + (info.status ? " \u00b7 " + info.status : "");
+    cells.forEach((c, i) => c.classList.toggle("current", i === state.step));
     $("note").textContent = info.note || "";
     $("note").hidden = !info.note;
     if (state.word !== null && !$("all-steps").checked) drawOverlay();

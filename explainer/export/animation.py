@@ -1,6 +1,7 @@
 """Step-by-step animations: GIF and animated WebP (Pillow), MP4 (H.264 through imageio-ffmpeg).
 
-One frame per chosen step (see :mod:`explainer.export.frames` for panels and captions). GIF and
+One frame per chosen step (see :mod:`explainer.export.frames` for panels and captions); given
+:class:`~explainer.export.branches.Lanes`, two runs' frames stacked over a timeline of the steps. GIF and
 WebP hold the last frame for ``hold`` extra seconds through its duration; MP4, which has one frame
 rate, repeats the last frame instead.
 """
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .branches import Lanes, LanesRenderer
 from .frames import FrameRenderer, render_frames, select_steps
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ def durations_ms(count: int, fps: float, hold: float) -> list[int]:
 
 
 def _frames(
-    trace: Trace,
+    trace: Trace | Lanes,
     panels: str | Sequence[str] | None,
     words: str | Sequence[str] | None,
     size: int | None,
@@ -70,7 +72,10 @@ def _frames(
     progress: bool,
     pipe: Any = None,
 ) -> list[Image.Image]:
-    renderer = FrameRenderer(trace, panels, words, size, captions, resample, pipe=pipe)
+    if isinstance(trace, Lanes):  # two runs side by side (a fork and its parent, an edit)
+        renderer: FrameRenderer | LanesRenderer = LanesRenderer(trace, panels, words, size, captions, resample, pipe)
+    else:
+        renderer = FrameRenderer(trace, panels, words, size, captions, resample, pipe=pipe)
     chosen = select_steps(trace.num_steps, steps, every)
     renderer.predecode(chosen)
     return render_frames(renderer, chosen, progress)
@@ -94,7 +99,7 @@ def _shared_palette(frames: list[Image.Image]) -> Image.Image:
 
 
 def save_gif(
-    trace: Trace,
+    trace: Trace | Lanes,
     path: str | Path,
     *,
     panels: str | Sequence[str] | None = None,
@@ -113,7 +118,7 @@ def save_gif(
     """Write an animated GIF, one frame per chosen step.
 
     Args:
-        trace: the trace.
+        trace: the trace, or two runs side by side (:class:`~explainer.export.branches.Lanes`).
         path: the ``.gif`` file to write.
         panels, words, size, captions, resample: what each frame shows (see :class:`FrameRenderer`).
         steps, every: which steps become frames (see :func:`select_steps`).
@@ -146,7 +151,7 @@ def save_gif(
 
 
 def save_webp(
-    trace: Trace,
+    trace: Trace | Lanes,
     path: str | Path,
     *,
     panels: str | Sequence[str] | None = None,
@@ -167,7 +172,7 @@ def save_webp(
     """Write an animated WebP, one frame per chosen step.
 
     Args:
-        trace: the trace.
+        trace: the trace, or two runs side by side (:class:`~explainer.export.branches.Lanes`).
         path: the ``.webp`` file to write.
         panels, words, size, captions, resample: what each frame shows (see :class:`FrameRenderer`).
         steps, every: which steps become frames (see :func:`select_steps`).
@@ -202,7 +207,7 @@ def save_webp(
 
 
 def save_mp4(
-    trace: Trace,
+    trace: Trace | Lanes,
     path: str | Path,
     *,
     panels: str | Sequence[str] | None = None,
@@ -221,7 +226,7 @@ def save_mp4(
     """Write an H.264 MP4 (yuv420p, plays in browsers and slide software), one frame per chosen step.
 
     Args:
-        trace: the trace.
+        trace: the trace, or two runs side by side (:class:`~explainer.export.branches.Lanes`).
         path: the ``.mp4`` file to write.
         panels, words, size, captions, resample: what each frame shows (see :class:`FrameRenderer`).
         steps, every: which steps become frames (see :func:`select_steps`).

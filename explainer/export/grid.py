@@ -1,6 +1,8 @@
 """A PNG grid of chosen steps: one column per step, one row per panel, labelled.
 
-With more steps than ``columns`` the grid wraps into several bands, each with its own header row.
+With more steps than ``columns`` the grid wraps into several bands, each with its own header row. Given
+two runs (:class:`~explainer.export.branches.Lanes`), each panel has a row per run, the fork step (or an
+edit's last injected step) is among the columns, and a line before it crosses the bands.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .branches import EDIT_RGB, FORK_RGB, Lanes, grid_steps, pillow_text
 from .frames import BACKGROUND, MUTED, PAD, TEXT, FrameRenderer, _fit_text, font, format_sigma, select_steps
 
 if TYPE_CHECKING:
@@ -69,7 +72,7 @@ class GridLayout:
 
 
 def save_grid(
-    trace: Trace,
+    trace: Trace | Lanes,
     path: str | Path,
     *,
     panels: str | Sequence[str] | None = None,
@@ -86,7 +89,8 @@ def save_grid(
     """Write a PNG grid: a column per chosen step, a row per panel, with step / timestep / sigma headers.
 
     Args:
-        trace: the trace.
+        trace: the trace, or two runs side by side (:class:`~explainer.export.branches.Lanes`): a row per run
+            and panel, the fork step (or an edit's last injected step) always a column and marked.
         path: the ``.png`` file to write.
         panels, words, size, captions, resample: what each cell shows (see :class:`FrameRenderer`).
         steps: step indices to show; default 8 evenly spaced steps (or every ``every``-th step).
@@ -100,11 +104,20 @@ def save_grid(
     """
     from tqdm.auto import tqdm
 
-    renderer = FrameRenderer(trace, panels, words, size, captions=False, resample=resample, pipe=pipe)
+    lanes = trace if isinstance(trace, Lanes) else None
+    traces = [lane.trace for lane in lanes.lanes] if lanes else [trace]
+    renderers = []
+    for tr in traces:
+        try:
+            renderers.append(FrameRenderer(tr, panels, words, size, captions=False, resample=resample, pipe=pipe))
+        except ValueError as err:
+            raise ValueError(f"{lanes.lanes[len(renderers)].name}: {err}" if lanes else str(err)) from None
+    trace = traces[0]  # the headers' timesteps and sigmas
     if not isinstance(captions, bool):
         raise TypeError(f"captions must be True or False, not {type(captions).__name__}.")
     if steps is None and every is None:
         chosen = default_grid_steps(trace.num_steps)
+        chosen = grid_steps(lanes, chosen) if lanes else chosen
     else:
         chosen = select_steps(trace.num_steps, steps, 1 if every is None else every)
     if columns is None:
@@ -112,32 +125,49 @@ def save_grid(
     if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
         raise ValueError(f"columns={columns!r} must be a whole number >= 1.")
     columns = min(int(columns), len(chosen))
-    renderer.predecode(chosen)
+    for renderer in renderers:
+        renderer.predecode(chosen)
+    # one row per (run, panel): [(renderer, panel, label)]
+    rows = [(r, p, (f"{lanes.lanes[i].name}: " if lanes else "") + p.label(r.trace.guidance_scale))
+            for i, r in enumerate(renderers) for p in r.panels]  # fmt: skip
     bands = -(-len(chosen) // columns)
-    pw, ph = renderer.panel_wh
+    pw, ph = renderers[0].panel_wh
     f = font(max(11, min(20, round(max(pw, ph) / 12))))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    labels = [p.label(trace.guidance_scale) for p in renderer.panels]
-    label_width = (max(round(probe.textlength(t, font=f)) for t in labels) + PAD) if captions else 0
+    label_width = (max(round(probe.textlength(t, font=f)) for _, _, t in rows) + PAD) if captions else 0
     line = f.size + 4 if hasattr(f, "size") else 15
-    layout = GridLayout(len(renderer.panels), columns, bands, pw, ph, label_width, 2 * line + 4 if captions else 0)
-    canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
+    title = (len(lanes.lanes) + (1 if lanes.mark["label"] else 0)) * line + PAD if lanes and captions else 0
+    layout = GridLayout(len(rows), columns, bands, pw, ph, label_width, 2 * line + 4 if captions else 0)
+    canvas = Image.new("RGB", (layout.width, layout.height + title), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
+    mark = lanes.mark if lanes else {"kind": "", "step": -1}
+    color = FORK_RGB if mark["kind"] == "fork" else EDIT_RGB
+    if title:
+        texts = [lane.label for lane in lanes.lanes] + ([lanes.mark["label"]] if lanes.mark["label"] else [])
+        for i, text in enumerate(texts):
+            fill = color if i == len(lanes.lanes) else TEXT
+            draw.text((PAD, PAD + i * line), _fit_text(draw, pillow_text(text), f, layout.width - 2 * PAD), font=f, fill=fill)
     for k, step in enumerate(tqdm(chosen, desc="grid", unit="step", disable=not progress, leave=False)):
         band, column = divmod(k, columns)
-        for row, panel in enumerate(renderer.panels):
+        for row, (renderer, panel, label) in enumerate(rows):
             left, top, right, bottom = layout.cell(band, row, column)
-            canvas.paste(renderer.panel_image(panel, step), (left, top))
+            canvas.paste(renderer.panel_image(panel, step), (left, top + title))
             if captions and column == 0:
-                draw.text((PAD, top + (bottom - top - line) // 2), labels[row], font=f, fill=MUTED)
+                draw.text((PAD, title + top + (bottom - top - line) // 2), label, font=f, fill=MUTED)
+        left, top, right, _ = layout.cell(band, 0, column)
+        top += title
+        if mark["kind"] and step == mark["step"]:  # a line before the fork step, down the band
+            bottom = layout.cell(band, len(rows) - 1, column)[3] + title
+            draw.line((left - PAD // 2, top - layout.header_height, left - PAD // 2, bottom), fill=color, width=3)
         if captions:
-            left, top, right, _ = layout.cell(band, 0, column)
             t = float(trace.timesteps[step])
             head = f"step {step + 1}/{trace.num_steps}"
             sub = f"t={t:.0f} sigma={format_sigma(trace.sigmas[step])}"
+            if mark["kind"] and 0 <= mark["step"]:
+                sub = ("shared" if mark["kind"] == "fork" else "injected") if step < mark["step"] else (
+                    "fork" if mark["kind"] == "fork" and step == mark["step"] else sub)  # fmt: skip
             draw.text((left, top - layout.header_height), _fit_text(draw, head, f, right - left), font=f, fill=TEXT)
-            draw.text(
-                (left, top - layout.header_height + line), _fit_text(draw, sub, f, right - left), font=f, fill=MUTED
-            )
+            fill = color if mark["kind"] and (step <= mark["step"]) else MUTED
+            draw.text((left, top - layout.header_height + line), _fit_text(draw, sub, f, right - left), font=f, fill=fill)
     canvas.save(path, format="PNG", optimize=False)
     return len(chosen)

@@ -4,7 +4,9 @@ The page shows each chosen view (x_t and x0 by default) per step with a slider a
 the final image, the prompt and settings, and a chip per prompt word: clicking it colours that
 word's cross-attention map of the current step (or of all steps) over the views. Frames are
 embedded as base64 JPEG (or WebP); attention maps as small grayscale PNGs, colour-mapped and scaled
-up in a canvas by the inline script (:mod:`explainer.export._template`).
+up in a canvas by the inline script (:mod:`explainer.export._template`). Two runs
+(:class:`~explainer.export.branches.Lanes`) share one slider, each with its views, final image and
+chips; a timeline under the slider marks a fork's shared prefix and fork step (or an edit's injected steps).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 
 from ._template import TEMPLATE
 from .animation import check_timing
+from .branches import Lanes
 from .frames import COLORMAP, FrameRenderer, Panel, colormap_lut, format_sigma, select_steps
 
 if TYPE_CHECKING:
@@ -126,7 +129,7 @@ def _settings(trace: Trace) -> list[list[str]]:
 
 
 def build_html(
-    trace: Trace,
+    trace: Trace | Lanes,
     *,
     panels: str | Sequence[str] | None = None,
     words: str | Sequence[str] | None = None,
@@ -147,8 +150,6 @@ def build_html(
 
     Args: see :func:`save_html`.
     """
-    from tqdm.auto import tqdm
-
     from .. import __version__
 
     fps, hold = check_timing(fps, hold)
@@ -156,6 +157,9 @@ def build_html(
         raise ValueError(f"image_format={image_format!r} is not allowed; use one of {list(IMAGE_FORMATS)}.")
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
         raise ValueError(f"quality={quality!r} must be a whole number in 1..100.")
+    lanes = trace if isinstance(trace, Lanes) else None
+    traces = [lane.trace for lane in lanes.lanes] if lanes else [trace]
+    trace = traces[0]
     names = (
         (["input"] if trace.input_image is not None else []) + ["xt", "x0"]  # edits show their input first
         if panels is None
@@ -167,35 +171,26 @@ def build_html(
     names = [n for n in names if n != "final"]
     if not names and not show_final:
         raise ValueError("nothing to show: panels selects neither a step view nor 'final'.")
-    word_list = _words(trace, words)
     step_notes = check_notes(notes, trace.num_steps)
     question_list = check_questions(questions)
-    renderer = FrameRenderer(trace, names, None, size, False, resample, pipe=pipe) if names else None
-    stills = renderer or FrameRenderer(trace, ["final"], None, size, captions=False, resample=resample, pipe=pipe)
     chosen = select_steps(trace.num_steps, steps, every)
-    stepped = renderer.panels if renderer is not None else []
-    if renderer is not None:
-        renderer.predecode(chosen)
-    method = "linear preview" if pipe is None else "VAE decode"
-    labels = [_VIEW_LABELS.get(p.kind, f"guided x\u2080 (scale {trace.guidance_scale:g})") for p in stepped]
-    views = [{"key": p.kind, "label": label.replace("linear preview", method), "frames": []}
-             for p, label in zip(stepped, labels, strict=True)]  # fmt: skip
     map_wh = _map_size(trace)
-    word_data = [{"text": w, "maps": [], "mean": _map_uri(trace.heatmap(w), map_wh)} for w in word_list]
-    for step in tqdm(chosen, desc="html", unit="step", disable=not progress, leave=False):
-        for view, panel in zip(views, stepped, strict=True):
-            view["frames"].append(data_uri(renderer.panel_image(panel, step), image_format, int(quality)))
-        for entry in word_data:
-            entry["maps"].append(_map_uri(trace.heatmap(entry["text"], step=step), map_wh))
-    final = None
-    if show_final and (trace.final_image is not None or trace.latent_rgb is not None):
-        final = data_uri(stills.panel_image(Panel("final"), 0), image_format, int(quality))
+    runs = []
+    for i, tr in enumerate(traces):
+        try:
+            runs.append(_run_views(tr, names, words, size, resample, pipe, chosen, show_final, map_wh, image_format,
+                                   int(quality), progress))  # fmt: skip
+        except ValueError as err:
+            raise ValueError(f"{lanes.lanes[i].name}: {err}" if lanes else str(err)) from None
+    views, final, word_data, stills = runs[0]
     step_info = []
     for s in chosen:
         t = float(trace.timesteps[s])
         step_info.append({"step": s + 1, "t": f"{t:.0f}" if t == round(t) else f"{t:.1f}",
                           "sigma": format_sigma(trace.sigmas[s]).replace("inf", "\u221e"),
                           "note": note_at(step_notes, s)})  # fmt: skip
+        if lanes and lanes.status(s):
+            step_info[-1]["status"] = lanes.status(s)
     payload: dict[str, Any] = {
         "prompt": trace.prompt,
         "negative_prompt": trace.negative_prompt or "",
@@ -219,11 +214,46 @@ def build_html(
         + ("Previews are linear latent\u2192RGB maps; " if pipe is None else "Previews are full VAE decodes; ")
         + "attention maps are averaged over heads and layers. This page works offline.",
     }
+    if lanes:  # two runs, one slider: each run's views, final image and chips; the mark on a timeline
+        payload["lanes"] = [{"name": lane.name, "label": lane.label, "views": v, "final": f, "words": w}
+                            for lane, (v, f, w, _) in zip(lanes.lanes, runs, strict=True)]  # fmt: skip
+        payload.update(views=[], final=None, words=[])
+        if lanes.mark["kind"]:
+            payload["timeline"] = dict(lanes.mark)
+            payload["settings"].append([lanes.mark["kind"], lanes.mark["label"]])
     # "<" only occurs inside JSON strings; \u003c keeps "</script>" and "<!--" in a prompt from ending the block.
     text = json.dumps(_finite(payload), ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
-    title = _html.escape(f"sd-explainer: {trace.prompt or '(empty prompt)'}")
+    title = _html.escape(f"sd-explainer: {trace.prompt or '(empty prompt)'}" + (f" ({lanes.lanes[1].label})" if lanes else ""))
     head, tail = TEMPLATE.split("{{DATA}}")
     return head.replace("{{TITLE}}", title, 1) + text + tail, len(chosen)
+
+
+def _run_views(trace: Trace, names: list[str], words: Any, size: int | None, resample: str, pipe: Any,
+               chosen: list[int], show_final: bool, map_wh: tuple[int, int], image_format: str, quality: int,
+               progress: bool) -> tuple[list[dict[str, Any]], str | None, list[dict[str, Any]], FrameRenderer]:  # fmt: skip
+    """One run's part of the page: its views' frames, final image and word maps (``data:`` URIs)."""
+    from tqdm.auto import tqdm
+
+    word_list = _words(trace, words)
+    renderer = FrameRenderer(trace, names, None, size, False, resample, pipe=pipe) if names else None
+    stills = renderer or FrameRenderer(trace, ["final"], None, size, captions=False, resample=resample, pipe=pipe)
+    stepped = renderer.panels if renderer is not None else []
+    if renderer is not None:
+        renderer.predecode(chosen)
+    method = "linear preview" if pipe is None else "VAE decode"
+    labels = [_VIEW_LABELS.get(p.kind, f"guided x\u2080 (scale {trace.guidance_scale:g})") for p in stepped]
+    views = [{"key": p.kind, "label": label.replace("linear preview", method), "frames": []}
+             for p, label in zip(stepped, labels, strict=True)]  # fmt: skip
+    word_data = [{"text": w, "maps": [], "mean": _map_uri(trace.heatmap(w), map_wh)} for w in word_list]
+    for step in tqdm(chosen, desc="html", unit="step", disable=not progress, leave=False):
+        for view, panel in zip(views, stepped, strict=True):
+            view["frames"].append(data_uri(renderer.panel_image(panel, step), image_format, quality))
+        for entry in word_data:
+            entry["maps"].append(_map_uri(trace.heatmap(entry["text"], step=step), map_wh))
+    final = None
+    if show_final and (trace.final_image is not None or trace.latent_rgb is not None):
+        final = data_uri(stills.panel_image(Panel("final"), 0), image_format, quality)
+    return views, final, word_data, stills
 
 
 def check_notes(notes: Any, num_steps: int) -> dict[int, str]:
@@ -275,7 +305,7 @@ def _finite(value: Any) -> Any:
 
 
 def save_html(
-    trace: Trace,
+    trace: Trace | Lanes,
     path: str | Path,
     *,
     panels: str | Sequence[str] | None = None,
@@ -296,7 +326,7 @@ def save_html(
     """Write the standalone interactive page.
 
     Args:
-        trace: the trace.
+        trace: the trace, or two runs side by side (:class:`~explainer.export.branches.Lanes`), one slider for both.
         path: the ``.html`` file to write.
         panels: step-driven views, from ``"xt"``, ``"x0"``, ``"uncond"``, ``"cond"``, ``"guided"``,
             ``"guidance"``, plus ``"final"`` for the final image; default ``xt``, ``x0`` and the final image.

@@ -1,4 +1,5 @@
-"""``compare()``: two traces side by side (two prompts, seeds or guidance values), one step for both."""
+"""``compare()``: two traces side by side (two prompts, seeds or guidance values, a run and its fork), one
+step for both; :func:`link_steps` is what keeps two explorers on one step (also the explorer's branch pane)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ def _as_trace(item: str | Trace, pipe: Any, kwargs: dict[str, Any]) -> Trace:
     return run_trace(pipe if pipe is not None else default_pipeline(), item, **{"progress": False, **kwargs})
 
 
+def link_steps(left: Explorer, right: Explorer) -> tuple[Any, Any]:
+    """Keep two explorers on one step: in the browser with no kernel round trip, and in the kernel.
+
+    Returns:
+        The two links (each has ``unlink()``).
+    """
+    return ipywidgets.jslink((left, "step"), (right, "step")), traitlets.link((left, "step"), (right, "step"))
+
+
 def compare(
     a: str | Trace,
     b: str | Trace,
@@ -36,7 +46,8 @@ def compare(
     """Two explorers side by side whose steps stay in sync, and their latent trajectories (PCA).
 
     Args:
-        a, b: prompts or traces (the same number of steps).
+        a, b: prompts or traces (the same number of steps); when ``b`` is a fork (or an edit) of ``a``, the
+            fork step is marked on both sliders and schedules.
         pipe: the pipeline for prompts (default: the toy model), VAE decodes and re-runs.
         a_kwargs, b_kwargs: arguments for one side only (e.g. ``{"seed": 1}`` or ``{"guidance_scale": 3}``).
         **trace_kwargs: arguments for both sides.
@@ -70,9 +81,9 @@ def compare(
         box.explorers = []
         return box
     left, right = Explorer(ta, pipe=pipe), Explorer(tb, pipe=pipe)
-    # In the browser the steps follow each other with no kernel round trip; in the kernel too.
-    ipywidgets.jslink((left, "step"), (right, "step"))
-    traitlets.link((left, "step"), (right, "step"))
+    links = link_steps(left, right)
+    if left.mark_kind == "" and right.mark_kind:  # b is a fork or an edit of a: mark it on a's schedule too
+        left.mark_lineage(tb)
     trajectory = ipywidgets.Image(value=figure_png(latent_trajectory([ta, tb], left.step)), format="png")
 
     def redraw(change: dict[str, Any]) -> None:
@@ -81,5 +92,6 @@ def compare(
     left.observe(redraw, "step")
     box = ipywidgets.VBox([ipywidgets.HBox([left, right]), trajectory])
     box.explorers = [left, right]
+    box.links = links
     box.trajectory = trajectory
     return box

@@ -11,7 +11,9 @@ that a newer guidance request supersedes stops at its next UNet call. img2img an
 (``trace.metadata["mode"]``) also show their input image (with the mask's outline) and their start
 on the schedule plot. For a classroom: a prompt / seed / scheduler run box, an overview strip placing
 each panel in the pipeline, a presentation mode for projectors, and greyed chips for words the toy
-model never saw.
+model never saw. "Branch here" forks the run at the current step (new prompt, guidance or seed) or
+edits its prompt with prompt-to-prompt; the branch shows under the parent as a second explorer whose
+step follows this one's, the fork step marked on both schedules (:mod:`.branching`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anywidget
+import ipywidgets
 import numpy as np
 import traitlets
 
@@ -40,6 +43,7 @@ from ..views import (
 from ..views._common import figure_png
 from ..views.guidance import DEFAULT_SWEEP
 from ..views.tokens import token_heat
+from .branching import BRANCH_MODES, branch_hint, branch_key, lineage, mark_schedule, parse_weights, run_branch
 from .panels import (
     LatestWorker,
     RunSuperseded,
@@ -153,6 +157,15 @@ class Explorer(anywidget.AnyWidget):
         stages: the overview strip (:data:`STAGES`); docs_url: base URL of the built docs for its links.
         presentation: frames at present_size (>= :data:`PRESENT_DISPLAY` px), large type, full width.
 
+        branch_mode (one of :data:`~.branching.BRANCH_MODES`: ``"fork"`` or a prompt-to-prompt mode),
+        branch_prompt, branch_guidance, branch_seed (``-1``: the parent's noise), branch_weights
+        (``"red=2"``, reweight only): the "branch here" control; ``branch_request += 1`` runs it at the
+        current step (see :meth:`branch_here`). can_branch / branch_hint: whether it can run, and if not
+        why (greyed, naming how to get a pipeline). branch: the branch's :class:`Explorer`, shown under
+        this one, its step linked; mark_kind / mark_step / mark_label: the fork step (or the edit's
+        injected steps) marked on the slider and the schedule. compact: the branch pane's look (no run
+        box, overview or guidance row).
+
     ``cancelled`` lists the re-runs a newer guidance request stopped early (not cached).
     """
 
@@ -226,6 +239,21 @@ class Explorer(anywidget.AnyWidget):
     panel_png = traitlets.Bytes(b"").tag(sync=True)
     panel_label = traitlets.Unicode("").tag(sync=True)
 
+    # "branch here": a fork at the current step, or a prompt-to-prompt edit, sent with branch_request += 1
+    branch_mode = traitlets.Unicode("fork").tag(sync=True)  # one of BRANCH_MODES
+    branch_prompt = traitlets.Unicode("").tag(sync=True)
+    branch_guidance = traitlets.Float(0.0).tag(sync=True)
+    branch_seed = traitlets.Int(-1).tag(sync=True)  # -1: the parent's noise
+    branch_weights = traitlets.Unicode("").tag(sync=True)  # "red=2, blue=0.5" (reweight)
+    branch_request = traitlets.Int(0).tag(sync=True)
+    can_branch = traitlets.Bool(False).tag(sync=True)
+    branch_hint = traitlets.Unicode("").tag(sync=True)  # why the control is greyed ("" when it is not)
+    branch = traitlets.Instance(ipywidgets.Widget, allow_none=True).tag(sync=True, **ipywidgets.widget_serialization)
+    mark_kind = traitlets.Unicode("").tag(sync=True)  # "fork", "edit" or ""
+    mark_step = traitlets.Int(-1).tag(sync=True)
+    mark_label = traitlets.Unicode("").tag(sync=True)
+    compact = traitlets.Bool(False).tag(sync=True)  # the branch pane of another explorer
+
     def __init__(
         self,
         trace: Trace | None = None,
@@ -237,6 +265,7 @@ class Explorer(anywidget.AnyWidget):
         error: str = "",
         presentation: bool = False,
         docs_url: str = "",
+        compact: bool = False,
     ) -> None:
         """
         Args:
@@ -248,6 +277,7 @@ class Explorer(anywidget.AnyWidget):
             presentation: start in presentation mode (frames >= 512 px, large type, full width).
             docs_url: base URL of the built docs, for the overview strip's links to the concept pages
                 (e.g. ``"http://127.0.0.1:8000/"`` under ``mkdocs serve``); ``""`` names the page files.
+            compact: the look of a branch pane (frames, slider and plots only).
         """
         if not isinstance(presentation, bool):
             raise TypeError(f"presentation must be True or False, not {presentation!r}.")
@@ -256,7 +286,7 @@ class Explorer(anywidget.AnyWidget):
         options = [["", "pipeline's own"]] + [[name, name] for name in SCHEDULERS]
         super().__init__(image_format=image_format, colormap=colormap_lut().ravel().tolist(), error=error,
                          presentation=presentation, docs_url=docs_url, scheduler_options=options,
-                         stages=[dict(stage) for stage in STAGES])  # fmt: skip
+                         stages=[dict(stage) for stage in STAGES], compact=bool(compact))  # fmt: skip
         self.pipe = pipe
         self.trace_kwargs = dict(trace_kwargs or {})
         self.quality = int(quality)
@@ -269,6 +299,10 @@ class Explorer(anywidget.AnyWidget):
         #: ``{"guidance": g, "steps_done": n, "steps": total}`` each.
         self.cancelled: list[dict[str, Any]] = []
         self._generation = 0
+        #: Branches made here, by :func:`~.branching.branch_key`; the last prompt-to-prompt result.
+        self.branches: dict[tuple, Trace] = {}
+        self.edit_result: Any = None
+        self._links: tuple = ()
         self._worker = LatestWorker(self._show_error)
         self._maps_size = (1, 1)
         if trace is not None:
@@ -303,13 +337,10 @@ class Explorer(anywidget.AnyWidget):
         present = max(1, -(-PRESENT_DISPLAY // max(size)))
         unknown = self._unknown(trace)
         start = self._start_label(trace, mode)
-        fig = schedule_plot(trace)
-        if start:
-            ax = fig.axes[0]
-            ax.axvline(0, color="#b04040", lw=1.2, ls="--")
-            ax.annotate(start, xy=(0, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
-                        textcoords="offset points", ha="left", va="top", fontsize=7, color="#b04040")  # fmt: skip
-        png, xs, box = figure_with_markers(fig, trace.num_steps)
+        if self.branch is not None:
+            self.close_branch()  # a branch belongs to the trace it was made from
+        mark = lineage(None, trace)
+        png, xs, box = self._schedule(trace, start, mark)
         picture = input_picture(trace) if mode != "txt2img" else None
         info = [
             {"t": f"{float(t):g}", "sigma": format_sigma(sig), "alpha": f"{float(a):.3g}"}
@@ -359,9 +390,143 @@ class Explorer(anywidget.AnyWidget):
             self.detail, self.detail_label = b"", ""
             self.panel_png, self.panel_label = b"", ""
             self.step = min(self.step, trace.num_steps - 1)
+            self.mark_kind, self.mark_step, self.mark_label = mark["kind"], mark["step"], mark["label"]
+            self.branch_prompt = trace.prompt
+            self.branch_guidance = float(trace.guidance_scale)
+            self.branch_seed = -1
+            self.branch_hint = branch_hint(trace, self.can_run)
+            self.can_branch = not self.branch_hint
         self._update_maps()
         if self.panel:
             self._worker.submit("panel", self._render_panel)
+
+    def _schedule(self, trace: Trace, start: str, mark: dict[str, Any]) -> tuple[bytes, list[float], list[float]]:
+        """The schedule plot with an img2img start and a fork step (or an edit's injected steps) marked."""
+        fig = schedule_plot(trace)
+        if start:
+            ax = fig.axes[0]
+            ax.axvline(0, color="#b04040", lw=1.2, ls="--")
+            ax.annotate(start, xy=(0, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                        textcoords="offset points", ha="left", va="top", fontsize=7, color="#b04040")  # fmt: skip
+        mark_schedule(fig, mark)
+        return figure_with_markers(fig, trace.num_steps)
+
+    # ------------------------------------------------------------------ branch here
+
+    def branch_here(
+        self,
+        *,
+        step: int | None = None,
+        prompt: str | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        mode: str = "fork",
+        weights: dict[str, float] | str | None = None,
+    ) -> Trace:
+        """Branch the shown run and show the branch under it, steps linked (what the control does).
+
+        Args:
+            step: the fork step (default: the step shown); steps before it stay the parent's.
+            prompt: the branch's prompt (an edit's target prompt); ``None`` keeps the parent's.
+            guidance_scale, seed: new settings from ``step`` on (forks only; ``None`` keeps the parent's).
+            mode: ``"fork"``, or a prompt-to-prompt edit: ``"replace"``, ``"refine"`` or ``"reweight"``.
+            weights: word -> factor for ``"reweight"`` (or text like ``"red=2"``).
+
+        Returns:
+            The branch's trace (also ``self.branch.trace``); an edit's result is in ``self.edit_result``.
+
+        Raises:
+            ValueError: no pipeline (the message says how to give one), or a bad setting.
+        """
+        tr = self.trace
+        hint = branch_hint(tr, self.run_pipe(tr) is not None)
+        if hint:
+            raise ValueError(f"cannot branch: {hint}.")
+        if mode not in BRANCH_MODES:
+            raise ValueError(f"mode={mode!r} is not allowed; use one of {list(BRANCH_MODES)}.")
+        step = self.step if step is None else step
+        prompt = tr.prompt if prompt is None else prompt
+        weights = parse_weights(weights) if isinstance(weights, str) else dict(weights or {})
+        if guidance_scale is not None and abs(float(guidance_scale) - tr.guidance_scale) < 1e-9:
+            guidance_scale = None  # unchanged: keep the parent's (and its exact value)
+        key = branch_key(tr, mode, step, prompt, guidance_scale, seed, weights)
+        child = self.branches.get(key)
+        if child is None:
+            pipe = self.run_pipe(tr)
+            if isinstance(pipe, str):  # "toy": the trace was made with the bundled model
+                pipe = self.pipe = default_pipeline()
+            what = f"forking at step {step + 1}/{tr.num_steps}" if mode == "fork" else f"prompt-to-prompt ({mode})"
+            self.status = f"{what}: {prompt!r}\u2026"
+            try:
+                child, result = run_branch(tr, pipe, mode=mode, step=step, prompt=prompt, guidance_scale=guidance_scale,
+                                           seed=seed, weights=weights)  # fmt: skip
+            finally:
+                self.status = ""
+            if result is not None:
+                self.edit_result = result
+            self.branches[key] = child
+        if self.trace is tr:  # not superseded by another trace meanwhile
+            self.show_branch(child)
+        return child
+
+    def show_branch(self, child: Trace) -> Explorer:
+        """Show ``child`` (a fork or an edit of the shown trace) under this explorer, steps linked.
+
+        Returns:
+            The branch's :class:`Explorer` (``self.branch``).
+        """
+        from .compare import link_steps
+
+        tr = self.trace
+        if child.num_steps != tr.num_steps:
+            raise ValueError(f"a branch needs the parent's {tr.num_steps} steps, this one has {child.num_steps}.")
+        self.close_branch()
+        pane = Explorer(child, pipe=self.pipe, image_format=self.image_format, quality=self.quality, compact=True)
+        pane.step = self.step
+        with self.hold_sync():
+            self._links = link_steps(self, pane)
+            self.branch = pane
+            self.mark_lineage(child)
+        return pane
+
+    def mark_lineage(self, child: Trace) -> None:
+        """Mark on this explorer's slider and schedule where ``child`` (its fork or edit) leaves the shown trace."""
+        tr = self.trace
+        mark = lineage(tr, child)
+        with self.hold_sync():
+            self.mark_kind, self.mark_step, self.mark_label = mark["kind"], mark["step"], mark["label"]
+            self.schedule_png, self.schedule_x, self.schedule_box = self._schedule(tr, self._start_label(tr, trace_mode(tr)), mark)
+
+    def close(self) -> None:
+        """Close the widget and its branch pane."""
+        if getattr(self, "_links", None) is not None:
+            self.close_branch()
+        super().close()
+
+    def close_branch(self) -> None:
+        """Remove the branch pane (its trace stays in :attr:`branches`)."""
+        pane, links = self.branch, self._links
+        self._links = ()
+        for link in links:
+            link.unlink()
+        self.branch = None
+        if pane is not None:
+            pane.close()
+
+    @traitlets.observe("branch_request")
+    def _on_branch_request(self, change: dict[str, Any]) -> None:
+        if self.trace is None:
+            return
+        mode, prompt, seed = self.branch_mode, self.branch_prompt, int(self.branch_seed)
+        guidance = float(self.branch_guidance) if mode == "fork" else None
+        weights = self.branch_weights if mode == "reweight" else ""
+        step = int(self.step)
+
+        def job() -> None:
+            self.branch_here(step=step, prompt=prompt, guidance_scale=guidance, seed=None if seed < 0 else seed,
+                             mode=mode, weights=weights)  # fmt: skip
+
+        self._worker.submit("branch", job)
 
     @staticmethod
     def _start_label(trace: Trace, mode: str) -> str:
@@ -702,6 +867,8 @@ class Explorer(anywidget.AnyWidget):
         self.status = ""
         self.set_trace(result)
         self.can_run = self.run_pipe(result) is not None
+        self.branch_hint = branch_hint(result, self.can_run)
+        self.can_branch = not self.branch_hint
 
     def _show_error(self, err: BaseException) -> None:
         self.status = ""
@@ -729,8 +896,10 @@ def explore(
     """The one-call dashboard: a displayable widget to scrub steps, map tokens and try guidance.
 
     Its prompt box, seed box and scheduler choice start new runs (on ``pipe``, or the bundled toy for
-    a toy trace); an overview strip shows where each panel sits in the pipeline; the "presentation"
-    button (or ``presentation=True``) shows frames of 512 px or more in large type, full width.
+    a toy trace); "branch here" forks the run at the step shown (or edits its prompt with prompt-to-prompt)
+    and shows the branch under it, steps linked (:meth:`Explorer.branch_here`); an overview strip shows
+    where each panel sits in the pipeline; the "presentation" button (or ``presentation=True``) shows
+    frames of 512 px or more in large type, full width.
 
     Args:
         prompt_or_trace: a prompt (traced with ``pipe``, or the bundled toy model) or a :class:`Trace`.

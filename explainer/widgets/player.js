@@ -43,6 +43,28 @@ function render({ model, el }) {
   const runRow = h("div", { class: "sdx-controls sdx-run-row" }, promptBox,
     h("label", { text: "seed " }, seedBox), h("label", { text: "scheduler " }, schedBox), runButton, presentButton);
 
+  // Branch here: a fork at the shown step (new prompt / guidance / seed) or a prompt-to-prompt edit, sent with
+  // branch_request + 1; greyed with the reason (e.g. how to give a pipeline) when it cannot run.
+  const branchButton = h("button", { type: "button", class: "sdx-branch" });
+  const branchMode = h("select", { class: "sdx-branch-mode", "aria-label": "branch kind" });
+  for (const [v, t] of [["fork", "fork: new settings from this step"], ["replace", "prompt-to-prompt: swap words"],
+    ["refine", "prompt-to-prompt: add words"], ["reweight", "prompt-to-prompt: reweight words"]]) branchMode.append(h("option", { value: v, text: t }));
+  const branchPrompt = h("input", { type: "text", class: "sdx-branch-prompt", "aria-label": "branch prompt", placeholder: "branch prompt" });
+  const branchGuidance = h("input", { type: "number", class: "sdx-branch-guidance", min: "0", step: "0.5", "aria-label": "branch guidance" });
+  const branchSeed = h("input", { type: "number", class: "sdx-branch-seed", min: "0", step: "1", "aria-label": "branch seed", placeholder: "parent's" });
+  const branchWeights = h("input", { type: "text", class: "sdx-branch-weights", "aria-label": "word weights", placeholder: "red=2" });
+  const guidanceLabel = h("label", { text: "guidance " }, branchGuidance);
+  const seedLabel = h("label", { text: "seed " }, branchSeed);
+  const weightsLabel = h("label", { text: "weights " }, branchWeights);
+  const branchHint = h("span", { class: "sdx-branch-hint" });
+  const branchRow = h("div", { class: "sdx-controls sdx-branch-row" }, branchButton, branchMode, branchPrompt, guidanceLabel, seedLabel, weightsLabel, branchHint);
+  // The branch pane: the branch's own explorer (drawn by this same render), its step linked to this one.
+  const laneLabel = h("div", { class: "sdx-lane-label", text: "parent" });
+  const branchHead = h("div", { class: "sdx-lane-label sdx-branch-head" });
+  const branchPane = h("div", { class: "sdx-branch-pane" });
+  const branchBox = h("section", { class: "sdx-branch-box", "aria-label": "branch" }, branchHead, branchPane);
+  const forkTick = h("span", { class: "sdx-fork-tick", "aria-hidden": "true" });
+
   // The overview strip: text -> CLIP -> UNet + scheduler loop -> VAE decoder, each with the panels it makes.
   const overview = h("ol", { class: "sdx-overview", "aria-label": "where each panel sits in the pipeline" });
   const previewKind = h("div", { class: "sdx-preview-kind" });
@@ -72,7 +94,8 @@ function render({ model, el }) {
   play.textContent = "\u25b6 Play";
   const slider = h("input", { type: "range", class: "sdx-step", min: "0", max: "0", value: "0", "aria-label": "denoising step" });
   const readout = h("span", { class: "sdx-readout" });
-  const controls = h("div", { class: "sdx-controls" }, play, slider, readout);
+  const sliderBox = h("span", { class: "sdx-slider-box" }, slider, forkTick);
+  const controls = h("div", { class: "sdx-controls sdx-step-row" }, play, sliderBox, readout);
 
   const plotImg = (name) => h("img", { class: "sdx-plot", alt: name });
   const schedule = { img: plotImg("schedule"), marker: h("div", { class: "sdx-marker" }) };
@@ -120,7 +143,8 @@ function render({ model, el }) {
   const panelFig = h("figure", { class: "sdx-panel" }, h("div", { class: "sdx-frame" }, panelImg), panelCap);
   const panelBox = h("div", { class: "sdx-panel-box" }, tabs, panelFig);
 
-  root.append(error, status, runRow, overview, title, vocabNote, previewKind, panelsRow, controls, plots, tokensRow, guidanceRow, panelBox);
+  root.append(error, status, runRow, branchRow, overview, title, vocabNote, previewKind, laneLabel, panelsRow, controls, branchBox,
+    plots, tokensRow, guidanceRow, panelBox);
 
   const count = () => (model.get("frames").x0 || []).length;
   const mime = () => "image/" + model.get("image_format");
@@ -174,11 +198,32 @@ function render({ model, el }) {
     for (const [key] of PANELS) { const list = urls.frames[key]; if (list.length) imgs[key].src = list[state.step]; }
     root.dataset.step = String(state.step);
     const info = model.get("steps_info")[state.step] || {};
-    readout.textContent = `step ${state.step + 1}/${n} \u00b7 t = ${info.t} \u00b7 \u03c3 = ${info.sigma} \u00b7 \u1fb1 = ${info.alpha}`;
+    readout.textContent = `step ${state.step + 1}/${n} \u00b7 t = ${info.t} \u00b7 \u03c3 = ${info.sigma} \u00b7 \u1fb1 = ${info.alpha}` + markNote();
+    branchButton.textContent = "\u2442 Branch at step " + (state.step + 1);
     placeMarker(schedule, "schedule");
     placeMarker(emergence, "emergence");
     if (model.get("overlay_maps").length > 1) drawOverlay();
     if (send) sendStep();
+  }
+
+  // The fork step (or the last step of an edit's injected attention), on the slider and in the readout.
+  function markNote() {
+    const kind = model.get("mark_kind"), k = model.get("mark_step");
+    if (!kind || k < 0) return "";
+    if (kind === "fork") return state.step < k ? " \u00b7 shared with the parent" : " \u00b7 after the fork";
+    return state.step < k ? " \u00b7 source's attention injected" : " \u00b7 own attention";
+  }
+  function loadMark() {
+    const kind = model.get("mark_kind"), k = model.get("mark_step"), n = count();
+    forkTick.hidden = !kind || k < 0 || n < 2;
+    root.dataset.markKind = kind;
+    root.dataset.markStep = String(k);
+    if (!forkTick.hidden) {
+      forkTick.style.left = `calc(8px + (100% - 16px) * ${Math.max(0, k - 0.5) / (n - 1)})`;
+      forkTick.title = model.get("mark_label");
+      forkTick.dataset.kind = kind;
+    }
+    show(state.step, false);
   }
 
   // Throttled step sync: at most one message per 60 ms, and always the latest value last.
@@ -326,6 +371,62 @@ function render({ model, el }) {
     applySize();
     drawOverlay();  // resizing cleared the overlay canvases
   }
+  function loadBranchControl() {
+    const can = model.get("can_branch"), mode = model.get("branch_mode");
+    if (document.activeElement !== branchPrompt) branchPrompt.value = model.get("branch_prompt");
+    if (document.activeElement !== branchGuidance) branchGuidance.value = String(model.get("branch_guidance"));
+    if (document.activeElement !== branchSeed) branchSeed.value = model.get("branch_seed") < 0 ? "" : String(model.get("branch_seed"));
+    if (document.activeElement !== branchWeights) branchWeights.value = model.get("branch_weights");
+    branchMode.value = mode;
+    guidanceLabel.hidden = seedLabel.hidden = mode !== "fork";
+    weightsLabel.hidden = mode !== "reweight";
+    for (const e of [branchButton, branchMode, branchPrompt, branchGuidance, branchSeed, branchWeights]) e.disabled = !can;
+    branchRow.classList.toggle("sdx-disabled", !can);
+    branchHint.textContent = model.get("branch_hint");
+    branchHint.hidden = can;
+    branchButton.title = can ? "run the branch from the shown step and show it under this run" : model.get("branch_hint");
+  }
+  function submitBranch() {
+    const seedText = branchSeed.value.trim(), seed = seedText === "" ? -1 : Math.trunc(Number(seedText));
+    const guidance = Number(branchGuidance.value);
+    if (!Number.isFinite(seed) || seed < -1) { error.textContent = "branch seed must be a whole number >= 0, or empty"; error.hidden = false; return; }
+    if (!Number.isFinite(guidance) || guidance < 0) { error.textContent = "branch guidance must be a number >= 0"; error.hidden = false; return; }
+    const values = { branch_mode: branchMode.value, branch_prompt: branchPrompt.value, branch_guidance: guidance,
+      branch_seed: seed, branch_weights: branchWeights.value };  // read all first: each set re-renders the boxes
+    if (model.get("step") !== state.step) model.set("step", state.step);  // branch at the step shown
+    for (const [k, v] of Object.entries(values)) model.set(k, v);
+    model.set("branch_request", model.get("branch_request") + 1);
+    model.save_changes();
+  }
+  // The branch's explorer is another widget: its model comes from the host's widget manager (notebook front ends,
+  // VS Code) and this render draws it; without a widget manager the pane says how to show it.
+  const branchState = { token: 0, dispose: null };
+  async function loadBranch() {
+    const token = ++branchState.token;
+    if (branchState.dispose) { branchState.dispose(); branchState.dispose = null; }
+    branchPane.replaceChildren();
+    const ref = model.get("branch");
+    branchBox.hidden = laneLabel.hidden = !ref;
+    if (!ref) return;
+    const manager = model.widget_manager;
+    if (!manager || typeof manager.get_model !== "function") {
+      branchPane.append(h("div", { class: "sdx-branch-note", text: "this front end cannot draw the branch here: show it with display(w.branch)" }));
+      return;
+    }
+    const child = await manager.get_model(String(ref).replace(/^IPY_MODEL_/, ""));
+    if (token !== branchState.token || !child) return;
+    const context = {};
+    const proxy = { get: (k) => child.get(k), set: (k, v) => child.set(k, v), save_changes: () => child.save_changes(),
+      send: (...args) => child.send(...args), on: (name, cb) => child.on(name, cb, context),
+      off: (name, cb) => child.off(name, cb, context), widget_manager: manager };
+    const holder = h("div");
+    branchPane.append(holder);
+    const cleanup = render({ model: proxy, el: holder });
+    branchHead.textContent = "branch \u00b7 " + (child.get("mark_label") || "");
+    branchState.dispose = () => { child.off(null, null, context); if (cleanup) cleanup(); };
+  }
+  function loadCompact() { root.classList.toggle("sdx-compact", model.get("compact")); }
+
   function submitRun() {
     const seed = Math.trunc(Number(seedBox.value));
     if (!Number.isFinite(seed) || seed < 0) { error.textContent = "seed must be a whole number >= 0"; error.hidden = false; return; }
@@ -337,6 +438,11 @@ function render({ model, el }) {
     model.save_changes();
   }
   runButton.addEventListener("click", submitRun);
+  branchButton.addEventListener("click", submitBranch);
+  branchPrompt.addEventListener("keydown", (event) => { if (event.key === "Enter") { event.preventDefault(); submitBranch(); } });
+  branchMode.addEventListener("change", () => {
+    model.set("branch_mode", branchMode.value); model.save_changes(); loadBranchControl();
+  });
   promptBox.addEventListener("keydown", (event) => { if (event.key === "Enter") { event.preventDefault(); submitRun(); } });
   presentButton.addEventListener("click", () => { model.set("presentation", !model.get("presentation")); model.save_changes(); loadPresentation(); });
 
@@ -398,13 +504,21 @@ function render({ model, el }) {
   for (const name of ["prompt_text", "seed_value", "scheduler_name", "scheduler_options", "can_run"]) model.on("change:" + name, loadRun);
   for (const name of ["stages", "docs_url"]) model.on("change:" + name, loadOverview);
   model.on("change:vocab_note", loadText);
+  for (const name of ["can_branch", "branch_hint", "branch_mode", "branch_prompt", "branch_guidance", "branch_seed", "branch_weights"])
+    model.on("change:" + name, loadBranchControl);
+  model.on("change:branch", loadBranch);
+  for (const name of ["mark_kind", "mark_step", "mark_label"]) model.on("change:" + name, loadMark);
+  model.on("change:compact", loadCompact);
 
   loadText(); loadControls(); loadChips(); loadRun(); loadOverview(); loadFrames(); loadPresentation();
+  loadCompact(); loadBranchControl(); loadMark(); loadBranch();
   setPlot(schedule, "schedule"); setPlot(emergence, "emergence");
   loadImage(whatif, "whatif", whatifCap); loadImage(detail, "detail", detailCap); loadImage(inputImg, "input_frame", inputCap, "image/png");
   loadMaps(); loadPanel();
   return () => {
     pause();
+    branchState.token++;
+    if (branchState.dispose) branchState.dispose();
     if (state.sendTimer !== null) clearTimeout(state.sendTimer);
     for (const list of Object.values(urls.frames)) revokeAll(list);
     revokeAll([urls.final, urls.schedule, urls.emergence, urls.whatif, urls.detail, urls.panel, urls.input_frame]);
