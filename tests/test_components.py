@@ -278,3 +278,34 @@ def test_editing_explorer(pipe):
     assert w.result.mode == "inpaint"
     _set(w, clear=1)
     assert w.values["strokes"] == [] and w.mask() is None
+
+
+def _png_size(src: str) -> tuple[int, int]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size
+
+
+def test_presentation_mode_draws_bigger_pictures(pipe):
+    from explainer.widgets.explore import PRESENT_DISPLAY
+
+    n = explainer.explore_noising(t=100)
+    small = {k: _png_size(v) for k, v in _srcs(n).items()}
+    revision = n.revision
+    n.presentation = True  # what the "Presentation" button does
+    assert n.revision > revision and n.error == ""
+    big = {k: _png_size(v) for k, v in _srcs(n).items()}
+    for key, (w, h) in small.items():  # the same figure at PRESENT_SCALE times the resolution: its text grows too
+        assert big[key] == (w * widgets.PRESENT_SCALE, h * widgets.PRESENT_SCALE) and big[key][0] >= PRESENT_DISPLAY
+    n.presentation = False
+    assert {k: _png_size(v) for k, v in _srcs(n).items()} == small
+    e = explainer.explore_editing(strength=0.5, num_inference_steps=4, presentation=True)  # a pixel picture
+    widths = {p["key"]: p.get("width") for p in e.pictures}
+    assert widths["input"] == PRESENT_DISPLAY and n.present_display == PRESENT_DISPLAY
+    u = explainer.explore_unet(num_inference_steps=2, presentation=True)
+    assert _png_size(_srcs(u)["diagram"])[0] >= PRESENT_DISPLAY
+    with pytest.raises(TypeError, match="presentation must be True or False, not 'yes'"):
+        explainer.explore_vae(presentation="yes")
