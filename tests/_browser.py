@@ -116,6 +116,8 @@ def require_chromium() -> str:
 NB7_OWN_CODE = "/static/notebook/"
 #: The browser window of the front-end tests.
 VIEWPORT = {"width": 1400, "height": 1000}
+#: How long the Jupyter server may take to start (s); on a loaded two-core machine, over a minute.
+SERVER_START_S = 180
 
 
 def free_port() -> int:
@@ -160,14 +162,14 @@ def jupyter_server(root: Path, notebooks: dict[str, list[str]]) -> Iterator[tupl
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SERVER_START_S
         while True:
             try:
                 urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-3000:])
+                    pytest.fail(f"JupyterLab did not start in {SERVER_START_S} s:\n" + (root / "lab.log").read_text()[-3000:])
                 time.sleep(0.5)
         yield base, token
     finally:

@@ -5,7 +5,8 @@ One Jupyter server on localhost (temporary root dir, random token) serves both U
 (``/tree``, ``/notebooks/...``; its server extension loads into the same server, as with ``jupyter
 notebook``). In each, a cell showing ``explainer.explore(...)`` on the toy model runs; the tests move
 the step slider, click token chips (and, in JupyterLab, the panel tabs), and check that the image
-changed, the overlay appeared, the kernel heard the step, and no JS errors were logged.
+changed, the overlay appeared, the kernel heard the step, the guidance slider's what-if changed, and
+no JS errors were logged. The Jupyter server and browser helpers are in tests/_browser.py.
 
 Needs ``pip install jupyterlab notebook playwright anywidget`` and a Chromium (``apt-get install
 chromium``), found by tests/_browser.py (``EXPLAINER_CHROMIUM``, ``PATH`` or Playwright's own);
@@ -160,6 +161,23 @@ def _run_prompt_and_present(page) -> None:
     assert root.locator(".sdx-error").is_hidden()
 
 
+def _drag_guidance_and_check(page) -> None:
+    """Drag the guidance slider (input events; releasing it would re-run the whole trace at that scale):
+    the what-if x\u0302\u2080 of the shown step, re-guided from the recorded outputs, appears and changes
+    with the scale."""
+    root = page.locator(".sdx").first
+    slider, whatif = root.locator("input.sdx-guidance"), root.locator("img.sdx-whatif")
+    assert slider.is_visible() and whatif.is_hidden()  # a guided trace: the slider shows; no what-if yet
+    caption = "document.querySelector('.sdx img.sdx-whatif').closest('figure').querySelector('figcaption').textContent"
+    pixels = []
+    for g in ("20", "0"):
+        slider.evaluate("(s, v) => { s.value = v; s.dispatchEvent(new Event('input', { bubbles: true })); }", g)
+        page.wait_for_function(f"() => {caption}.startsWith('what-if x\u2080 at g = {g},')", timeout=60_000)
+        assert whatif.is_visible() and root.locator(".sdx-error").is_hidden()
+        pixels.append(whatif.evaluate(PIXELS_JS))
+    assert len(pixels[0]) == len(pixels[1]) and pixels[0] != pixels[1]
+
+
 def test_explore_in_jupyterlab(lab, browser):
     base, token = lab
     errors: list[str] = []
@@ -202,6 +220,7 @@ def test_explore_in_jupyterlab(lab, browser):
 
         _run_prompt_and_present(page)
         _kernel_says(page, "prompt a purple star on the left seed 3 present False")
+        _drag_guidance_and_check(page)
     finally:
         page.close()
     assert errors == []
@@ -239,6 +258,7 @@ def test_explore_in_notebook7(lab, browser):
         _kernel_says(page, "kernel step 7 selected ['cond:3', 'uncond:1']")
         _run_prompt_and_present(page)
         _kernel_says(page, "prompt a purple star on the left seed 3 present False")
+        _drag_guidance_and_check(page)
     finally:
         page.close()
     assert errors == []
