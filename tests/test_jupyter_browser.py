@@ -67,7 +67,11 @@ def _run_explore_cell(page):
     page.locator(".jp-Cell").first.click()
     page.keyboard.press("Shift+Enter")
     x0 = page.locator(".sdx img[data-panel='x0']")
-    x0.wait_for(timeout=90_000)
+    try:  # the first call imports, loads the toy and decodes every frame: minutes on a loaded two-core machine
+        x0.wait_for(timeout=240_000)
+    except Exception:
+        print("the cell's output:", page.locator(".jp-Cell").first.locator(".jp-OutputArea").inner_text(timeout=5_000))
+        raise
     page.wait_for_function("() => document.querySelector('.sdx')?.dataset.step === '0'", timeout=30_000)
     return x0
 
