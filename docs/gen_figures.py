@@ -23,6 +23,12 @@ SEED = 0
 STEPS = 10
 
 
+#: The words of the toy world whose token embeddings the text-encoder figure compares.
+WORLD_WORDS = ["red", "green", "blue", "yellow", "circle", "square", "triangle", "left", "right", "top"]
+#: The timesteps of the forward-process figure.
+FORWARD_TS = [0, 200, 400, 600, 800, 999]
+
+
 def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False)
@@ -44,66 +50,42 @@ class _Context:
         self.pipe.set_progress_bar_config(disable=True)
         self.trace = explainer.trace(self.pipe, PROMPT, num_inference_steps=STEPS, seed=SEED, progress=False)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        with torch.no_grad():
-            return vae.encode(images * 2 - 1).latent_dist.mean * vae.config.scaling_factor
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        with torch.no_grad():
-            return (vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1) + 1) / 2
-
-
+# The component figures (text encoder, VAE, forward noising, training) are the package's own views
+# (explainer.views.components), the ones the component explorers and the notebooks draw.
 def text_encoder(ctx: _Context) -> Figure:
     """Cosine similarity of the toy text encoder's token embeddings for the words of its world."""
-    tok, enc = ctx.pipe.tokenizer, ctx.pipe.text_encoder
-    words = ["red", "green", "blue", "yellow", "circle", "square", "triangle", "left", "right", "top"]
-    table = enc.get_input_embeddings().weight.detach()
-    vecs = torch.nn.functional.normalize(torch.stack([table[tok(w).input_ids[1]] for w in words]), dim=-1)
-    sim = (vecs @ vecs.T).numpy()
-    fig, axes = _figure(4.4, 3.7)
-    ax = axes[0, 0]
-    shown = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(words)), words, rotation=60, fontsize=8)
-    ax.set_yticks(range(len(words)), words, fontsize=8)
-    ax.set_title("cosine similarity of token embeddings", fontsize=9)
-    fig.colorbar(shown, ax=ax, shrink=0.8)
-    return fig
+    from explainer.views.components import token_similarity_figure, word_similarity
+
+    labels, sim = word_similarity(ctx.pipe.tokenizer, ctx.pipe.text_encoder, WORLD_WORDS)
+    return token_similarity_figure(labels, sim, title="cosine similarity of token embeddings")
 
 
-def _world(ctx: _Context) -> tuple[list, torch.Tensor, torch.Tensor]:
-    from explainer.toy.world import render, sample_scenes
+def vae(ctx: _Context) -> Figure:
+    """One image of the world, its VAE round trip, the channels of its latent, and channel 0 zeroed, decoded."""
+    from explainer.views.components import decode_latent, edit_latent, vae_figure, vae_roundtrip
+    from explainer.views.components._images import sample_image
 
-    scenes = sample_scenes(4, seed=2024)
-    images = render(scenes)
-    return scenes, images, ctx.encode(images)
-
-
-def vae_roundtrip(ctx: _Context) -> Figure:
-    """Images from the world next to their VAE round trip (encode, then decode)."""
-    scenes, images, latents = _world(ctx)
-    decoded = ctx.decode(latents)
-    fig, axes = _figure(8.4, 2.3, ncols=4)
-    for i in range(4):
-        pair = torch.cat([images[i], torch.ones(3, images.shape[2], 2), decoded[i]], dim=2)
-        axes[0, i].imshow(pair.permute(1, 2, 0))
-        axes[0, i].set_title("original | encode → decode", fontsize=7)
-    _off(axes)
-    return fig
+    vae = ctx.pipe.vae
+    result = vae_roundtrip(vae, sample_image(2024))
+    edited = decode_latent(vae, edit_latent(result["latent"], channel=0, scale=0.0))
+    return vae_figure(result, edited=edited, edit_label="ch 0 zeroed, decoded")
 
 
-def vae_channels(ctx: _Context) -> Figure:
-    """One image and the 4 channels of its 16x16 latent."""
-    scenes, images, latents = _world(ctx)
-    fig, axes = _figure(8.4, 2.0, ncols=5)
-    axes[0, 0].imshow(images[0].permute(1, 2, 0))
-    axes[0, 0].set_title(scenes[0].caption, fontsize=7)
-    for c in range(4):
-        axes[0, c + 1].imshow(latents[0, c], cmap="RdBu_r")
-        axes[0, c + 1].set_title(f"latent channel {c}", fontsize=7)
-    _off(axes)
-    return fig
+def diffusion_forward(ctx: _Context) -> Figure:
+    """One image noised at increasing t with the same ε: its latent (decoded) and its pixels."""
+    from explainer.views.components import forward_figure, noise_image
+    from explainer.views.components._images import sample_image
+
+    image = sample_image(7)
+    return forward_figure([noise_image(ctx.pipe.vae, ctx.pipe.scheduler, image, t, seed=0) for t in FORWARD_TS])
+
+
+def training(ctx: _Context) -> Figure:
+    """The training objective on a batch: image, noisy latent, target v and the shipped UNet's prediction."""
+    from explainer.views.components import training_figure, training_objective
+
+    return training_figure(training_objective(ctx.pipe, [50, 400, 700, 999], seed=11))
 
 
 def unet(ctx: _Context) -> Figure:
@@ -144,24 +126,6 @@ def cross_attention(ctx: _Context) -> Figure:
     return fig
 
 
-def diffusion_forward(ctx: _Context) -> Figure:
-    """One image's latent noised at increasing t (the forward process), decoded."""
-    from explainer.toy.world import render, sample_scenes
-
-    sched = ctx.pipe.scheduler
-    z0 = ctx.encode(render(sample_scenes(1, seed=7)))
-    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
-    ts = [0, 200, 400, 600, 800, 999]
-    noisy = torch.cat([sched.add_noise(z0, noise, torch.tensor([t])) for t in ts])
-    images = ctx.decode(noisy)
-    fig, axes = _figure(1.5 * len(ts), 1.85, ncols=len(ts))
-    for ax, t, im in zip(axes[0], ts, images):
-        ax.imshow(im.permute(1, 2, 0))
-        ax.set_title(f"t = {t}, ᾱ = {float(sched.alphas_cumprod[t]):.2f}", fontsize=7)
-    _off(axes)
-    return fig
-
-
 def diffusion_reverse(ctx: _Context) -> Figure:
     """The sampler's x_t and the model's x0 guess at every step of the trace."""
     tr, pipe = ctx.trace, ctx.pipe
@@ -194,41 +158,6 @@ def guidance_sweep(ctx: _Context) -> Figure:
     return guidance_sweep(ctx.trace, None, (0.0, 1.0, 3.0, 7.5, 15.0), method="vae", pipe=ctx.pipe)
 
 
-def training(ctx: _Context) -> Figure:
-    """The training objective on a batch: image, noisy latent, target v and the shipped UNet's prediction."""
-    from explainer.toy.train import make_scheduler
-    from explainer.toy.world import render, sample_scenes
-
-    pipe = ctx.pipe
-    noise_schedule = make_scheduler("ddpm")
-    scenes = sample_scenes(4, seed=11)
-    z0 = ctx.encode(render(scenes))
-    t = torch.tensor([50, 400, 700, 999])
-    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
-    zt = noise_schedule.add_noise(z0, eps, t)
-    target = noise_schedule.get_velocity(z0, eps, t)
-    tok = pipe.tokenizer
-    ids = tok([s.caption for s in scenes], padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
-    with torch.no_grad():
-        pred = pipe.unet(zt, t, pipe.text_encoder(ids.input_ids)[0]).sample
-    mse = ((pred - target) ** 2).mean(dim=(1, 2, 3))
-    seen = ctx.decode(zt)
-    fig, axes = _figure(6.6, 6.9, nrows=4, ncols=4)
-    for i in range(4):
-        axes[0, i].imshow(ctx.decode(z0[i : i + 1])[0].permute(1, 2, 0))
-        axes[0, i].set_title(scenes[i].caption, fontsize=6)
-        axes[1, i].imshow(seen[i].permute(1, 2, 0))
-        axes[1, i].set_title(f"x_t, t = {int(t[i])}", fontsize=7)
-        lim = float(target[i, 0].abs().max())
-        axes[2, i].imshow(target[i, 0], cmap="RdBu_r", vmin=-lim, vmax=lim)
-        axes[2, i].set_title("target v (ch. 0)", fontsize=7)
-        axes[3, i].imshow(pred[i, 0], cmap="RdBu_r", vmin=-lim, vmax=lim)
-        axes[3, i].set_title(f"prediction, MSE {float(mse[i]):.3f}", fontsize=7)
-    _off(axes)
-    return fig
-
-
-# ----------------------------------------------------------------------------- interactive (plotly)
 def schedule_interactive(ctx: _Context):
     """The toy's training schedule (ᾱ, SNR over every t) with the run's 10 steps; hover for σ."""
     from explainer.views import schedule_figure
@@ -263,12 +192,10 @@ def guidance_sweep_interactive(ctx: _Context):
 def token_similarity_interactive(ctx: _Context):
     """Cosine similarity of the toy text encoder's input embeddings, words of its world and two unknown words."""
     from explainer.views import token_similarity_figure
+    from explainer.views.components import word_embeddings
 
-    tok, enc = ctx.pipe.tokenizer, ctx.pipe.text_encoder
     words = ["red", "green", "blue", "yellow", "purple", "circle", "square", "triangle", "star", "left", "right", "top"]
-    ids = [tok(w).input_ids[1] for w in words]  # [BOS, word, EOS]: each of these words is one BPE token
-    table = enc.get_input_embeddings().weight.detach().numpy()  # [vocab, width]
-    return token_similarity_figure(table[ids], words)
+    return token_similarity_figure(word_embeddings(ctx.pipe.tokenizer, ctx.pipe.text_encoder, words), words)
 
 
 #: file name (without .html) -> the function that makes the plotly figure
@@ -284,8 +211,7 @@ INTERACTIVE = {
 #: file name (without .png) -> the function that draws it
 FIGURES: dict[str, Callable[[_Context], Figure]] = {
     "text_encoder_embeddings": text_encoder,
-    "vae_roundtrip": vae_roundtrip,
-    "vae_channels": vae_channels,
+    "vae_roundtrip": vae,
     "unet_step": unet,
     "cross_attention_words": cross_attention,
     "diffusion_forward": diffusion_forward,

@@ -69,6 +69,19 @@ def test_token_similarity(pipe):
         views.token_similarity(pipe.tokenizer, pipe.text_encoder, "a", space="middle")
 
 
+def test_word_similarity_is_the_embedding_table_of_one_token_words(pipe):
+    tok, enc = pipe.tokenizer, pipe.text_encoder
+    words = ["red", "circle", "left"]
+    vecs = views.word_embeddings(tok, enc, words)
+    assert vecs.shape == (3, enc.get_input_embeddings().weight.shape[1])
+    labels, sim = views.word_similarity(tok, enc, words)
+    _, table = views.token_similarity(tok, enc, "red circle left", space="input")  # BOS red circle left EOS
+    assert labels == words
+    np.testing.assert_allclose(sim, table[1:4, 1:4], atol=1e-5)
+    with pytest.raises(ValueError, match="'squarish' is 3 BPE tokens"):
+        views.word_embeddings(tok, enc, ["squarish"])
+
+
 # ----------------------------------------------------------------------------------------------- VAE
 def test_vae_roundtrip_and_edits(pipe, image):
     vae = pipe.vae
@@ -114,6 +127,16 @@ def test_noise_image(pipe, image):
     assert np.abs(low["pixel_noisy"] - image).mean() < np.abs(high["pixel_noisy"] - image).mean()
     with pytest.raises(ValueError, match="t=1000"):
         views.noise_image(pipe.vae, pipe.scheduler, image, 1000)
+
+
+def test_forward_figure_shows_latent_and_pixel_rows(pipe, image):
+    results = [views.noise_image(pipe.vae, pipe.scheduler, image, t) for t in (0, 500, 999)]
+    fig = views.forward_figure(results)
+    assert len(fig.axes) == 6
+    assert [ax.get_title() for ax in fig.axes[:3]] == [f"t = {r['t']}, ᾱ = {r['alpha_bar']:.2f}" for r in results]
+    assert fig.axes[5].get_title() == "σ = ∞"  # zero terminal SNR
+    with pytest.raises(ValueError, match="results is empty"):
+        views.forward_figure([])
 
 
 # ---------------------------------------------------------------------------------------------- UNet
@@ -163,6 +186,12 @@ def test_training_objective(pipe):
     assert early["mse"].shape == (2,) and early["loss"] == pytest.approx(float(early["mse"].mean()))
     np.testing.assert_allclose(early["mse"], ((early["prediction"] - early["target"]) ** 2).mean(axis=(1, 2, 3)), rtol=1e-5)
     assert early["loss"] != late["loss"]
+    mixed = views.training_objective(pipe, [50, 950], seed=0)  # one t per image
+    assert mixed["t"] == [50, 950] and list(mixed["timesteps"]) == [50, 950] and len(mixed["captions"]) == 2
+    np.testing.assert_allclose(mixed["mse"][0], early["mse"][0], rtol=1e-4)  # the same image, noise and t
+    assert "t = 50, 950" in views.training_figure(mixed)._suptitle.get_text()
+    with pytest.raises(ValueError, match=r"t=\[50, 1000\]"):
+        views.training_objective(pipe, [50, 1000])
 
 
 def test_tiny_trainer_learns(pipe):
@@ -249,3 +278,34 @@ def test_editing_explorer(pipe):
     assert w.result.mode == "inpaint"
     _set(w, clear=1)
     assert w.values["strokes"] == [] and w.mask() is None
+
+
+def _png_size(src: str) -> tuple[int, int]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size
+
+
+def test_presentation_mode_draws_bigger_pictures(pipe):
+    from explainer.widgets.explore import PRESENT_DISPLAY
+
+    n = explainer.explore_noising(t=100)
+    small = {k: _png_size(v) for k, v in _srcs(n).items()}
+    revision = n.revision
+    n.presentation = True  # what the "Presentation" button does
+    assert n.revision > revision and n.error == ""
+    big = {k: _png_size(v) for k, v in _srcs(n).items()}
+    for key, (w, h) in small.items():  # the same figure at PRESENT_SCALE times the resolution: its text grows too
+        assert big[key] == (w * widgets.PRESENT_SCALE, h * widgets.PRESENT_SCALE) and big[key][0] >= PRESENT_DISPLAY
+    n.presentation = False
+    assert {k: _png_size(v) for k, v in _srcs(n).items()} == small
+    e = explainer.explore_editing(strength=0.5, num_inference_steps=4, presentation=True)  # a pixel picture
+    widths = {p["key"]: p.get("width") for p in e.pictures}
+    assert widths["input"] == PRESENT_DISPLAY and n.present_display == PRESENT_DISPLAY
+    u = explainer.explore_unet(num_inference_steps=2, presentation=True)
+    assert _png_size(_srcs(u)["diagram"])[0] >= PRESENT_DISPLAY
+    with pytest.raises(TypeError, match="presentation must be True or False, not 'yes'"):
+        explainer.explore_vae(presentation="yes")

@@ -1,25 +1,16 @@
 """The component explorers (explainer.explore_text_encoder, ..._vae, ..._noising, ..._unet, ..._training,
 ..._editing) in real Jupyter front ends: one notebook with all six, opened in headless Chromium through
 Playwright in JupyterLab 4 and in Notebook 7 (one Jupyter server serves both, as in
-tests/test_jupyter_browser.py). In each front end every widget's live control is moved (a prompt typed,
-a slider moved, a schedule chosen, the training button pressed, a mask brushed and an edit run); the
-kernel must redraw, the picture must change, and no JS error may be logged.
+tests/test_jupyter_browser.py; the helpers are in tests/_browser.py). In each front end every widget's
+live control is moved (a prompt typed, a slider moved, a schedule chosen, the training button pressed, a
+mask brushed and an edit run); the kernel must redraw, the picture must change, and no JS error may be
+logged. Then presentation mode is switched on and off (pictures of 512 px or more, larger type).
 
 Needs jupyterlab, notebook 7, playwright and a Chromium (tests/_browser.py); skipped with the reason when
 one is missing, and failed instead when ``CI=true``.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import _browser
 import pytest
@@ -33,14 +24,6 @@ CELLS = [
     "explainer.explore_editing(strength=0.5, num_inference_steps=4)",
 ]
 PARTS = ["text_encoder", "vae", "noising", "unet", "training", "editing"]
-#: Notebook 7's own start-up errors, allowed before any cell runs (see tests/test_jupyter_browser.py).
-NB7_OWN_CODE = "/static/notebook/"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,62 +35,14 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("components")
-    for name in ("components_lab.ipynb", "components_nb7.ipynb"):  # a kernel each
-        notebook = {
-            "cells": [{"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None} for src in CELLS],
-            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-            "nbformat": 4,
-            "nbformat_minor": 5,
-        }
-        (root / name).write_text(json.dumps(notebook))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "JUPYTER_CONFIG_DIR": str(root / ".config"), "JUPYTER_RUNTIME_DIR": str(root / ".runtime")}  # fmt: skip
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]  # fmt: skip
-    log = open(root / "lab.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield base, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.rmtree(root / ".runtime", ignore_errors=True)
+    with _browser.jupyter_server(tmp_path_factory.mktemp("components"), {"components_lab.ipynb": CELLS, "components_nb7.ipynb": CELLS}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def browser(chromium):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=_browser.CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _page(browser, errors: list[str], stacks: list[str] | None = None):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("pageerror", lambda err: (errors.append(f"pageerror: {err}"), stacks is not None and stacks.append(err.stack or "")))
-    page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
-    return page
+    with _browser.launch(chromium) as b:
+        yield b
 
 
 def _root(part: str) -> str:
@@ -190,11 +125,38 @@ def _run_all_and_drive(page) -> None:
     page.wait_for_selector(f"{_root('editing')} img[data-key='result']", timeout=180_000)
     assert page.locator(f"{_root('editing')} figure[data-key='result'] figcaption").inner_text().startswith("inpaint")
 
+    _present(page, "noising", "noising")
+    _present(page, "editing", "schedule", frame="input")  # a pixel picture: 64 px shown at 256, then 512
+
+
+def _width(locator) -> float:
+    return locator.evaluate("e => e.getBoundingClientRect().width")
+
+
+def _present(page, part: str, key: str, frame: str | None = None) -> None:
+    """Press ``part``'s Presentation button: the kernel redraws figure ``key`` bigger, and picture ``frame``
+    (default ``key``) is shown at least PRESENT_DISPLAY px wide, within the widget, with larger type;
+    pressed again, all is as before."""
+    from explainer.widgets.explore import PRESENT_DISPLAY
+
+    root, toggle = page.locator(_root(part)), page.locator(f"{_root(part)} button.sdc-present-toggle")
+    img = root.locator(f"img[data-key='{frame or key}']")
+    width, font = _width(img), root.evaluate("r => parseFloat(getComputedStyle(r).fontSize)")
+    natural = root.locator(f"img[data-key='{key}']").evaluate("i => i.naturalWidth")
+    _changed(page, part, key, toggle.click)
+    assert root.evaluate("r => r.classList.contains('sdc-present')") and toggle.get_attribute("aria-pressed") == "true"
+    assert root.locator(f"img[data-key='{key}']").evaluate("i => i.naturalWidth") > natural  # drawn bigger
+    shown = _width(img)
+    assert shown >= PRESENT_DISPLAY and shown > width and shown <= _width(root) + 0.5, (width, shown, _width(root))
+    assert root.evaluate("r => parseFloat(getComputedStyle(r).fontSize)") > font
+    _changed(page, part, key, toggle.click)
+    assert toggle.get_attribute("aria-pressed") == "false" and _width(img) == pytest.approx(width, abs=0.5)
+
 
 def test_component_explorers_in_jupyterlab(lab, browser):
     base, token = lab
     errors: list[str] = []
-    page = _page(browser, errors)
+    page = _browser.new_page(browser, errors)
     try:
         page.goto(f"{base}/lab/tree/components_lab.ipynb?token={token}")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
@@ -206,23 +168,14 @@ def test_component_explorers_in_jupyterlab(lab, browser):
 
 
 def test_component_explorers_in_notebook7(lab, browser):
-    notebook = _browser.require_module("notebook", "'notebook>=7'")
-    if int(notebook.__version__.split(".")[0]) < 7:
-        _browser.unavailable(f"the Notebook 7 test needs notebook>=7, not {notebook.__version__}: pip install 'notebook>=7'")
+    _browser.require_notebook7()
     base, token = lab
     errors: list[str] = []
     stacks: list[str] = []
-    page = _page(browser, errors, stacks)
+    page = _browser.new_page(browser, errors, stacks)
     try:
         page.goto(f"{base}/notebooks/components_nb7.ipynb?token={token}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        assert page.evaluate("() => document.body.dataset.notebook") == "notebooks"  # Notebook 7's shell, not Lab's
-        page.wait_for_selector(".jp-NotebookKernelStatus", state="attached", timeout=60_000)
-        page.wait_for_timeout(500)
-        assert all(e.startswith("pageerror: ") for e in errors), errors  # no console errors
-        frames = [ln for st in stacks for ln in st.splitlines() if ln.strip().startswith("at ") and "://" in ln]
-        assert len(stacks) == len(errors) and all(NB7_OWN_CODE in f for f in frames), stacks  # Notebook's own code
-        errors.clear()
+        _browser.notebook7_started(page, errors, stacks)
         _run_all_and_drive(page)
     finally:
         page.close()

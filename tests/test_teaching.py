@@ -156,3 +156,82 @@ def test_plotly_outputs_get_offline_html() -> None:
     hooks._plotly_outputs(nb)
     html = nb.cells[0].outputs[0]["data"]["text/html"]
     assert "Plotly.newPlot" in html and '"line"' in html and "cdn" not in html.lower()
+
+
+# ------------------------------------------------------------------ technical errors (issue 14's review)
+#: Number words the concept index may use for its counts.
+NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+#: σ's definition, in the spellings the pages use (LaTeX or Unicode, spaces and minus signs ignored).
+SIGMA_DEFINED = re.compile(r"\\sqrt\{\(1-\\bar\\alpha_t\)/\\bar\\alpha_t\}|√\(\(1-ᾱ(_t)?\)/ᾱ(_t)?\)")
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])[*_]*\s+", re.sub(r"\s+", " ", text)) if s]  # markdown emphasis may close a sentence
+
+
+def _review_errors(text: str) -> list[str]:
+    """The technical errors the classroom review found (explainer issue 14), wherever they come back in ``text``."""
+    found = []
+    for s in _sentences(text):
+        if re.search(r"\b(teach|train)\w*\b.*\btext encoder\b.*\bUNet\b", s) and not re.search(r"toy|frozen|pretrained", s):
+            found.append(f"training the text encoder with the UNet (CLIP is pretrained and frozen in SD): {s}")
+        if "average picture" in s and "conditional" not in s and not s.endswith("?"):
+            found.append(f"only the conditional x̂0 is the average picture; guidance extrapolates past it: {s}")
+        if re.search(r"(x̂0|x̂₀|\\hat x_0)[^.]*\b(derived )?from the conditional (output|prediction|ε|v)", s):
+            found.append(f"the guided x̂0 comes from the guided output, not the conditional one: {s}")
+        if re.search(r"ε_cond|ε_uncond|eps_cond\s*[−-]\s*eps_uncond", s):
+            found.append(f"a label naming ε where the output may be v (use explainer.views.output_symbol): {s}")
+        if "little structure" in s:
+            found.append(f"an unseen word's map is sharp: the causal encoder carries the words before it: {s}")
+        if re.search(r"β|\\beta", s) and re.search(r"\bsmall\b", s) and not re.search(r"terminal|= 1\b|exactly 1|1 at", s):
+            found.append(f"β is not always small: β = 1 at t = 999 under zero terminal SNR: {s}")
+    return found
+
+
+def _lesson_texts() -> dict[str, str]:
+    """Every docs page (not the generated ones), docs/gen_figures.py, and each notebook's cells."""
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "docs").rglob("*.md") if "generated" not in p.parts}
+    texts["docs/gen_figures.py"] = (ROOT / "docs" / "gen_figures.py").read_text()
+    for path in NOTEBOOKS:
+        texts[str(path.relative_to(ROOT))] = "\n\n".join(_source(c) for c in _cells(path))
+    return texts
+
+
+def test_the_reviews_technical_errors_do_not_come_back() -> None:
+    found = {name: errors for name, text in _lesson_texts().items() if (errors := _review_errors(text))}
+    assert not found, json.dumps(found, indent=1, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        "Training teaches the text encoder and UNet to predict the noise.",
+        "The guided x̂0 at step 0 is the model's average picture.",
+        "The x̂0 derived from the conditional output (decoded).",
+        "Rows show |ε_cond − ε_uncond| per step.",
+        "An unseen word should give little structure.",
+        "The schedule is a list of β_t, each small.",
+    ],
+)
+def test_the_review_check_catches_each_error(wrong: str) -> None:
+    assert len(_review_errors(wrong)) == 1
+
+
+def test_sigma_is_defined_where_it_is_first_used() -> None:
+    def defines(text: str) -> bool:
+        return bool(SIGMA_DEFINED.search(re.sub(r"\s+", "", text).replace("−", "-")))
+
+    for page in ("concepts/diffusion.md", "teaching/glossary.md", "teaching/cheat_sheet.md"):
+        assert defines((ROOT / "docs" / page).read_text()), f"docs/{page} does not define σ = √((1−ᾱ)/ᾱ)"
+    first = next(p for p in NOTEBOOKS if re.search(r"σ|\\sigma", "".join(_source(c) for c in _cells(p) if c["cell_type"] == "markdown")))
+    assert defines("".join(_source(c) for c in _cells(first))), f"{first.name} uses σ first and does not define it"
+    assert not defines("σ = the noise level") and defines(r"$\sigma_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$")
+
+
+def test_the_concept_index_counts_what_it_lists() -> None:
+    text = (ROOT / "docs" / "concepts" / "index.md").read_text()
+    items = re.findall(r"^\d+\. ", text, re.M)
+    pages = re.search(r"\b(\w+) pages\b", text)
+    assert pages and NUMBERS[pages.group(1).lower()] == len(items), f"'{pages.group(0)}' but {len(items)} listed"
+    networks = re.search(r"\b(\w+) learned (?:networks|parts) \(([^)]*)\)", text)
+    assert networks and NUMBERS[networks.group(1).lower()] == len(networks.group(2).split(","))

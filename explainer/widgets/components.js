@@ -12,13 +12,18 @@ function h(tag, attrs = {}, ...children) {
 function render({ model, el }) {
   const root = h("div", { class: "sdc", "data-part": model.get("part") });
   el.append(root);
-  const title = h("div", { class: "sdc-title" });
+  const title = h("span", { class: "sdc-title" });
+  // Presentation mode (for a projector): the kernel draws the figures bigger, the CSS shows every picture
+  // at least present_display px wide, in large type, full width (as explore()'s presentation mode).
+  const presentButton = h("button", { type: "button", class: "sdc-present-toggle", "aria-label": "presentation mode" });
+  presentButton.textContent = "\u26f6 Presentation";
+  const head = h("div", { class: "sdc-head" }, title, presentButton);
   const controls = h("div", { class: "sdc-controls" });
   const status = h("div", { class: "sdc-status" });
   const error = h("div", { class: "sdc-error", role: "alert" });
   const info = h("div", { class: "sdc-info" });
   const pics = h("div", { class: "sdc-pics" });
-  root.append(title, controls, status, error, info, pics);
+  root.append(head, controls, status, error, info, pics);
   // Keys typed into the controls are the widget's, not the notebook's shortcuts (Enter, a, b, m...).
   controls.addEventListener("keydown", (ev) => ev.stopPropagation());
 
@@ -106,6 +111,14 @@ function render({ model, el }) {
     }
   }
 
+  function loadPresentation() {
+    const on = model.get("presentation");
+    root.classList.toggle("sdc-present", on);
+    root.style.setProperty("--sdc-present-min", `${model.get("present_display")}px`);
+    presentButton.setAttribute("aria-pressed", String(on));
+  }
+  presentButton.addEventListener("click", () => { model.set("presentation", !model.get("presentation")); model.save_changes(); loadPresentation(); });
+
   const update = () => {
     title.textContent = model.get("title");
     status.textContent = model.get("status");
@@ -117,6 +130,9 @@ function render({ model, el }) {
   model.on("change:controls", buildControls);
   model.on("change:pictures", drawPictures);
   for (const k of ["title", "status", "error", "info_html", "revision"]) model.on(`change:${k}`, update);
+  model.on("change:presentation", loadPresentation);
+  model.on("change:present_display", loadPresentation);
+  loadPresentation();
   buildControls();
   drawPictures();
   update();

@@ -38,17 +38,29 @@ from ..views.components._images import as_array, sample_image
 from ..views.components.text_encoder import _toy_known_words
 from ..views.components.noising import SCHEDULES, named_schedule
 from ..views.components.training import loss_figure
-from .explore import default_pipeline, readable
+from .explore import PRESENT_DISPLAY, default_pipeline, readable
 
 _HERE = Path(__file__).parent
 #: Default prompt of the explorers.
 PROMPT = "a red circle above a blue square"
 #: How many steps one press of the training button takes.
 TRAIN_STEPS = 5
+#: Resolution of the figures (dots per inch); in presentation mode, PRESENT_SCALE times more.
+FIGURE_DPI = 100
+#: How much bigger figures are drawn in presentation mode (their text grows with them).
+PRESENT_SCALE = 2
+#: Smallest shown width (px) of a pixel picture (the editing input and result); PRESENT_DISPLAY in presentation mode.
+MIN_DISPLAY = 256
 
 
-def _fig_src(fig: Any) -> str:
-    return "data:image/png;base64," + base64.b64encode(figure_png(fig)).decode()
+def _fig_src(fig: Any, dpi: int = FIGURE_DPI) -> str:
+    return "data:image/png;base64," + base64.b64encode(figure_png(fig, dpi=dpi)).decode()
+
+
+def _check_presentation(presentation: Any) -> bool:
+    if not isinstance(presentation, bool):
+        raise TypeError(f"presentation must be True or False, not {presentation!r}.")
+    return presentation
 
 
 def _image_src(image: np.ndarray) -> str:
@@ -65,6 +77,9 @@ class ComponentExplorer(anywidget.AnyWidget):
         controls: the controls' descriptions (``name``, ``kind``: slider / text / select / button, ``label``...).
         values: each control's value (a button's: how often it was pressed; ``strokes``: brushed points).
         pictures: what is shown (``key``, ``label``, ``src`` PNG data URL). info_html: text shown above them.
+        presentation: for a projector: figures drawn :data:`PRESENT_SCALE` times bigger (their text too),
+            every picture at least :data:`~explainer.widgets.explore.PRESENT_DISPLAY` px wide, large type,
+            full width (the "Presentation" button toggles it).
         revision: counts redraws. status, error: messages.
     """
 
@@ -81,19 +96,32 @@ class ComponentExplorer(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
     revision = traitlets.Int(0).tag(sync=True)
     brush_radius = traitlets.Float(4.0).tag(sync=True)
+    presentation = traitlets.Bool(False).tag(sync=True)
+    present_display = traitlets.Int(PRESENT_DISPLAY).tag(sync=True)
 
     def __init__(self, *, part: str, title: str, controls: list[dict[str, Any]], values: dict[str, Any],
-                 pipe: Any = None) -> None:  # fmt: skip
+                 pipe: Any = None, presentation: bool = False) -> None:  # fmt: skip
         """
         Args:
             part: the part's name. title: the heading. controls: the control descriptions.
             values: their first values. pipe: the pipeline (default: the toy model).
+            presentation: start in presentation mode (for a projector).
         """
-        super().__init__(part=part, title=title, controls=controls, values=dict(values))
+        super().__init__(part=part, title=title, controls=controls, values=dict(values),
+                         presentation=_check_presentation(presentation))  # fmt: skip
         self.pipe = pipe if pipe is not None else default_pipeline()
         self._cache: dict[str, Any] = {}
         self.observe(self._on_values, "values")
+        self.observe(lambda _: self.redraw({"presentation"}), "presentation")
         self.redraw({})
+
+    def _src(self, fig: Any) -> str:
+        """``fig`` as a PNG data URL, drawn bigger in presentation mode."""
+        return _fig_src(fig, dpi=FIGURE_DPI * (PRESENT_SCALE if self.presentation else 1))
+
+    def _pixel_width(self, width: int) -> int:
+        """The shown width of a pixel picture ``width`` px wide (scaled up, pixelated, when small)."""
+        return max(PRESENT_DISPLAY if self.presentation else MIN_DISPLAY, width)
 
     def _on_values(self, change: dict[str, Any]) -> None:
         old, new = change["old"] or {}, change["new"] or {}
@@ -123,12 +151,12 @@ def _slider(name: str, label: str, lo: float, hi: float, step: float = 1) -> dic
 class TextEncoderExplorer(ComponentExplorer):
     """:func:`explore_text_encoder`'s widget."""
 
-    def __init__(self, prompt: str, *, pipe: Any = None, known: frozenset[str] | None = None) -> None:
+    def __init__(self, prompt: str, *, pipe: Any = None, known: frozenset[str] | None = None, presentation: bool = False) -> None:
         self.known = known if known is not None else (_toy_known_words() if pipe is None else None)
         controls = [{"name": "prompt", "kind": "text", "label": "prompt"},
                     {"name": "space", "kind": "select", "label": "compare", "options": ["output", "input"]}]  # fmt: skip
         super().__init__(part="text_encoder", title="Text encoder: prompt → tokens → embeddings", controls=controls,
-                         values={"prompt": prompt, "space": "output"}, pipe=pipe)  # fmt: skip
+                         values={"prompt": prompt, "space": "output"}, pipe=pipe, presentation=presentation)  # fmt: skip
 
     def _draw(self, values: dict[str, Any], changed: set[str]) -> tuple[list[dict[str, Any]], str]:
         prompt, space = values.get("prompt", ""), values.get("space", "output")
@@ -152,18 +180,21 @@ class TextEncoderExplorer(ComponentExplorer):
             parts.append(f'<div class="sdc-unknown">{text}</div>')
         labels, sim = views.token_similarity(tok, enc, prompt, space=space)
         title = "similarity of the encoder's outputs" if space == "output" else "similarity of the token embeddings"
-        pictures = [{"key": "similarity", "label": f"{title} (cosine)", "src": _fig_src(views.token_similarity_figure(labels, sim, title=title))}]
+        pictures = [{"key": "similarity", "label": f"{title} (cosine)", "src": self._src(views.token_similarity_figure(labels, sim, title=title))}]
         self.tokens = info
         return pictures, "".join(parts)
 
 
-def explore_text_encoder(prompt: str = PROMPT, *, pipe: Any = None, known: frozenset[str] | None = None) -> TextEncoderExplorer:
+def explore_text_encoder(prompt: str = PROMPT, *, pipe: Any = None, known: frozenset[str] | None = None,
+                         presentation: bool = False) -> TextEncoderExplorer:  # fmt: skip
     """A live text-encoder explorer: type a prompt, see its tokens, ids and token similarity.
 
     Args:
         prompt: the first prompt. pipe: the pipeline (default: the toy model).
         known: words the model knows, shown and the others crossed out (default: the toy's words when
             ``pipe`` is ``None``, else none marked).
+        presentation: start in presentation mode (for a projector: pictures of 512 px or more, large type,
+            full width; the widget's "Presentation" button toggles it).
 
     Returns:
         The widget (``w.values["prompt"] = "..."`` re-runs it from Python too).
@@ -177,14 +208,14 @@ def explore_text_encoder(prompt: str = PROMPT, *, pipe: Any = None, known: froze
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, not {type(prompt).__name__}.")
-    return TextEncoderExplorer(prompt, pipe=pipe, known=known)
+    return TextEncoderExplorer(prompt, pipe=pipe, known=known, presentation=_check_presentation(presentation))
 
 
 # ----------------------------------------------------------------------------------------------- VAE
 class VAEExplorer(ComponentExplorer):
     """:func:`explore_vae`'s widget."""
 
-    def __init__(self, image: Any, *, pipe: Any = None) -> None:
+    def __init__(self, image: Any, *, pipe: Any = None, presentation: bool = False) -> None:
         self.image = None if image is None else as_array(image)
         pipe_ = pipe if pipe is not None else default_pipeline()
         channels = int(pipe_.vae.config.latent_channels)
@@ -194,7 +225,8 @@ class VAEExplorer(ComponentExplorer):
         if self.image is None:
             controls.insert(0, _slider("seed", "scene", 0, 99))
             values["seed"] = 0
-        super().__init__(part="vae", title="VAE: image ⇄ latent", controls=controls, values=values, pipe=pipe_)
+        super().__init__(part="vae", title="VAE: image ⇄ latent", controls=controls, values=values, pipe=pipe_,
+                         presentation=presentation)  # fmt: skip
 
     def _draw(self, values: dict[str, Any], changed: set[str]) -> tuple[list[dict[str, Any]], str]:
         image = self.image if self.image is not None else sample_image(int(values.get("seed", 0)))
@@ -211,15 +243,17 @@ class VAEExplorer(ComponentExplorer):
         self.result = result
         info = (f"{result['pixels']} pixel numbers → latent {'×'.join(map(str, result['latent_shape']))} = "
                 f"{result['latent_numbers']} numbers: {result['ratio']:.0f}× compression.")  # fmt: skip
-        return [{"key": "vae", "label": "image, round trip, latent channels, edited decode", "src": _fig_src(fig)}], html.escape(info)
+        return [{"key": "vae", "label": "image, round trip, latent channels, edited decode", "src": self._src(fig)}], html.escape(info)
 
 
-def explore_vae(image: Any = None, *, pipe: Any = None) -> VAEExplorer:
+def explore_vae(image: Any = None, *, pipe: Any = None, presentation: bool = False) -> VAEExplorer:
     """A live VAE explorer: the round trip of an image, its latent channels, and an edited latent decoded.
 
     Args:
         image: PIL image or array ``[H, W, 3]`` (default: shapes-world scenes, a slider picks one).
         pipe: the pipeline (default: the toy model).
+        presentation: start in presentation mode (for a projector: pictures of 512 px or more, large type,
+            full width; the widget's "Presentation" button toggles it).
 
     Returns:
         The widget.
@@ -231,14 +265,14 @@ def explore_vae(image: Any = None, *, pipe: Any = None) -> VAEExplorer:
         (4, 16, 16)
         >>> w.values = {**w.values, "channel": 0, "scale": 0.0}  # zero channel 0, decode
     """
-    return VAEExplorer(image, pipe=pipe)
+    return VAEExplorer(image, pipe=pipe, presentation=_check_presentation(presentation))
 
 
 # ------------------------------------------------------------------------------------------- noising
 class NoisingExplorer(ComponentExplorer):
     """:func:`explore_noising`'s widget."""
 
-    def __init__(self, image: Any, *, t: int, pipe: Any = None) -> None:
+    def __init__(self, image: Any, *, t: int, pipe: Any = None, presentation: bool = False) -> None:
         self.image = None if image is None else as_array(image)
         pipe_ = pipe if pipe is not None else default_pipeline()
         T = len(pipe_.scheduler.alphas_cumprod)
@@ -246,7 +280,7 @@ class NoisingExplorer(ComponentExplorer):
                     {"name": "schedule", "kind": "select", "label": "schedule", "options": ["pipeline", *SCHEDULES]},
                     _slider("seed", "noise seed", 0, 99)]  # fmt: skip
         super().__init__(part="noising", title="Forward noising: x_t = √ᾱ·x₀ + √(1−ᾱ)·ε", controls=controls,
-                         values={"t": int(t), "schedule": "pipeline", "seed": 0}, pipe=pipe_)  # fmt: skip
+                         values={"t": int(t), "schedule": "pipeline", "seed": 0}, pipe=pipe_, presentation=presentation)  # fmt: skip
 
     def _draw(self, values: dict[str, Any], changed: set[str]) -> tuple[list[dict[str, Any]], str]:
         image = self.image if self.image is not None else sample_image(0)
@@ -260,17 +294,19 @@ class NoisingExplorer(ComponentExplorer):
         shown = {n: curves[n] for n in dict.fromkeys(["pipeline", name])}
         self.result = result
         return [
-            {"key": "noising", "label": f"noised at t = {t} ({name} schedule)", "src": _fig_src(views.noising_figure(result))},
-            {"key": "schedule", "label": "ᾱ, σ, SNR over t (t marked)", "src": _fig_src(views.schedule_figure(shown, t=t))},
+            {"key": "noising", "label": f"noised at t = {t} ({name} schedule)", "src": self._src(views.noising_figure(result))},
+            {"key": "schedule", "label": "ᾱ, σ, SNR over t (t marked)", "src": self._src(views.schedule_figure(shown, t=t))},
         ], ""
 
 
-def explore_noising(image: Any = None, *, t: int = 500, pipe: Any = None) -> NoisingExplorer:
+def explore_noising(image: Any = None, *, t: int = 500, pipe: Any = None, presentation: bool = False) -> NoisingExplorer:
     """A live forward-noising explorer: a t slider over an image, latent and pixel space, and the schedule.
 
     Args:
         image: PIL image or array ``[H, W, 3]`` (default: a shapes-world scene). t: the first timestep.
         pipe: the pipeline (default: the toy model).
+        presentation: start in presentation mode (for a projector: pictures of 512 px or more, large type,
+            full width; the widget's "Presentation" button toggles it).
 
     Returns:
         The widget.
@@ -282,14 +318,14 @@ def explore_noising(image: Any = None, *, t: int = 500, pipe: Any = None) -> Noi
         >>> round(w.result["alpha_bar"], 3) < 0.1
         True
     """
-    return NoisingExplorer(image, t=t, pipe=pipe)
+    return NoisingExplorer(image, t=t, pipe=pipe, presentation=_check_presentation(presentation))
 
 
 # ---------------------------------------------------------------------------------------------- UNet
 class UNetExplorer(ComponentExplorer):
     """:func:`explore_unet`'s widget."""
 
-    def __init__(self, trace: Trace | None, *, pipe: Any = None, num_inference_steps: int = 8) -> None:
+    def __init__(self, trace: Trace | None, *, pipe: Any = None, num_inference_steps: int = 8, presentation: bool = False) -> None:
         pipe_ = pipe if pipe is not None else default_pipeline()
         if trace is None:
             from ..tracing import trace as run_trace
@@ -299,27 +335,31 @@ class UNetExplorer(ComponentExplorer):
         self.architecture = views.unet_architecture(pipe_.unet)
         controls = [_slider("step", "step", 0, trace.num_steps - 1)]
         super().__init__(part="unet", title=f"UNet: one denoising call of “{trace.prompt}”", controls=controls,
-                         values={"step": 0}, pipe=pipe_)  # fmt: skip
+                         values={"step": 0}, pipe=pipe_, presentation=presentation)  # fmt: skip
 
     def _draw(self, values: dict[str, Any], changed: set[str]) -> tuple[list[dict[str, Any]], str]:
         step = int(values.get("step", 0))
-        if "diagram" not in self._cache:
-            self._cache["diagram"] = _fig_src(views.unet_diagram(self.architecture))
+        diagram = f"diagram@{self.presentation}"
+        if diagram not in self._cache:
+            self._cache[diagram] = self._src(views.unet_diagram(self.architecture))
         rows = views.block_feature_norms(self.pipe, self.trace, step)
         t = int(self.trace.timesteps[step])
         fig = views.feature_norms_figure(rows, title=f"block outputs at step {step + 1}/{self.trace.num_steps}, t = {t}")
         return [
-            {"key": "diagram", "label": "architecture, generated from the UNet's config", "src": self._cache["diagram"]},
-            {"key": "norms", "label": f"feature norms per block, step {step + 1}", "src": _fig_src(fig)},
+            {"key": "diagram", "label": "architecture, generated from the UNet's config", "src": self._cache[diagram]},
+            {"key": "norms", "label": f"feature norms per block, step {step + 1}", "src": self._src(fig)},
         ], ""
 
 
-def explore_unet(trace: Trace | None = None, *, pipe: Any = None, num_inference_steps: int = 8) -> UNetExplorer:
+def explore_unet(trace: Trace | None = None, *, pipe: Any = None, num_inference_steps: int = 8,
+                 presentation: bool = False) -> UNetExplorer:  # fmt: skip
     """A live UNet explorer: its architecture diagram (from its config) and per-block feature norms of a step.
 
     Args:
         trace: a trace made with ``pipe`` (default: a toy trace of a fixed prompt).
         pipe: its pipeline (default: the toy model). num_inference_steps: steps of the default trace.
+        presentation: start in presentation mode (for a projector: pictures of 512 px or more, large type,
+            full width; the widget's "Presentation" button toggles it).
 
     Returns:
         The widget.
@@ -335,21 +375,22 @@ def explore_unet(trace: Trace | None = None, *, pipe: Any = None, num_inference_
     """
     if trace is not None and not isinstance(trace, Trace):
         raise TypeError(f"trace must be an explainer.Trace or None, not {type(trace).__name__}.")
-    return UNetExplorer(trace, pipe=pipe, num_inference_steps=num_inference_steps)
+    return UNetExplorer(trace, pipe=pipe, num_inference_steps=num_inference_steps, presentation=_check_presentation(presentation))
 
 
 # ------------------------------------------------------------------------------------------ training
 class TrainingExplorer(ComponentExplorer):
     """:func:`explore_training`'s widget."""
 
-    def __init__(self, *, t: int, pipe: Any = None) -> None:
+    def __init__(self, *, t: int, pipe: Any = None, presentation: bool = False) -> None:
         pipe_ = pipe if pipe is not None else default_pipeline()
         T = len(pipe_.scheduler.alphas_cumprod)
         self.tiny: views.TinyTrainer | None = None
         controls = [_slider("t", "t", 0, T - 1), _slider("seed", "batch", 0, 99),
                     {"name": "train", "kind": "button", "label": f"train a tiny model {TRAIN_STEPS} steps"}]  # fmt: skip
         super().__init__(part="training", title="Training: predict the target from x_t, t and the caption",
-                         controls=controls, values={"t": int(t), "seed": 0, "train": 0}, pipe=pipe_)  # fmt: skip
+                         controls=controls, values={"t": int(t), "seed": 0, "train": 0}, pipe=pipe_,
+                         presentation=presentation)  # fmt: skip
 
     def _draw(self, values: dict[str, Any], changed: set[str]) -> tuple[list[dict[str, Any]], str]:
         t, seed = int(values.get("t", 0)), int(values.get("seed", 0))
@@ -362,24 +403,26 @@ class TrainingExplorer(ComponentExplorer):
         self.status = ""
         result = views.training_objective(self.pipe, t, seed=seed)
         pictures = [{"key": "objective", "label": f"the shipped model's objective at t = {t}",
-                     "src": _fig_src(views.training_figure(result))}]  # fmt: skip
+                     "src": self._src(views.training_figure(result))}]  # fmt: skip
         info = f"shipped model: loss {result['loss']:.4f} at t = {t} ({result['target_name']}-prediction)."
         if self.tiny is not None:
             tiny = self.tiny.objective(t, seed=seed)
             losses = self.tiny.losses
             pictures.append({"key": "loss", "label": f"tiny model ({self.tiny.params} parameters): loss per step",
-                             "src": _fig_src(loss_figure(losses, title=f"{len(losses)} steps, last loss {losses[-1]:.3f}"))})  # fmt: skip
-            pictures.append({"key": "tiny", "label": f"the tiny model's objective at t = {t}", "src": _fig_src(views.training_figure(tiny))})
+                             "src": self._src(loss_figure(losses, title=f"{len(losses)} steps, last loss {losses[-1]:.3f}"))})  # fmt: skip
+            pictures.append({"key": "tiny", "label": f"the tiny model's objective at t = {t}", "src": self._src(views.training_figure(tiny))})
             info += f" Tiny model after {len(losses)} steps: loss {tiny['loss']:.4f}."
         self.result = result
         return pictures, html.escape(info)
 
 
-def explore_training(*, t: int = 500, pipe: Any = None) -> TrainingExplorer:
+def explore_training(*, t: int = 500, pipe: Any = None, presentation: bool = False) -> TrainingExplorer:
     """A live training explorer: the objective on a batch at t, and a tiny model trained at the press of a button.
 
     Args:
         t: the first timestep. pipe: the pipeline (default: the toy model; its VAE encodes the batches).
+        presentation: start in presentation mode (for a projector: pictures of 512 px or more, large type,
+            full width; the widget's "Presentation" button toggles it).
 
     Returns:
         The widget (``w.tiny`` is the :class:`~explainer.views.components.TinyTrainer` once trained).
@@ -391,7 +434,7 @@ def explore_training(*, t: int = 500, pipe: Any = None) -> TrainingExplorer:
         >>> len(w.tiny.losses)
         5
     """
-    return TrainingExplorer(t=t, pipe=pipe)
+    return TrainingExplorer(t=t, pipe=pipe, presentation=_check_presentation(presentation))
 
 
 # ------------------------------------------------------------------------------------------- editing
@@ -399,7 +442,7 @@ class EditingExplorer(ComponentExplorer):
     """:func:`explore_editing`'s widget."""
 
     def __init__(self, image: Any, *, prompt: str, strength: float, num_inference_steps: int, seed: int,
-                 pipe: Any = None) -> None:  # fmt: skip
+                 pipe: Any = None, presentation: bool = False) -> None:  # fmt: skip
         self.image = as_array(image) if image is not None else sample_image(1)
         self.num_inference_steps, self.seed = num_inference_steps, seed
         self.result: Trace | None = None
@@ -407,7 +450,8 @@ class EditingExplorer(ComponentExplorer):
                     {"name": "clear", "kind": "button", "label": "clear mask"},
                     {"name": "run", "kind": "button", "label": "run (img2img; inpaint with a mask)"}]  # fmt: skip
         super().__init__(part="editing", title="Editing: image-to-image and inpainting", controls=controls,
-                         values={"prompt": prompt, "strength": float(strength), "clear": 0, "run": 0, "strokes": []}, pipe=pipe)  # fmt: skip
+                         values={"prompt": prompt, "strength": float(strength), "clear": 0, "run": 0, "strokes": []}, pipe=pipe,
+                         presentation=presentation)  # fmt: skip
         self.brush_radius = max(2.0, self.image.shape[0] / 16)
 
     def mask(self) -> np.ndarray | None:
@@ -435,11 +479,11 @@ class EditingExplorer(ComponentExplorer):
             self.result = run_trace(self.pipe, values.get("prompt", ""), image=self.image, strength=strength, seed=self.seed,
                                     num_inference_steps=self.num_inference_steps, progress=False, **kwargs)  # fmt: skip
             self.status = ""
-        width = max(256, self.image.shape[1])
+        width = self._pixel_width(self.image.shape[1])
         pictures = [
             {"key": "input", "label": "input: brush a mask here" + (" (masked)" if mask is not None else ""),
              "src": _image_src(shown), "brush": True, "width": width, "pixelated": True},
-            {"key": "schedule", "label": "where this strength starts", "src": _fig_src(views.strength_figure(self.pipe.scheduler, self.num_inference_steps, strength))},
+            {"key": "schedule", "label": "where this strength starts", "src": self._src(views.strength_figure(self.pipe.scheduler, self.num_inference_steps, strength))},
         ]  # fmt: skip
         if self.result is not None:
             mode = self.result.mode
@@ -452,13 +496,16 @@ class EditingExplorer(ComponentExplorer):
 
 
 def explore_editing(image: Any = None, *, prompt: str = "a blue circle above a red square", strength: float = 0.6,
-                    num_inference_steps: int = 10, seed: int = 0, pipe: Any = None) -> EditingExplorer:  # fmt: skip
+                    num_inference_steps: int = 10, seed: int = 0, pipe: Any = None,
+                    presentation: bool = False) -> EditingExplorer:  # fmt: skip
     """A live editing explorer: a strength slider (start marked on the schedule), a brushed mask, then a run.
 
     Args:
         image: the input, PIL image or array ``[H, W, 3]`` (default: a shapes-world scene).
         prompt: the edit's prompt. strength: in (0, 1]. num_inference_steps: the full schedule's steps.
         seed: the run's seed. pipe: the pipeline (default: the toy model).
+        presentation: start in presentation mode (for a projector: pictures of 512 px or more, large type,
+            full width; the widget's "Presentation" button toggles it).
 
     Returns:
         The widget (``w.result`` is the last run's trace).
@@ -471,4 +518,5 @@ def explore_editing(image: Any = None, *, prompt: str = "a blue circle above a r
         >>> w.result.mode
         'inpaint'
     """
-    return EditingExplorer(image, prompt=prompt, strength=strength, num_inference_steps=num_inference_steps, seed=seed, pipe=pipe)
+    return EditingExplorer(image, prompt=prompt, strength=strength, num_inference_steps=num_inference_steps, seed=seed, pipe=pipe,
+                           presentation=_check_presentation(presentation))  # fmt: skip

@@ -1,9 +1,9 @@
 """Views of each part of Stable Diffusion on its own: plain functions of a pipeline's components and
 arrays, returning numbers, arrays or matplotlib figures.
 
-- :mod:`.text_encoder`: BPE tokens and ids (BOS, EOS, padding, truncation), token similarity.
+- :mod:`.text_encoder`: BPE tokens and ids (BOS, EOS, padding, truncation), token and word similarity.
 - :mod:`.vae`: round trip, latent channels, compression ratio, decoding an edited latent.
-- :mod:`.noising`: the forward process at t, and ᾱ, σ and SNR of a scheduler's training schedule.
+- :mod:`.noising`: the forward process at t (or over several t), and ᾱ, σ and SNR of a schedule.
 - :mod:`.unet`: the UNet's architecture read from its config, and per-block feature norms of a step.
 - :mod:`.training`: the training objective on a batch at t, and a tiny model trained live.
 - :mod:`.editing`: where image-to-image starts for a strength, and a brushed inpainting mask.
@@ -12,8 +12,8 @@ The component explorers (:mod:`explainer.widgets.components`) draw these; notebo
 """
 
 from .editing import mask_from_strokes, strength_figure, strength_start
-from .noising import noise_image, noising_figure, schedule_curves, schedule_figure
-from .text_encoder import token_similarity, token_similarity_figure, tokenize
+from .noising import forward_figure, noise_image, noising_figure, schedule_curves, schedule_figure
+from .text_encoder import token_similarity, token_similarity_figure, tokenize, word_embeddings, word_similarity
 from .training import TinyTrainer, training_figure, training_objective
 from .unet import block_feature_norms, feature_norms_figure, unet_architecture, unet_diagram
 from .vae import compression_ratio, decode_latent, edit_latent, vae_figure, vae_roundtrip
@@ -25,6 +25,7 @@ __all__ = [
     "decode_latent",
     "edit_latent",
     "feature_norms_figure",
+    "forward_figure",
     "mask_from_strokes",
     "noise_image",
     "noising_figure",
@@ -41,4 +42,6 @@ __all__ = [
     "unet_diagram",
     "vae_figure",
     "vae_roundtrip",
+    "word_embeddings",
+    "word_similarity",
 ]

@@ -131,6 +131,33 @@ def noising_figure(result: dict[str, Any]) -> Figure:
     return fig
 
 
+def forward_figure(results: list[dict[str, Any]]) -> Figure:
+    """The forward process over t: one image noised at several timesteps with the same ε, in latent space
+    (decoded) on the top row and in pixel space below.
+
+    Args:
+        results: :func:`noise_image` outputs, one per timestep (left to right).
+
+    Returns:
+        The figure.
+    """
+    if not results:
+        raise ValueError("results is empty; pass noise_image(...) outputs, one per timestep.")
+    fig, axes = new_figure(1.5 * len(results), 3.4, ncols=len(results), nrows=2)
+    for c, r in enumerate(results):
+        image_axes(axes[0, c], r["latent_decoded"], f"t = {r['t']}, ᾱ = {r['alpha_bar']:.2f}")
+        axes[0, c].title.set_fontsize(7)
+        image_axes(axes[1, c], r["pixel_noisy"], f"σ = {_fmt(r['sigma'])}")
+        axes[1, c].title.set_fontsize(7)
+    axes[0, 0].set_axis_on()
+    axes[1, 0].set_axis_on()
+    for ax, label in ((axes[0, 0], "latent x_t,\ndecoded"), (axes[1, 0], "pixel-space x_t")):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, fontsize=8)
+    return fig
+
+
 def schedule_figure(curves: dict[str, dict[str, np.ndarray]], *, t: int | None = None) -> Figure:
     """ᾱ_t, σ_t and SNR_t of one or more schedules over t, with ``t`` marked.
 

@@ -91,6 +91,44 @@ def token_similarity(tokenizer: Any, text_encoder: Any, prompt: str, *, space: s
     return labels, (vecs @ vecs.T).cpu().numpy()  # [n, n]
 
 
+@torch.no_grad()
+def word_embeddings(tokenizer: Any, text_encoder: Any, words: list[str]) -> np.ndarray:
+    """The text encoder's input embedding (its first layer, a table with one learned row per token id) of
+    each word, for words that are one BPE token each.
+
+    Args:
+        tokenizer, text_encoder: the pipeline's (``pipe.tokenizer``, ``pipe.text_encoder``).
+        words: the words, each one token.
+
+    Returns:
+        ``[n, width]``: one row of the table per word.
+    """
+    ids = []
+    for word in words:
+        if not isinstance(word, str):
+            raise TypeError(f"words must be strs, got {type(word).__name__} {word!r}.")
+        found = tokenizer(word, add_special_tokens=False).input_ids
+        if len(found) != 1:
+            raise ValueError(f"word {word!r} is {len(found)} BPE tokens; word_embeddings takes one-token words.")
+        ids.append(found[0])
+    table = text_encoder.get_input_embeddings().weight  # [vocab, width]
+    return table[torch.tensor(ids, device=table.device)].float().cpu().numpy()  # [n, width]
+
+
+def word_similarity(tokenizer: Any, text_encoder: Any, words: list[str]) -> tuple[list[str], np.ndarray]:
+    """Cosine similarity of :func:`word_embeddings`: how alike the encoder's table holds the words.
+
+    Args:
+        tokenizer, text_encoder: the pipeline's. words: one-token words.
+
+    Returns:
+        The words and the ``[n, n]`` similarity matrix (for :func:`token_similarity_figure`).
+    """
+    vecs = word_embeddings(tokenizer, text_encoder, words)  # [n, width]
+    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    return list(words), unit @ unit.T  # [n, n]
+
+
 def token_similarity_figure(labels: list[str], sim: np.ndarray, *, title: str = "token similarity (cosine)") -> Figure:
     """Heatmap of a :func:`token_similarity` matrix.
 

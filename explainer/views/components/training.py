@@ -34,7 +34,7 @@ def _target(scheduler: Any, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tens
 
 
 @torch.no_grad()
-def training_objective(pipe: Any, t: int, *, n: int = 4, seed: int = 0) -> dict[str, Any]:
+def training_objective(pipe: Any, t: int | list[int], *, n: int = 4, seed: int = 0) -> dict[str, Any]:
     """The training loss of ``pipe`` on a batch of shapes-world images at timestep ``t``.
 
     Each image is encoded, noised to t (x_t = √ᾱ x₀ + √(1−ᾱ) ε), and the UNet, given its caption,
@@ -42,16 +42,20 @@ def training_objective(pipe: Any, t: int, *, n: int = 4, seed: int = 0) -> dict[
 
     Args:
         pipe: an SD 1.x/2.x pipeline whose VAE takes the toy's image size (the toy model).
-        t: the timestep, ``0..T-1``. n: the batch size. seed: the batch's and the noise's seed.
+        t: the timestep, ``0..T-1``, or one per image (a list; then the batch has ``len(t)`` images).
+        n: the batch size (for one ``t``). seed: the batch's and the noise's seed.
 
     Returns:
-        ``t``, ``captions``, ``target_name``; ``images``, ``noisy_decoded`` ``[N, H, W, 3]``; ``target``,
-        ``prediction`` ``[N, C, h, w]``; ``mse`` ``[N]`` and ``loss`` (their mean).
+        ``t`` (as given), ``timesteps`` ``[N]``, ``captions``, ``target_name``; ``images``, ``noisy_decoded``
+        ``[N, H, W, 3]``; ``target``, ``prediction`` ``[N, C, h, w]``; ``mse`` ``[N]`` and ``loss`` (their mean).
     """
     sched = pipe.scheduler
     T = len(sched.alphas_cumprod)
-    if not isinstance(t, (int, np.integer)) or not 0 <= t < T:
-        raise ValueError(f"t={t!r} is not allowed; use an integer timestep in 0..{T - 1}.")
+    ts = list(t) if isinstance(t, (list, tuple)) else [t]
+    if not ts or any(not isinstance(x, (int, np.integer)) or not 0 <= x < T for x in ts):
+        raise ValueError(f"t={t!r} is not allowed; use an integer timestep in 0..{T - 1}, or a list of them.")
+    if len(ts) > 1:
+        n = len(ts)
     vae, unet = pipe.vae, pipe.unet
     p = next(unet.parameters())
     size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
@@ -59,7 +63,7 @@ def training_objective(pipe: Any, t: int, *, n: int = 4, seed: int = 0) -> dict[
     scale = float(vae.config.scaling_factor)
     z0 = vae.encode(x.to(p.device, p.dtype)).latent_dist.mean * scale  # [N, C, h, w]
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(z0)
-    tt = torch.full((n,), int(t), dtype=torch.long)
+    tt = torch.tensor([int(x) for x in ts] * (n if len(ts) == 1 else 1), dtype=torch.long)  # [N]
     zt = sched.add_noise(z0, noise, tt)
     target, name = _target(sched, z0, noise, tt)
     cond = torch.cat([encode_prompt(pipe, c) for c in captions]).to(p.dtype)
@@ -67,7 +71,8 @@ def training_objective(pipe: Any, t: int, *, n: int = 4, seed: int = 0) -> dict[
     mse = ((pred - target).float() ** 2).mean(dim=(1, 2, 3)).cpu().numpy()  # [N]
     decoded = np.stack([to_image(vae.decode(zt[i : i + 1] / scale).sample) for i in range(n)])
     return {
-        "t": int(t), "captions": captions, "target_name": name,
+        "t": [int(x) for x in ts] if isinstance(t, (list, tuple)) else int(t), "timesteps": tt.numpy(),
+        "captions": captions, "target_name": name,
         "images": ((x.permute(0, 2, 3, 1) + 1) / 2).numpy(), "noisy_decoded": decoded,
         "target": target.float().cpu().numpy(), "prediction": pred.float().cpu().numpy(),
         "mse": mse, "loss": float(mse.mean()),
@@ -89,13 +94,15 @@ def training_figure(result: dict[str, Any]) -> Figure:
     for i in range(n):
         image_axes(axes[0, i], result["images"][i], result["captions"][i])
         axes[0, i].title.set_fontsize(6)
-        image_axes(axes[1, i], result["noisy_decoded"][i], f"x_t, t = {result['t']}")
+        image_axes(axes[1, i], result["noisy_decoded"][i], f"x_t, t = {int(result['timesteps'][i])}")
+        axes[1, i].title.set_fontsize(7)
         lim = float(np.abs(result["target"][i, 0]).max()) or 1.0
         for r, key, title in ((2, "target", f"target {name} (ch 0)"), (3, "prediction", f"MSE {result['mse'][i]:.3f}")):
             axes[r, i].imshow(result[key][i, 0], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
             axes[r, i].set_title(title, fontsize=7)
             axes[r, i].set_axis_off()
-    fig.suptitle(f"training objective at t = {result['t']}: loss {result['loss']:.4f}", fontsize=9)
+    ts = result["t"] if isinstance(result["t"], list) else [result["t"]]
+    fig.suptitle(f"training objective at t = {', '.join(map(str, ts))}: loss {result['loss']:.4f}", fontsize=9)
     return fig
 
 

@@ -116,6 +116,7 @@ def vae_figure(result: dict[str, Any], *, edited: np.ndarray | None = None, edit
         ax.set_axis_off()
     if edited is not None:
         image_axes(axes[0, -1], edited, edit_label)
+        axes[0, -1].title.set_fontsize(8)
     fig.suptitle(f"{result['pixels']} numbers -> {result['latent_numbers']}: {result['ratio']:.0f}x smaller "
                  f"(factor {result['factor']} per side)", fontsize=9)  # fmt: skip
     return fig
