@@ -35,16 +35,23 @@ from .checker import check_image, colour_masks
 from .world import COLOURS, parse_caption, sample_scenes
 
 EVAL_SEED = 2024
+TUNE_SEED = 7  # the tuning captions' seed; the held-out swap set leaves their captions out
 
 
-def swap_cases(n: int, seed: int = EVAL_SEED) -> list[tuple[str, str, str, str]]:
-    """``(source, target, old colour, new colour)`` for ``n`` two-object captions of the world."""
+def swap_cases(n: int, seed: int = EVAL_SEED, exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str, str, str]]:
+    """``(source, target, old colour, new colour)`` for ``n`` two-object captions of the world.
+
+    Args:
+        n: how many cases.
+        seed: the scene sampler's seed.
+        exclude: source captions to leave out (the tuning set, when drawing the held-out one).
+    """
     rng = np.random.default_rng(seed)
     cases = []
     stream = 0
     while len(cases) < n:
         for scene in sample_scenes(64, seed, stream):
-            if len(scene.objects) != 2 or len(cases) >= n:
+            if len(scene.objects) != 2 or len(cases) >= n or scene.caption in exclude:
                 continue
             a, b = scene.objects
             choices = [c for c in COLOURS if c not in (a.colour, b.colour)]
@@ -71,17 +78,67 @@ def swap_measures(source_img: Any, output_img: Any, source: str, target: str) ->
             "iou": float(np.mean(ious)), "iou_swapped": ious[0], "iou_other": ious[1]}  # fmt: skip
 
 
-def p2p_eval(pipe: Any, n: int, steps: int, progress: bool) -> dict[str, Any]:
-    rows = {"p2p": [], "rerun": []}
-    for source, target, _, _ in tqdm(swap_cases(n), desc="colour swaps", disable=not progress):
+#: The settings compared on the tuning captions. The defaults of :func:`explainer.edit` are the best of
+#: them there (highest mean IoU among those with the new colour in >= 85 % of cases).
+TUNE_GRID: dict[str, dict[str, Any]] = {
+    "maps_only": {"cross_steps": 0.8, "self_steps": 0.4, "keep_context": False},
+    "keep_context": {"cross_steps": 0.8, "self_steps": 0.4, "keep_context": True},
+    "keep_context_cross_0.6": {"cross_steps": 0.6, "self_steps": 0.4, "keep_context": True},
+}
+
+
+def _settings(pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """``edit()`` keywords: ``self_max_positions="quarter"`` is a quarter of the latent's positions."""
+    out = dict(settings)
+    if out.get("self_max_positions") == "quarter":
+        from ..tracing.families import family_for
+
+        fam = family_for(pipe)
+        _, h, w = fam.latent_shape(pipe, *fam.default_size(pipe))
+        out["self_max_positions"] = h * w // 4
+    return out
+
+
+def _means(vals: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(float(np.mean([v[key] for v in vals])), 4) for key in vals[0]}
+
+
+def tune_eval(pipe: Any, n: int, steps: int, progress: bool) -> dict[str, Any]:
+    """Every setting of :data:`TUNE_GRID` on ``n`` tuning captions (another seed than the held-out set)."""
+    cases = swap_cases(n, TUNE_SEED)
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in TUNE_GRID}
+    for source, target, _, _ in tqdm(cases, desc="tuning", disable=not progress):
+        for name, settings in TUNE_GRID.items():
+            res = edit(pipe, source, target, mode="replace", num_inference_steps=steps, seed=0, record="none",
+                       progress=False, **_settings(pipe, settings))  # fmt: skip
+            rows[name].append(swap_measures(res.source.final_image, res.target.final_image, source, target))
+    results = {name: {"settings": TUNE_GRID[name], **_means(vals)} for name, vals in rows.items()}
+    ok = {name: r for name, r in results.items() if r["new_colour"] >= 0.85}
+    best = max(ok, key=lambda name: ok[name]["iou"]) if ok else None
+    return {"n": n, "seed": TUNE_SEED, "num_inference_steps": steps, "captions": [c[0] for c in cases],
+            "results": results, "best": best}  # fmt: skip
+
+
+def p2p_eval(pipe: Any, n: int, steps: int, progress: bool, n_tune: int = 0,
+             checkpoint: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Prompt-to-prompt with :func:`explainer.edit`'s defaults vs a same-seed re-run, on ``n`` held-out cases."""
+    exclude = {c[0] for c in swap_cases(n_tune, TUNE_SEED)} if n_tune else set()
+    rows: dict[str, list[dict[str, float]]] = {"p2p": [], "rerun": []}
+    for i, (source, target, _, _) in enumerate(tqdm(swap_cases(n, EVAL_SEED, exclude), desc="colour swaps",
+                                                    disable=not progress)):  # fmt: skip
         res = edit(pipe, source, target, mode="replace", num_inference_steps=steps, seed=0, record="none", progress=False)
         rerun = trace(pipe, target, num_inference_steps=steps, seed=0, scheduler=res.source.metadata["scheduler"]["name"],
                       record="none", progress=False)  # fmt: skip
         rows["p2p"].append(swap_measures(res.source.final_image, res.target.final_image, source, target))
         rows["rerun"].append(swap_measures(res.source.final_image, rerun.final_image, source, target))
-    out: dict[str, Any] = {"n": n, "num_inference_steps": steps, "cross_steps": 0.8, "self_steps": 0.4}
+        if checkpoint is not None:  # the running means, for a long run on a busy machine
+            checkpoint.write_text(json.dumps({"done": i + 1, **{k: _means(v) for k, v in rows.items()}}) + "\n")
+    defaults = {k: v for k, v in res.settings.items() if k in ("cross_steps", "self_steps", "self_max_positions",
+                                                               "self_both_halves", "keep_context")}  # fmt: skip
+    out: dict[str, Any] = {"n": n, "num_inference_steps": steps, "held_out_from_tuning": n_tune, **defaults}
     for name, vals in rows.items():
-        out[name] = {key: round(float(np.mean([v[key] for v in vals])), 4) for key in vals[0]}
+        out[name] = _means(vals)
+        out[name]["iou_at_least_0.8"] = round(float(np.mean([v["iou"] >= 0.8 for v in vals])), 4)
     return out
 
 
@@ -149,12 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m explainer.toy.evaluate_branching", description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=50, help="colour-swap edits (default 50)")
     parser.add_argument("--n-commit", type=int, default=20, help="captions for the commitment step (default 20)")
-    parser.add_argument("--steps", type=int, default=12, help="denoising steps (default 12)")
+    parser.add_argument("--n-tune", type=int, default=10, help="tuning captions, left out of the swap set (default 10)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25, the toy's)")
     parser.add_argument("--stride", type=int, default=2, help="fork every this many steps (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (default 3)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--only", choices=["swap", "commit", "commit-position", "cost"], action="append",
-                        help="run only these parts (repeatable; default all three)")  # fmt: skip
+    parser.add_argument("--only", choices=["tune", "swap", "commit", "commit-position", "cost"], action="append",
+                        help="run only these parts (repeatable; default swap, commit and cost)")  # fmt: skip
+    parser.add_argument("--checkpoint", type=Path, help="write the swap part's running means here after every case")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     from ..models import load_pipeline
@@ -168,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = res.setdefault("seconds", {})
     steps = args.steps
     runs = {
-        "swap": ("colour_swap", lambda: p2p_eval(pipe, args.n, steps, progress)),
+        "tune": ("tuning", lambda: tune_eval(pipe, args.n_tune, steps, progress)),
+        "swap": ("colour_swap", lambda: p2p_eval(pipe, args.n, steps, progress, args.n_tune, args.checkpoint)),
         "commit": ("commitment", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride, progress)),
         "commit-position": ("commitment_position", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride,
                                                                            progress, change="position")),
