@@ -168,7 +168,7 @@ def commitment_eval(pipe: Any, n: int, steps: int, stride: int, progress: bool, 
     committed = [c["commitment_step"] for c in per_caption]
     known = [c for c in committed if c is not None]
     mean_curve = np.mean([c["new"] for c in per_caption], axis=0)
-    return {
+    out = {
         "n": n,
         "change": change,
         "num_inference_steps": steps,
@@ -179,6 +179,36 @@ def commitment_eval(pipe: Any, n: int, steps: int, stride: int, progress: bool, 
         "never_committed": len(committed) - len(known),
         "per_caption": per_caption,
     }
+    out["summary"] = commitment_summary(out)
+    return out
+
+
+def commitment_summary(part: dict[str, Any]) -> dict[str, Any]:
+    """The last fork step at which the change still takes, per caption and its median (from ``commitment_eval``).
+
+    A caption's ``last_step_taking`` is the latest fork step whose branch follows the new prompt fully (every
+    object's colour in its place); the change no longer takes after it, or (if it is the last fork step
+    tested) not within the forks tested.
+    """
+    steps = part["fork_steps"]
+    last = []
+    for row in part["per_caption"]:
+        took = [s for s, v in zip(steps, row["new"]) if v >= 1.0]
+        last.append(max(took) if took else None)
+    known = [v for v in last if v is not None]
+    return {"last_step_taking": last,
+            "median_last_step_taking": float(np.median(known)) if known else None,
+            "takes_at_last_fork_step": round(float(np.mean([v == steps[-1] for v in last])), 4),
+            "last_fork_step": steps[-1], "num_inference_steps": part["num_inference_steps"]}  # fmt: skip
+
+
+def summarise(path: Path) -> None:
+    """Add :func:`commitment_summary` to the commitment parts of an existing results file (in place)."""
+    data = json.loads(path.read_text())
+    for key in ("commitment", "commitment_position"):
+        if key in data:
+            data[key]["summary"] = commitment_summary(data[key])
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def cost_eval(pipe: Any, steps: int, fork_at: list[int], repeats: int, progress: bool) -> dict[str, Any]:
@@ -210,12 +240,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25, the toy's)")
     parser.add_argument("--stride", type=int, default=2, help="fork every this many steps (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (default 3)")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--out", type=Path, help="JSON file to write")
+    parser.add_argument("--summarise", type=Path, nargs="+",
+                        help="only add the commitment summary to these existing results files (no runs)")  # fmt: skip
     parser.add_argument("--only", choices=["tune", "swap", "commit", "commit-position", "cost"], action="append",
                         help="run only these parts (repeatable; default swap, commit and cost)")  # fmt: skip
     parser.add_argument("--checkpoint", type=Path, help="write the swap part's running means here after every case")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.summarise:
+        for path in args.summarise:
+            summarise(path)
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
     from ..models import load_pipeline
 
     pipe = load_pipeline("toy")
