@@ -103,7 +103,7 @@ def _means(vals: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(float(np.mean([v[key] for v in vals])), 4) for key in vals[0]}
 
 
-def tune_eval(pipe: Any, n: int, steps: int, progress: bool) -> dict[str, Any]:
+def tune_eval(pipe: Any, n: int, steps: int, progress: bool, checkpoint: Path | None = None) -> dict[str, Any]:
     """Every setting of :data:`TUNE_GRID` on ``n`` tuning captions (another seed than the held-out set)."""
     cases = swap_cases(n, TUNE_SEED)
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in TUNE_GRID}
@@ -112,6 +112,9 @@ def tune_eval(pipe: Any, n: int, steps: int, progress: bool) -> dict[str, Any]:
             res = edit(pipe, source, target, mode="replace", num_inference_steps=steps, seed=0, record="none",
                        progress=False, **_settings(pipe, settings))  # fmt: skip
             rows[name].append(swap_measures(res.source.final_image, res.target.final_image, source, target))
+        if checkpoint is not None:  # the running means, for a long run on a busy machine
+            checkpoint.write_text(json.dumps({"done": len(rows["keep_context"]),
+                                              **{k: _means(v) for k, v in rows.items()}}) + "\n")  # fmt: skip
     results = {name: {"settings": TUNE_GRID[name], **_means(vals)} for name, vals in rows.items()}
     ok = {name: r for name, r in results.items() if r["new_colour"] >= 0.85}
     best = max(ok, key=lambda name: ok[name]["iou"]) if ok else None
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only add the commitment summary to these existing results files (no runs)")  # fmt: skip
     parser.add_argument("--only", choices=["tune", "swap", "commit", "commit-position", "cost"], action="append",
                         help="run only these parts (repeatable; default swap, commit and cost)")  # fmt: skip
-    parser.add_argument("--checkpoint", type=Path, help="write the swap part's running means here after every case")
+    parser.add_argument("--checkpoint", type=Path, help="write the running means here after every case")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.summarise:
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = res.setdefault("seconds", {})
     steps = args.steps
     runs = {
-        "tune": ("tuning", lambda: tune_eval(pipe, args.n_tune, steps, progress)),
+        "tune": ("tuning", lambda: tune_eval(pipe, args.n_tune, steps, progress, args.checkpoint)),
         "swap": ("colour_swap", lambda: p2p_eval(pipe, args.n, steps, progress, args.n_tune, args.checkpoint)),
         "commit": ("commitment", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride, progress)),
         "commit-position": ("commitment_position", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride,
