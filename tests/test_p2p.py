@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import explainer
-from explainer.tracing.p2p import align_tokens, kept_tokens, key_mapper
+from explainer.tracing.p2p import align_tokens, fitting_limit, kept_tokens, key_mapper, self_layers
 from explainer.tracing.attention import tokenize_prompt
 
 SOURCE = "a red cube beside a blue sphere"
@@ -118,3 +118,13 @@ def test_edit_argument_errors(pipe, basic_trace):
         edit(pipe, cross_steps=1.5)
     with pytest.raises(ValueError, match="edit\\(\\) re-runs a text-to-image trace of source_prompt='a red cube'"):
         explainer.edit(basic_trace, "a red cube", TARGET, pipe=pipe)
+
+
+def test_auto_self_layers_drop_the_largest_grids_to_fit_the_budget(pipe):
+    layers = self_layers(pipe, 32, 32)  # the tiny pipeline: 4x4 latents at level 0, 2x2 at level 1
+    assert sorted({p for p, _ in layers}) == [4, 16]
+    every = sum(b for _, b in layers)
+    assert fitting_limit(layers, 3, 3 * every) is None  # all fit: every layer
+    small = sum(b for p, b in layers if p <= 4)
+    assert fitting_limit(layers, 3, 3 * every - 1) == 4  # the full-resolution layers are dropped first
+    assert fitting_limit(layers, 3, 3 * small - 1) == 0  # nothing fits: no self-attention injection

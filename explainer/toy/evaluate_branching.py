@@ -122,27 +122,51 @@ def tune_eval(pipe: Any, n: int, steps: int, progress: bool, checkpoint: Path | 
             "results": results, "best": best}  # fmt: skip
 
 
-def p2p_eval(pipe: Any, n: int, steps: int, progress: bool, n_tune: int = 0,
-             checkpoint: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """Prompt-to-prompt with :func:`explainer.edit`'s defaults vs a same-seed re-run, on ``n`` held-out cases."""
+def p2p_eval(pipe: Any, n: int, steps: int, progress: bool, n_tune: int = 0, checkpoint: Path | None = None,
+             shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:  # fmt: skip
+    """Prompt-to-prompt with :func:`explainer.edit`'s defaults vs a same-seed re-run, on ``n`` held-out cases.
+
+    ``shard=(i, m)`` runs cases ``i, i + m, ...`` only (``--merge`` joins the shards' files).
+    """
     exclude = {c[0] for c in swap_cases(n_tune, TUNE_SEED)} if n_tune else set()
-    rows: dict[str, list[dict[str, float]]] = {"p2p": [], "rerun": []}
-    for i, (source, target, _, _) in enumerate(tqdm(swap_cases(n, EVAL_SEED, exclude), desc="colour swaps",
-                                                    disable=not progress)):  # fmt: skip
+    cases = swap_cases(n, EVAL_SEED, exclude)[shard[0] :: shard[1]]
+    meta: dict[str, Any] = {"n": n, "num_inference_steps": steps, "held_out_from_tuning": n_tune}
+    rows: list[dict[str, Any]] = []
+    for source, target, _, _ in tqdm(cases, desc="colour swaps", disable=not progress):
         res = edit(pipe, source, target, mode="replace", num_inference_steps=steps, seed=0, record="none", progress=False)
         rerun = trace(pipe, target, num_inference_steps=steps, seed=0, scheduler=res.source.metadata["scheduler"]["name"],
                       record="none", progress=False)  # fmt: skip
-        rows["p2p"].append(swap_measures(res.source.final_image, res.target.final_image, source, target))
-        rows["rerun"].append(swap_measures(res.source.final_image, rerun.final_image, source, target))
-        if checkpoint is not None:  # the running means, for a long run on a busy machine
-            checkpoint.write_text(json.dumps({"done": i + 1, **{k: _means(v) for k, v in rows.items()}}) + "\n")
-    defaults = {k: v for k, v in res.settings.items() if k in ("cross_steps", "self_steps", "self_max_positions",
-                                                               "self_both_halves", "keep_context")}  # fmt: skip
-    out: dict[str, Any] = {"n": n, "num_inference_steps": steps, "held_out_from_tuning": n_tune, **defaults}
-    for name, vals in rows.items():
+        meta.update({k: v for k, v in res.settings.items() if k in ("cross_steps", "self_steps", "self_max_positions",
+                                                                    "self_both_halves", "keep_context")})  # fmt: skip
+        rows.append({"source": source, "target": target,
+                     "p2p": swap_measures(res.source.final_image, res.target.final_image, source, target),
+                     "rerun": swap_measures(res.source.final_image, rerun.final_image, source, target)})  # fmt: skip
+        if checkpoint is not None:  # the part so far, for a long run on a busy machine (--merge reads it)
+            checkpoint.write_text(json.dumps({"colour_swap": swap_summary(meta, rows)}, indent=1) + "\n")
+    return swap_summary(meta, rows)
+
+
+def swap_summary(meta: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the cases done (``done``), with the per-case measures kept under ``cases``."""
+    out: dict[str, Any] = {**meta, "done": len(rows)}
+    for name in ("p2p", "rerun"):
+        vals = [r[name] for r in rows]
         out[name] = _means(vals)
         out[name]["iou_at_least_0.8"] = round(float(np.mean([v["iou"] >= 0.8 for v in vals])), 4)
+    out["cases"] = rows
     return out
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """Join the ``colour_swap`` parts of shard files into one (their settings must agree)."""
+    parts = [json.loads(p.read_text())["colour_swap"] for p in paths]
+    keys = ("n", "num_inference_steps", "held_out_from_tuning", "cross_steps", "self_steps", "self_max_positions",
+            "self_both_halves", "keep_context")  # fmt: skip
+    meta = {k: parts[0].get(k) for k in keys}
+    for p, part in zip(paths, parts):
+        if {k: part.get(k) for k in keys} != meta:
+            raise ValueError(f"{p} was run with other settings than {paths[0]}")
+    return swap_summary(meta, [row for part in parts for row in part["cases"]])
 
 
 def position_swap(caption: str) -> str:
@@ -249,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["tune", "swap", "commit", "commit-position", "cost"], action="append",
                         help="run only these parts (repeatable; default swap, commit and cost)")  # fmt: skip
     parser.add_argument("--checkpoint", type=Path, help="write the running means here after every case")
+    parser.add_argument("--shard", default="0/1", help="I/M: run only every M-th swap case from the I-th (default 0/1)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="join these shard (or checkpoint) files into --out")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.summarise:
@@ -257,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required")
+    if args.merge:
+        args.out.write_text(json.dumps({"model": "toy", "machine": "2 CPU cores shared with other jobs (loaded)",
+                                        "shards": len(args.merge), "colour_swap": merge(args.merge)}, indent=1) + "\n")
+        return 0
+    shard = tuple(int(v) for v in args.shard.split("/"))
     from ..models import load_pipeline
 
     pipe = load_pipeline("toy")
@@ -269,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps
     runs = {
         "tune": ("tuning", lambda: tune_eval(pipe, args.n_tune, steps, progress, args.checkpoint)),
-        "swap": ("colour_swap", lambda: p2p_eval(pipe, args.n, steps, progress, args.n_tune, args.checkpoint)),
+        "swap": ("colour_swap", lambda: p2p_eval(pipe, args.n, steps, progress, args.n_tune, args.checkpoint,
+                                                 shard)),  # fmt: skip
         "commit": ("commitment", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride, progress)),
         "commit-position": ("commitment_position", lambda: commitment_eval(pipe, args.n_commit, steps, args.stride,
                                                                            progress, change="position")),

@@ -127,6 +127,35 @@ def key_mapper(alignment: list[int | None], source_len: int, keys: int) -> tuple
     return index, alpha
 
 
+#: The most bytes of source self-attention maps ``edit(self_max_positions="auto")`` keeps in memory.
+SELF_MAPS_BUDGET = 2 * 1024**3
+
+
+def self_layers(pipe: Any, height: int, width: int) -> list[tuple[int, int]]:
+    """``(query positions, bytes of one map [heads, N, N])`` of each self-attention layer for a ``height x width`` run."""
+    family = family_for(pipe)
+    _, h, w = family.latent_shape(pipe, height, width)
+    unet = family.denoiser(pipe)
+    size = next(unet.parameters()).element_size()
+    out = []
+    for name, module, level in family.attention_sites(pipe):
+        try:
+            attn1 = unet.get_submodule(name.removesuffix("attn2") + "attn1")
+        except AttributeError:
+            continue
+        positions = (-(-h // 2**level)) * (-(-w // 2**level))
+        out.append((positions, attn1.heads * positions * positions * size))
+    return out
+
+
+def fitting_limit(layers: list[tuple[int, int]], maps_per_layer: int, budget: int) -> int | None:
+    """The largest position limit whose layers' maps (``maps_per_layer`` each) fit in ``budget`` bytes; ``None``: all fit."""
+    for limit in sorted({p for p, _ in layers}, reverse=True):
+        if sum(b for p, b in layers if p <= limit) * maps_per_layer <= budget:
+            return None if limit == max(p for p, _ in layers) else limit
+    return 0
+
+
 def kept_tokens(alignment: list[int | None], source_ids: list[int], target_ids: list[int], keys: int) -> torch.Tensor:
     """Which of the ``keys`` target keys take the source's text states (``keep_context``): ``[keys]`` bool.
 
@@ -298,9 +327,9 @@ def edit(
     target_prompt: str,
     *,
     mode: str = "replace",
-    cross_steps: float = 0.8,
+    cross_steps: float = 0.6,
     self_steps: float = 0.4,
-    self_max_positions: int | None = None,
+    self_max_positions: int | None | str = "auto",
     self_both_halves: bool = False,
     keep_context: bool = True,
     weights: dict[str, float] | None = None,
@@ -323,7 +352,9 @@ def edit(
         self_steps: the same for self-attention (0 turns it off).
         self_max_positions: inject self-attention only on layers with at most this many query positions
             (the paper's SD code: a quarter of the latent's, 32x32 of 64x64); ``None``: every layer, the
-            full-resolution ones included.
+            full-resolution ones included; ``"auto"``: every layer whose stored maps fit in
+            :data:`SELF_MAPS_BUDGET` bytes, the largest grids dropped first (every layer on the toy; on a
+            512x512 SD 1.x run with the default steps, the paper's 32x32 and below).
         self_both_halves: inject self-attention into the unconditional half of the guidance batch too
             (the paper injects the conditional half only).
         keep_context: in the cross-attention steps, the text states (keys and values) of the target's tokens
@@ -397,12 +428,18 @@ def edit(
     total = len(probe.timesteps)
     keys = family.max_tokens(pipe)
     index, alpha = key_mapper(alignment, len(src_tokens.ids), keys)
-    if self_max_positions is not None and (isinstance(self_max_positions, bool) or not isinstance(self_max_positions, int)
-                                           or self_max_positions < 1):  # fmt: skip
-        raise ValueError(f"self_max_positions={self_max_positions!r} must be a positive number of query positions, or None "
-                         "for every self-attention layer.")  # fmt: skip
-    self_max = self_max_positions
-    state = _Edit(round(cross_steps * total), round(self_steps * total), self_max, index, alpha, word_keys, mode,
+    if self_max_positions not in (None, "auto") and (isinstance(self_max_positions, bool) or
+                                                     not isinstance(self_max_positions, int) or self_max_positions < 1):  # fmt: skip
+        raise ValueError(f"self_max_positions={self_max_positions!r} must be a positive number of query positions, None "
+                         "for every self-attention layer, or 'auto'.")  # fmt: skip
+    self_until = round(self_steps * total)
+    size = (given.height, given.width) if given is not None else family.default_size(pipe)
+    layers = self_layers(pipe, *size)
+    if self_max_positions == "auto":
+        self_max = fitting_limit(layers, self_until * (2 if self_both_halves else 1), SELF_MAPS_BUDGET)
+    else:
+        self_max = self_max_positions
+    state = _Edit(round(cross_steps * total), self_until, self_max, index, alpha, word_keys, mode,
                   both_halves=bool(self_both_halves))  # fmt: skip
     if keep_context:
         state.keep = kept_tokens(alignment, src_tokens.ids, tgt_tokens.ids, keys)
