@@ -115,10 +115,16 @@ def tune_eval(pipe: Any, n: int, steps: int, progress: bool, checkpoint: Path | 
         if checkpoint is not None:  # the running means, for a long run on a busy machine
             checkpoint.write_text(json.dumps({"done": len(rows["keep_context"]),
                                               **{k: _means(v) for k, v in rows.items()}}) + "\n")  # fmt: skip
-    results = {name: {"settings": TUNE_GRID[name], **_means(vals)} for name, vals in rows.items()}
+            # (--tune-checkpoint turns this file into the tuning part when a run is cut short)
+    return tune_summary({name: _means(vals) for name, vals in rows.items()}, len(cases), n)
+
+
+def tune_summary(means: dict[str, dict[str, float]], done: int, n: int) -> dict[str, Any]:
+    """The tuning part: each setting's means over the ``done`` cases and the best (colour >= 85 %, highest IoU)."""
+    results = {name: {"settings": TUNE_GRID[name], **vals} for name, vals in means.items()}
     ok = {name: r for name, r in results.items() if r["new_colour"] >= 0.85}
     best = max(ok, key=lambda name: ok[name]["iou"]) if ok else None
-    return {"n": n, "seed": TUNE_SEED, "num_inference_steps": steps, "captions": [c[0] for c in cases],
+    return {"n": n, "done": done, "seed": TUNE_SEED, "captions": [c[0] for c in swap_cases(n, TUNE_SEED)][:done],
             "results": results, "best": best}  # fmt: skip
 
 
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these parts (repeatable; default swap, commit and cost)")  # fmt: skip
     parser.add_argument("--checkpoint", type=Path, help="write the running means here after every case")
     parser.add_argument("--shard", default="0/1", help="I/M: run only every M-th swap case from the I-th (default 0/1)")
+    parser.add_argument("--tune-checkpoint", type=Path, help="write the tuning part from this --checkpoint file to --out")
     parser.add_argument("--merge", type=Path, nargs="+", help="join these shard (or checkpoint) files into --out")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -283,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required")
+    if args.tune_checkpoint:  # a tuning run cut short: its means so far
+        ck = json.loads(args.tune_checkpoint.read_text())
+        part = tune_summary({name: ck[name] for name in TUNE_GRID}, int(ck["done"]), args.n_tune)
+        args.out.write_text(json.dumps({"model": "toy", "num_inference_steps": args.steps, "tuning": part}, indent=1) + "\n")
+        return 0
     if args.merge:
         args.out.write_text(json.dumps({"model": "toy", "machine": "2 CPU cores shared with other jobs (loaded)",
                                         "shards": len(args.merge), "colour_swap": merge(args.merge)}, indent=1) + "\n")
