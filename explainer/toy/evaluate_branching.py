@@ -1,21 +1,23 @@
-"""Measure forks and prompt-to-prompt edits on the toy model (writes ``docs/data/branching.json``).
+"""Measure forks and prompt-to-prompt edits on the toy model (writes ``docs/data/branching*.json``).
 
-- **Colour swaps**: ``n`` two-object captions; the first object's colour is swapped for one the caption
-  does not use ("a red circle above a blue square" -> "a green circle ..."). Each is edited with
-  prompt-to-prompt (word swap) and, as the baseline, re-run with the target prompt and the same seed.
-  Per case: is the new colour there (the toy checker), and the IoU of each object's colour mask in the
-  source vs the output (the swapped object under its new colour), averaged over the two objects.
+- **Tuning**: the settings of :data:`TUNE_GRID` on ``n_tune`` colour swaps of another scene seed; the
+  defaults of :func:`explainer.edit` are the best there.
+- **Colour swaps**: ``n`` two-object captions (the tuning captions left out); the first object's colour is
+  swapped for one the caption does not use ("a red circle above a blue square" -> "a green circle ...").
+  Each is edited with prompt-to-prompt (word swap, the defaults) and, as the baseline, re-run with the
+  target prompt and the same seed. Per case: is the new colour there (the toy checker), and the IoU of each
+  object's colour mask in the source vs the output (the swapped object under its new colour), averaged
+  over the two objects.
 - **Commitment**: ``n_commit`` captions, forked at every ``stride``-th step with a colour swap (or, with
   ``commit-position``, the two objects' places exchanged); the commitment step is the first fork step
-  from which no fork follows the new prompt (every object's colour in its place).
+  from which no fork follows the new prompt (every object's colour in its place), and ``summary`` holds
+  per caption the last fork step at which the change still takes, and its median.
 - **Fork cost**: seconds of a fork at step k as a fraction of a full traced run, for DDIM (restored
   prefix) and DPM++ (recomputed prefix), median of ``repeats``.
 
-Run (the docs' figures; two processes in parallel)::
-
-    python -m explainer.toy.evaluate_branching --only swap --out docs/data/branching_swap.json
-    python -m explainer.toy.evaluate_branching --only commit --only cost --out docs/data/branching.json
-    python -m explainer.toy.evaluate_branching --only commit-position --out docs/data/branching_position.json
+Run: the commands that made the docs' figures are listed in ``docs/branching.md`` ("Regenerating the
+figures"); ``--checkpoint`` keeps the running means of a long part, ``--shard I/M`` and ``--merge`` split
+the swap part over processes.
 """
 
 from __future__ import annotations
