@@ -121,10 +121,16 @@ def test_edit_argument_errors(pipe, basic_trace):
 
 
 def test_auto_self_layers_drop_the_largest_grids_to_fit_the_budget(pipe):
-    layers = self_layers(pipe, 32, 32)  # the tiny pipeline: 4x4 latents at level 0, 2x2 at level 1
-    assert sorted({p for p, _ in layers}) == [4, 16]
+    from explainer.tracing.families import family_for
+
+    _, h, w = family_for(pipe).latent_shape(pipe, 32, 32)
+    layers = self_layers(pipe, 32, 32)  # the tiny pipeline: attention at the latent's grid and at half of it
+    full, half = h * w, (h // 2) * (w // 2)
+    assert sorted({p for p, _ in layers}) == [half, full]
+    assert all(b == pipe.unet.dtype.itemsize * p * p * layer_heads for (p, b), layer_heads in
+               zip(layers, [m.heads for n, m in pipe.unet.named_modules() if n.endswith("attn1")]))  # fmt: skip
     every = sum(b for _, b in layers)
     assert fitting_limit(layers, 3, 3 * every) is None  # all fit: every layer
-    small = sum(b for p, b in layers if p <= 4)
-    assert fitting_limit(layers, 3, 3 * every - 1) == 4  # the full-resolution layers are dropped first
+    small = sum(b for p, b in layers if p <= half)
+    assert fitting_limit(layers, 3, 3 * every - 1) == half  # the full-resolution layers are dropped first
     assert fitting_limit(layers, 3, 3 * small - 1) == 0  # nothing fits: no self-attention injection
