@@ -84,12 +84,14 @@ def add_branch_commands(sub: Any, scheduler_names: list[str], positive_int: Any,
     edit.add_argument("target", help="the edited prompt (quote it)")
     edit.add_argument("--mode", choices=["replace", "refine", "reweight"], default="replace",
                       help="replace: swap words; refine: add words; reweight: scale words (default replace)")  # fmt: skip
-    edit.add_argument("--cross-steps", type=_fraction, default=0.8, help="fraction of steps with the source's "
-                      "cross-attention (default 0.8)")  # fmt: skip
+    edit.add_argument("--cross-steps", type=_fraction, default=0.6, help="fraction of steps with the source's "
+                      "cross-attention (default 0.6, explainer.edit's)")  # fmt: skip
     edit.add_argument("--self-steps", type=_fraction, default=0.4, help="fraction of steps with the source's "
                       "self-attention (default 0.4)")  # fmt: skip
     edit.add_argument("--weight", type=_weight, action="append", metavar="WORD=FACTOR",
                       help="scale a target word's attention (repeatable), e.g. --weight red=2")  # fmt: skip
+    edit.add_argument("--no-keep-context", dest="keep_context", action="store_false",
+                      help="the target's own text states for its unchanged tokens (maps alone, as in the paper)")  # fmt: skip
     edit.add_argument("--model", default="toy", help="'toy' (default), a local diffusers folder or a cached Hub id")
     edit.add_argument("--steps", type=positive_int, default=25, help="denoising steps (default 25)")
     edit.add_argument("--guidance", type=non_negative_float, help="guidance scale (default: the pipeline's own)")
@@ -177,7 +179,8 @@ def cmd_edit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     pipe = _pipeline(parser, args.model, args.device)
     try:
         result = edit(pipe, args.source, args.target, mode=args.mode, cross_steps=args.cross_steps,
-                      self_steps=args.self_steps, weights=dict(args.weight or []), num_inference_steps=args.steps,
+                      self_steps=args.self_steps, keep_context=args.keep_context, weights=dict(args.weight or []),
+                      num_inference_steps=args.steps,
                       guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
                       progress=not args.quiet)  # fmt: skip
     except (ValueError, TypeError) as err:

@@ -54,7 +54,11 @@ def test_edit_writes_both_runs(tmp_path):
     target = explainer.load_trace(out / "target.safetensors")
     source = explainer.load_trace(out / "source.safetensors")
     assert target.metadata["edit"]["source_uid"] == source.uid
+    assert target.metadata["edit"]["keep_context"] is True and target.metadata["edit"]["cross_steps"] == 0.6
     assert all((out / name).stat().st_size > 0 for name in ("source.png", "target.png", "edit.png"))
+    assert main(["edit", "a red circle above a blue square", "a green circle above a blue square", "--steps", "2",
+                 "--no-keep-context", "--out", str(tmp_path / "maps"), "--quiet"]) == 0  # fmt: skip
+    assert explainer.load_trace(tmp_path / "maps" / "target.safetensors").metadata["edit"]["keep_context"] is False
 
 
 def test_edit_errors_exit_2(tmp_path, capsys):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+from PIL import Image
 
 import explainer
 from explainer.tracing.fork import fork
@@ -161,3 +164,34 @@ def test_commitment_scores_and_figures(pipe, basic_trace):
     assert "fork at step 1" in views.branches(basic_trace, child).axes[1].get_title()
     with pytest.raises(ValueError, match="the default score is the toy checker"):
         views.commitment_scores(basic_trace, new, pipe=pipe)
+
+
+def _edit_inputs(size: int = 32):
+    """A smooth picture and a left-half mask (the repainted region), the size of the tiny pipeline's images."""
+    yy, xx = np.mgrid[0:1 : size * 1j, 0:1 : size * 1j]
+    rgb = np.stack([0.5 + 0.45 * np.sin(2 * np.pi * (xx * (1 + c) + yy) + c) for c in range(3)], -1)
+    mask = np.zeros((size, size), np.uint8)
+    mask[:, : size // 2] = 255
+    return Image.fromarray((rgb * 255).round().astype(np.uint8), "RGB"), Image.fromarray(mask, "L")
+
+
+@pytest.mark.parametrize("mode", ["img2img", "inpaint"])
+def test_edit_traces_fork_by_making_the_run_again(pipe, mode):
+    image, mask = _edit_inputs()
+    extra = {"image": image, "strength": 0.8, **({"mask": mask} if mode == "inpaint" else {})}
+    parent = run(pipe, dtype="float32", **extra)
+    assert parent.mode == mode
+    k = 1
+    same = parent.fork(k, pipe=pipe, progress=False)
+    assert same.metadata["fork"]["prefix"] == "recomputed" and mode in same.metadata["fork"]["reason"]
+    same_run(same, parent)  # nothing changed: the parent's run, bit for bit
+    assert same.mode == mode and np.array_equal(same.input_image, parent.input_image)
+    new = parent.fork(k, prompt="a green cube beside a blue sphere", pipe=pipe, progress=False)
+    assert np.array_equal(new.latents[: k + 1], parent.latents[: k + 1])
+    assert not np.array_equal(new.latents[-1], parent.latents[-1])
+    with pytest.raises(ValueError, match=f"scheduler= at a fork needs the restored way.*a {mode} fork is made again"):
+        parent.fork(k, scheduler="euler", pipe=pipe)
+    stripped = copy.copy(parent)
+    stripped.input_image = None
+    with pytest.raises(ValueError, match=f"a fork of a {mode} trace makes the run again from its input image"):
+        stripped.fork(k, pipe=pipe)

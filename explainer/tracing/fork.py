@@ -116,8 +116,8 @@ def fork(
     """
     if not isinstance(parent, Trace):
         raise TypeError(f"fork needs a Trace, not {type(parent).__name__}.")
-    if parent.mode != "txt2img":
-        raise ValueError(f"fork supports text-to-image traces; this one is {parent.mode!r}.")
+    if parent.mode not in ("txt2img", "img2img", "inpaint"):
+        raise ValueError(f"fork supports text-to-image, image-to-image and inpainting traces; this one is {parent.mode!r}.")
     if not parent.complete:
         raise ValueError("fork needs a complete trace; this one was interrupted (trace.complete is False).")
     k = _check_step(parent, step)
@@ -148,6 +148,7 @@ def fork(
                ("scheduler", None if scheduler is None else type(new_sched).__name__)) if value is not None}  # fmt: skip
 
     exact = _exact_latents(parent)
+    edit_inputs = _edit_inputs(parent, scheduler)
     if k == 0:
         prefix, reason = "none", "a fork at step 0 is a fresh run from the parent's starting noise"
     elif scheduler is not None:
@@ -158,6 +159,10 @@ def fork(
                 "record={'dtype': 'float32'}."
             )
         prefix, reason = "restored", "a new scheduler starts from the parent's latent at the fork step"
+    elif edit_inputs:
+        prefix, reason = "recomputed", (f"a {parent.mode} run is made again from the trace's input image"
+                                        f"{' and mask' if parent.mode == 'inpaint' else ''} (the restored way is built "
+                                        "for text-to-image runs)")  # fmt: skip
     elif not isinstance(old_sched, RESTORABLE):
         prefix, reason = "recomputed", f"{type(old_sched).__name__} keeps a history of model outputs (multistep)"
     elif is_stochastic(old_sched) and seed is None:
@@ -169,9 +174,14 @@ def fork(
     else:
         prefix, reason = "restored", f"{type(old_sched).__name__}'s state at the fork step is the latent alone"
 
+    if edit_inputs:  # the image-to-image / inpainting pipeline itself, so that its encode_prompt is the one wrapped
+        from .families import family_for
+
+        pipe = family_for(pipe).pipeline_for(pipe, parent.mode)
     t0 = time.perf_counter()
     common = dict(negative_prompt=new_negative, num_inference_steps=int(meta["num_inference_steps"]),
-                  height=parent.height, width=parent.width, record=dict(meta["record"]), progress=progress)  # fmt: skip
+                  height=parent.height, width=parent.width, record=dict(meta["record"]), progress=progress,
+                  **edit_inputs)  # fmt: skip
     device = pipe._execution_device
     generator = torch.Generator(device=meta.get("generator_device", device)).manual_seed(
         seed if prefix == "restored" and seed is not None else parent_seed)  # fmt: skip
@@ -200,6 +210,32 @@ def fork(
     }  # fmt: skip
     child.metadata["seed"] = parent_seed if seed is None else int(seed)
     return child
+
+
+def _edit_inputs(parent: Trace, scheduler: Any) -> dict[str, Any]:
+    """The ``image`` / ``mask`` / ``strength`` arguments that make an image-to-image or inpainting run again.
+
+    Raises:
+        ValueError: the trace lacks its input image (or mask), or ``scheduler=`` was given (a new scheduler
+            needs the restored way, which starts a text-to-image call from the latent at the fork step).
+    """
+    if parent.mode == "txt2img":
+        return {}
+    if scheduler is not None:
+        raise ValueError(
+            f"scheduler= at a fork needs the restored way (a text-to-image call from the latent at the fork step); a "
+            f"{parent.mode} fork is made again from the input image with the parent's scheduler."
+        )
+    if parent.input_image is None or (parent.mode == "inpaint" and parent.mask is None):
+        missing = "input image" if parent.input_image is None else "mask"
+        raise ValueError(
+            f"a fork of a {parent.mode} trace makes the run again from its {missing}, and this trace holds none "
+            "(a trace saved without its edit arrays); trace the edit again."
+        )
+    out: dict[str, Any] = {"image": parent.input_image, "strength": parent.strength}
+    if parent.mode == "inpaint":
+        out["mask"] = parent.mask
+    return out
 
 
 def _restored_run(parent: Trace, pipe: Any, k: int, prompt: str, guidance: float, sched: Any,

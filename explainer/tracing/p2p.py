@@ -11,8 +11,12 @@ replace the probabilities with the source's:
   the source's maps for every key position; ``refine`` (added words) those of the target tokens
   aligned with a source token, the new tokens keep their own; ``reweight`` keeps the source's maps
   and scales the named words' columns.
-- self-attention (``attn1``), the first ``self_steps``: the source's maps, on layers whose grid is at
-  most a quarter of the latent's positions (as the paper does for 64x64 latents: 32x32 and below).
+  With ``keep_context`` (the default) the target tokens that are the source's (all but the swapped or
+  added words) also take the source's text states in those steps: CLIP's text encoder is causal, so
+  without it every token after a changed word carries other values even where the maps are the source's.
+- self-attention (``attn1``), the first ``self_steps``: the source's maps, on every layer (the full
+  resolution included) or, with ``self_max_positions``, on layers with at most that many positions (the
+  paper's SD code: a quarter of a 64x64 latent's, 32x32 and below).
 
 Both runs are ordinary :func:`explainer.trace` calls, so both come back as traces.
 """
@@ -123,13 +127,55 @@ def key_mapper(alignment: list[int | None], source_len: int, keys: int) -> tuple
     return index, alpha
 
 
+#: The most bytes of source self-attention maps ``edit(self_max_positions="auto")`` keeps in memory.
+SELF_MAPS_BUDGET = 2 * 1024**3
+
+
+def self_layers(pipe: Any, height: int, width: int) -> list[tuple[int, int]]:
+    """``(query positions, bytes of one map [heads, N, N])`` of each self-attention layer for a ``height x width`` run."""
+    family = family_for(pipe)
+    _, h, w = family.latent_shape(pipe, height, width)
+    unet = family.denoiser(pipe)
+    size = next(unet.parameters()).element_size()
+    out = []
+    for name, module, level in family.attention_sites(pipe):
+        try:
+            attn1 = unet.get_submodule(name.removesuffix("attn2") + "attn1")
+        except AttributeError:
+            continue
+        positions = (-(-h // 2**level)) * (-(-w // 2**level))
+        out.append((positions, attn1.heads * positions * positions * size))
+    return out
+
+
+def fitting_limit(layers: list[tuple[int, int]], maps_per_layer: int, budget: int) -> int | None:
+    """The largest position limit whose layers' maps (``maps_per_layer`` each) fit in ``budget`` bytes; ``None``: all fit."""
+    for limit in sorted({p for p, _ in layers}, reverse=True):
+        if sum(b for p, b in layers if p <= limit) * maps_per_layer <= budget:
+            return None if limit == max(p for p, _ in layers) else limit
+    return 0
+
+
+def kept_tokens(alignment: list[int | None], source_ids: list[int], target_ids: list[int], keys: int) -> torch.Tensor:
+    """Which of the ``keys`` target keys take the source's text states (``keep_context``): ``[keys]`` bool.
+
+    A target token is kept when it is aligned with a source token of the same id: every token but the swapped
+    or added words' (padding after EOS included).
+    """
+    return torch.tensor([j >= len(alignment) or (alignment[j] is not None and target_ids[j] == source_ids[alignment[j]])
+                         for j in range(keys)])  # fmt: skip
+
+
 class _Edit:
     """Shared state of one edit: the current step, the stored source maps and the edit settings."""
 
-    def __init__(self, cross_until: int, self_until: int, self_max: int, index: torch.Tensor, alpha: torch.Tensor,
-                 weights: dict[int, float], mode: str) -> None:  # fmt: skip
+    def __init__(self, cross_until: int, self_until: int, self_max: int | None, index: torch.Tensor,
+                 alpha: torch.Tensor, weights: dict[int, float], mode: str, both_halves: bool = False) -> None:  # fmt: skip
         self.step = -1
         self.cross_until, self.self_until, self.self_max = cross_until, self_until, self_max
+        self.both_halves = both_halves  # self-attention: inject the unconditional half too
+        self.keep: torch.Tensor | None = None  # [keys] bool: target keys whose text states come from the source
+        self.context: torch.Tensor | None = None  # the source's conditional text states, [b/2, keys, dim]
         self.index, self.alpha, self.weights, self.mode = index, alpha, weights, mode
         self.store: dict[tuple[str, int], torch.Tensor] = {}  # (layer, step) -> [heads, N, keys], conditional half
         self.recording = True
@@ -137,7 +183,11 @@ class _Edit:
     def wanted(self, kind: str, positions: int) -> bool:
         if kind == "cross":
             return self.step < self.cross_until
-        return self.step < self.self_until and positions <= self.self_max
+        return self.step < self.self_until and (self.self_max is None or positions <= self.self_max)
+
+    def rows(self, kind: str, batch: int) -> slice:
+        """The rows of the UNet batch whose maps are kept and injected."""
+        return slice(0, batch) if kind == "self" and self.both_halves else _cond_rows(batch)
 
     def count_step(self, module: Any, args: Any) -> None:
         self.step += 1
@@ -193,13 +243,15 @@ class _SourceProcessor:
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
                  **kwargs: Any) -> torch.Tensor:  # fmt: skip
         out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if self.kind == "cross" and self.edit.keep is not None and self.edit.context is None:
+            self.edit.context = encoder_hidden_states[_cond_rows(encoder_hidden_states.shape[0])].detach().clone()
         positions = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
         if self.edit.wanted(self.kind, positions):
             with torch.no_grad():
                 probs = _qkv(attn, hidden_states, encoder_hidden_states, attention_mask, temb)[0]
             b = hidden_states.shape[0]
-            probs = probs.view(b, attn.heads, *probs.shape[1:])[_cond_rows(b)]
-            self.edit.store[(self.name, self.edit.step)] = probs.detach().clone()  # [b/2, heads, N, keys]
+            probs = probs.view(b, attn.heads, *probs.shape[1:])[self.edit.rows(self.kind, b)]
+            self.edit.store[(self.name, self.edit.step)] = probs.detach().clone()  # [b/2 or b, heads, N, keys]
         return out
 
 
@@ -216,10 +268,17 @@ class _TargetProcessor:
         source = edit.store.get((self.name, edit.step))
         if source is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        probs, value, residual, ndim, shape = _qkv(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         b = hidden_states.shape[0]
+        if self.kind == "cross" and edit.keep is not None and edit.context is not None:
+            encoder_hidden_states = encoder_hidden_states.clone()
+            rows = _cond_rows(b)
+            keep = edit.keep.to(encoder_hidden_states.device)
+            own = encoder_hidden_states[rows]
+            src = edit.context[:, edit.index.to(own.device)].to(own.dtype)
+            encoder_hidden_states[rows] = torch.where(keep[None, :, None], src, own)
+        probs, value, residual, ndim, shape = _qkv(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         view = probs.view(b, attn.heads, *probs.shape[1:])  # [B, heads, N, keys]
-        rows = _cond_rows(b)
+        rows = edit.rows(self.kind, b)
         if self.kind == "self":
             view[rows] = source.to(view.dtype)
         else:
@@ -268,8 +327,11 @@ def edit(
     target_prompt: str,
     *,
     mode: str = "replace",
-    cross_steps: float = 0.8,
+    cross_steps: float = 0.6,
     self_steps: float = 0.4,
+    self_max_positions: int | None | str = "auto",
+    self_both_halves: bool = False,
+    keep_context: bool = True,
     weights: dict[str, float] | None = None,
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
@@ -288,6 +350,16 @@ def edit(
         mode: ``"replace"`` (word swap), ``"refine"`` (the target adds words) or ``"reweight"``.
         cross_steps: fraction of the steps, from the start, whose cross-attention comes from the source.
         self_steps: the same for self-attention (0 turns it off).
+        self_max_positions: inject self-attention only on layers with at most this many query positions
+            (the paper's SD code: a quarter of the latent's, 32x32 of 64x64); ``None``: every layer, the
+            full-resolution ones included; ``"auto"``: every layer whose stored maps fit in
+            :data:`SELF_MAPS_BUDGET` bytes, the largest grids dropped first (every layer on the toy; on a
+            512x512 SD 1.x run with the default steps, the paper's 32x32 and below).
+        self_both_halves: inject self-attention into the unconditional half of the guidance batch too
+            (the paper injects the conditional half only).
+        keep_context: in the cross-attention steps, the text states (keys and values) of the target's tokens
+            that are the source's tokens (every token but the swapped or added words) come from the source's
+            encoding: CLIP's text encoder is causal, so otherwise every token after a changed word differs.
         weights: word of the target prompt -> factor on its cross-attention (required for ``reweight``).
         num_inference_steps, guidance_scale, seed, scheduler, record: as for :func:`explainer.trace`.
         pipe: the pipeline when ``trace_or_pipe`` is a trace.
@@ -356,9 +428,21 @@ def edit(
     total = len(probe.timesteps)
     keys = family.max_tokens(pipe)
     index, alpha = key_mapper(alignment, len(src_tokens.ids), keys)
-    latent_positions = (family.latent_shape(pipe, *family.default_size(pipe))[1:])
-    self_max = latent_positions[0] * latent_positions[1] // 4
-    state = _Edit(round(cross_steps * total), round(self_steps * total), self_max, index, alpha, word_keys, mode)
+    if self_max_positions not in (None, "auto") and (isinstance(self_max_positions, bool) or
+                                                     not isinstance(self_max_positions, int) or self_max_positions < 1):  # fmt: skip
+        raise ValueError(f"self_max_positions={self_max_positions!r} must be a positive number of query positions, None "
+                         "for every self-attention layer, or 'auto'.")  # fmt: skip
+    self_until = round(self_steps * total)
+    size = (given.height, given.width) if given is not None else family.default_size(pipe)
+    layers = self_layers(pipe, *size)
+    if self_max_positions == "auto":
+        self_max = fitting_limit(layers, self_until * (2 if self_both_halves else 1), SELF_MAPS_BUDGET)
+    else:
+        self_max = self_max_positions
+    state = _Edit(round(cross_steps * total), self_until, self_max, index, alpha, word_keys, mode,
+                  both_halves=bool(self_both_halves))  # fmt: skip
+    if keep_context:
+        state.keep = kept_tokens(alignment, src_tokens.ids, tgt_tokens.ids, keys)
     from .recorder import trace
 
     common = dict(num_inference_steps=steps, guidance_scale=guidance_scale, seed=0 if seed is None else seed,
@@ -379,9 +463,11 @@ def edit(
     finally:
         undo()
         state.store.clear()
+        state.context = None
     settings = {"source_prompt": source_prompt, "target_prompt": target_prompt, "mode": mode,
                 "cross_steps": cross_steps, "self_steps": self_steps, "cross_until_step": state.cross_until,
-                "self_until_step": state.self_until, "self_max_positions": self_max, "weights": weights,
+                "self_until_step": state.self_until, "self_max_positions": self_max,
+                "self_both_halves": bool(self_both_halves), "keep_context": bool(keep_context), "weights": weights,
                 "alignment": alignment, "source_uid": source.uid,
                 "recorded_attention": "the target's own queries against its own keys, before the injection"}  # fmt: skip
     target.metadata["edit"] = settings
