@@ -26,10 +26,10 @@ PAGE_FILES = ("live.js", "live.css")
 PLAYER_EXPORT = "export default { render };"
 #: The toy model's defaults, as ``explainer.toy.evaluate`` generates (guidance 7.5, 25 steps).
 DEFAULTS = {"prompt": "a red circle on the left", "seed": 0, "guidance": 7.5, "steps": 25}
-#: Where the browser-side pieces come from, in script order: the ONNX runtime and its wrapper, then the
-#: tokenizer and the scheduler (paths relative to ``static/``).
-RUNTIME_SCRIPTS = ("vendor/ort.wasm.min.js", "runtime.js")
-JS_SCRIPTS = ("tokenizer.js", "scheduler.js")
+#: The browser-side pieces in ``static/``, in load order: onnxruntime-web (vendored, with its WASM binary
+#: as a script) and the runtime wrapper, then the tokenizer, the seeded noise and the scheduler.
+RUNTIME_SCRIPTS = ("vendor/onnxruntime-web/ort.wasm.min.js", "vendor/onnxruntime-web/ort-wasm-binary.js", "runtime.js")
+JS_SCRIPTS = ("tokenizer.js", "random.js", "scheduler.js")
 
 
 def player_script(source: str | None = None) -> str:
@@ -98,14 +98,15 @@ def _script_tags(names: Sequence[str]) -> str:
     return "\n".join(f'<script src="{n}"></script>' for n in names)
 
 
-def assemble(out_dir: str | Path, *, scripts: Sequence[tuple[str, Path]], write_models: Callable[[Path], list[Path]],
-             tokenizer: dict[str, Any] | None, docs_url: str = "") -> Path:  # fmt: skip
+def assemble(out_dir: str | Path, *, files: Sequence[tuple[str, Path]], load: Sequence[str],
+             write_models: Callable[[Path], list[Path]], tokenizer: dict[str, Any] | None, docs_url: str = "") -> Path:  # fmt: skip
     """Write the page from its pieces (``build_page`` with the real ones; tests may pass stand-ins).
 
     Args:
         out_dir: the folder to write (created; files of the same names are replaced).
-        scripts: ``(name in the folder, source file)`` of the runtime, tokenizer and scheduler scripts,
-            in load order.
+        files: ``(name in the folder, source file)`` of every file of the runtime, tokenizer and scheduler
+            (scripts, licences).
+        load: the scripts among ``files`` to load, in order (after the model scripts).
         write_models: writes the embedded model scripts into a folder and returns their paths, in load order.
         tokenizer: the tokenizer's data for ``SDXLive.pageData.tokenizer``.
         docs_url: base URL of the built docs (``""``: the overview strip names the pages).
@@ -117,14 +118,11 @@ def assemble(out_dir: str | Path, *, scripts: Sequence[tuple[str, Path]], write_
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
-    names = []
-    for name, src in scripts:
+    for name, src in files:
         dest = out / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
-        names.append(name)
-    models = [Path(p) for p in write_models(out)]
-    model_names = [p.resolve().relative_to(out.resolve()).as_posix() for p in models]
+    models = [Path(p).resolve().relative_to(out.resolve()).as_posix() for p in write_models(out)]
     (out / "player.js").write_text(player_script(), encoding="utf-8")
     shutil.copyfile(WIDGETS / "player.css", out / "player.css")
     for name in PAGE_FILES:
@@ -132,8 +130,7 @@ def assemble(out_dir: str | Path, *, scripts: Sequence[tuple[str, Path]], write_
     data = json.dumps(page_data(docs_url=docs_url, tokenizer=tokenizer), separators=(",", ":"))
     (out / "data.js").write_text(f"self.SDXLive = self.SDXLive || {{}};\nself.SDXLive.pageData = {data};\n",
                                  encoding="utf-8")  # fmt: skip
-    runtime = [n for n in names if n not in JS_SCRIPTS]
-    ordered = runtime + model_names + [n for n in names if n in JS_SCRIPTS] + ["player.js", "data.js", "live.js"]
+    ordered = [*models, *load, "player.js", "data.js", "live.js"]
     html = (STATIC / "live.html").read_text(encoding="utf-8").replace("<!--scripts-->", _script_tags(ordered))
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")
@@ -153,10 +150,15 @@ def build_page(out_dir: str | Path, *, docs_url: str = "") -> Path:
     Returns:
         The path of the page's ``index.html``.
     """
-    from . import export_onnx  # the ONNX models and the runtime wrapper
+    from ..models import toy_model_path
+    from . import export_onnx, js_data  # the ONNX models; the tokenizer's data
 
-    scripts = [(n, STATIC / n) for n in RUNTIME_SCRIPTS + JS_SCRIPTS]
-    missing = [str(p) for _, p in scripts if not p.is_file()]
+    load = [*RUNTIME_SCRIPTS, *JS_SCRIPTS]
+    missing = [str(STATIC / n) for n in load if not (STATIC / n).is_file()]
     if missing:
         raise FileNotFoundError(f"the live page's scripts are missing: {', '.join(missing)}")
-    return assemble(out_dir, scripts=scripts, write_models=export_onnx.write_model_scripts, docs_url=docs_url)
+    files = [(n, STATIC / n) for n in load]
+    files += [(p.relative_to(STATIC).as_posix(), p) for p in sorted((STATIC / "vendor").rglob("*")) if p.is_file()]
+    tokenizer = js_data.tokenizer_payload(toy_model_path() / "tokenizer")
+    return assemble(out_dir, files=list(dict(files).items()), load=load, write_models=export_onnx.write_model_scripts,
+                    tokenizer=tokenizer, docs_url=docs_url)

@@ -81,7 +81,8 @@
   }
   function padIds(ids) {
     const out = Array.from(ids).slice(0, D.model.max_length);
-    const pad = out[out.length - 1];
+    const cfg = (state.rt && state.rt.config) || {};
+    const pad = cfg.pad_token_id !== undefined ? cfg.pad_token_id : out[out.length - 1];
     while (out.length < D.model.max_length) out.push(pad);
     return out;
   }
