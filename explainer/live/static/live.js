@@ -285,12 +285,14 @@
     run.frames.xt.push(xt.bytes);
     run.frames.eps.push(await pngBytes(channelsPicture(guided)));
     model.set("frames", { xt: run.frames.xt.slice(), x0: run.frames.x0.slice(), eps: run.frames.eps.slice() });
+    if (SDX.live.marks.firstFrame === undefined) SDX.live.marks.firstFrame = performance.now();
     if (state.followSteps) model.set("step", i);
     model.set("status", "step " + (i + 1) + "/" + run.timesteps.length + "\u2026");
     await tick(); // let the page paint this step
   }
   async function finishDrawing(run) {
     model.set("final", run.finalBytes);
+    if (SDX.live.marks.firstFinal === undefined) SDX.live.marks.firstFinal = performance.now();
     const layers = run.attn.length ? run.attn[0] : [];
     const sizes = [...new Set(layers.map((l) => l.h + "x" + l.w))].sort((a, b) => parseInt(b) - parseInt(a));
     model.set("layer_options", ["all", ...(layers.some((l) => l.name.startsWith("mid_block.")) ? ["daam"] : []), ...sizes,
@@ -502,7 +504,8 @@
 
   // ---- start: load the models, then run the default caption ---------------------------------------------
   const footer = document.getElementById("live-footer");
-  const live = (SDX.live = { model, state, ready: null, firstImage: null });
+  // marks: milliseconds since the page started loading: models loaded, first x̂0 frame, first final image.
+  const live = (SDX.live = { model, state, ready: null, marks: {} });
   live.run = async (s) => { // for tests and benchmarks: run these settings and return the run
     while (state.busy) await new Promise((r) => setTimeout(r, 20));
     model.set("prompt_text", s.prompt); model.set("seed_value", s.seed);
@@ -515,6 +518,7 @@
     state.tokenizer = new SDX.CLIPTokenizer(D.tokenizer);
     state.rt = await SDX.Runtime.create();
     live.loadSeconds = (performance.now() - t0) / 1000;
+    live.marks.loaded = performance.now();
     footer.textContent = "Runs on " + (state.rt.backend || "onnxruntime-web") + " in this browser; models loaded in " +
       live.loadSeconds.toFixed(1) + " s. Nothing is fetched from the network.";
     model.set("status", "model loaded in " + live.loadSeconds.toFixed(1) + " s");
