@@ -51,16 +51,18 @@ def player_script(source: str | None = None) -> str:
         "self.SDXLive = self.SDXLive || {};\n(function () {\n" + "\n".join(lines) + "\n})();\n"
 
 
-def page_data(*, docs_url: str = "", tokenizer: dict[str, Any] | None = None) -> dict[str, Any]:
+def page_data(*, docs_url: str = "", tokenizer: dict[str, Any] | None = None,
+              scheduler: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """What the page needs from Python, as plain JSON: the toy's vocabulary and sizes, the classroom texts.
 
     Args:
         docs_url: base URL of the built docs for the overview strip's links (``""``: name the pages).
         tokenizer: what the page's CLIP tokenizer is built from (its vocabulary and merges), or ``None``.
+        scheduler: the scheduler's config and ``alphas_cumprod`` (default: the config alone).
 
     Returns:
         ``{"vocabulary", "stages", "preview_labels", "colormap", "opacity", "display", "model", "defaults",
-        "docs_url", "tokenizer"}``.
+        "docs_url", "tokenizer", "scheduler"}``.
     """
     from ..export.frames import OVERLAY_ALPHA, colormap_lut
     from ..models import toy_model_path
@@ -86,11 +88,11 @@ def page_data(*, docs_url: str = "", tokenizer: dict[str, Any] | None = None) ->
             "image": [vae["out_channels"], side * factor, side * factor],  # [channel, H, W]
             "scaling_factor": vae["scaling_factor"],
             "max_length": tok["model_max_length"],
-            "scheduler": sched,
         },
         "defaults": dict(DEFAULTS),
         "docs_url": docs_url,
         "tokenizer": tokenizer,
+        "scheduler": scheduler if scheduler is not None else {"config": sched, "alphas_cumprod": None},
     }
 
 
@@ -99,7 +101,8 @@ def _script_tags(names: Sequence[str]) -> str:
 
 
 def assemble(out_dir: str | Path, *, files: Sequence[tuple[str, Path]], load: Sequence[str],
-             write_models: Callable[[Path], list[Path]], tokenizer: dict[str, Any] | None, docs_url: str = "") -> Path:  # fmt: skip
+             write_models: Callable[[Path], list[Path]], tokenizer: dict[str, Any] | None,
+             scheduler: dict[str, Any] | None = None, docs_url: str = "") -> Path:  # fmt: skip
     """Write the page from its pieces (``build_page`` with the real ones; tests may pass stand-ins).
 
     Args:
@@ -109,6 +112,7 @@ def assemble(out_dir: str | Path, *, files: Sequence[tuple[str, Path]], load: Se
         load: the scripts among ``files`` to load, in order (after the model scripts).
         write_models: writes the embedded model scripts into a folder and returns their paths, in load order.
         tokenizer: the tokenizer's data for ``SDXLive.pageData.tokenizer``.
+        scheduler: the scheduler's data for ``SDXLive.pageData.scheduler`` (default: its config alone).
         docs_url: base URL of the built docs (``""``: the overview strip names the pages).
 
     Returns:
@@ -127,7 +131,7 @@ def assemble(out_dir: str | Path, *, files: Sequence[tuple[str, Path]], load: Se
     shutil.copyfile(WIDGETS / "player.css", out / "player.css")
     for name in PAGE_FILES:
         shutil.copyfile(STATIC / name, out / name)
-    data = json.dumps(page_data(docs_url=docs_url, tokenizer=tokenizer), separators=(",", ":"))
+    data = json.dumps(page_data(docs_url=docs_url, tokenizer=tokenizer, scheduler=scheduler), separators=(",", ":"))
     (out / "data.js").write_text(f"self.SDXLive = self.SDXLive || {{}};\nself.SDXLive.pageData = {data};\n",
                                  encoding="utf-8")  # fmt: skip
     ordered = [*models, *load, "player.js", "data.js", "live.js"]
@@ -159,6 +163,7 @@ def build_page(out_dir: str | Path, *, docs_url: str = "") -> Path:
         raise FileNotFoundError(f"the live page's scripts are missing: {', '.join(missing)}")
     files = [(n, STATIC / n) for n in load]
     files += [(p.relative_to(STATIC).as_posix(), p) for p in sorted((STATIC / "vendor").rglob("*")) if p.is_file()]
-    tokenizer = js_data.tokenizer_payload(toy_model_path() / "tokenizer")
+    toy = toy_model_path()
     return assemble(out_dir, files=list(dict(files).items()), load=load, write_models=export_onnx.write_model_scripts,
-                    tokenizer=tokenizer, docs_url=docs_url)
+                    tokenizer=js_data.tokenizer_payload(toy / "tokenizer"),
+                    scheduler=js_data.scheduler_payload(toy / "scheduler"), docs_url=docs_url)

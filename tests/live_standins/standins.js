@@ -1,39 +1,8 @@
-// Stand-ins with the interface of runtime.js, tokenizer.js and scheduler.js (no model; for page tests only).
+// A stand-in with the interface of runtime.js (no model; for developing the page only).
 self.SDXLive = self.SDXLive || {};
 (function () {
   const SDX = self.SDXLive;
   const D = () => SDX.pageData.model;
-  function hash(s) { let h = 2166136261; for (const ch of String(s)) { h ^= ch.charCodeAt(0); h = Math.imul(h, 16777619); } return h >>> 0; }
-  SDX.CLIPTokenizer = function () {};
-  SDX.CLIPTokenizer.prototype.encode = function (text) {
-    const words = String(text).toLowerCase().match(/[a-z0-9']+|[^\sa-z0-9']/g) || [];
-    const tokens = ["<|startoftext|>", ...words.map((w) => w + "</w>"), "<|endoftext|>"];
-    return { input_ids: [49406, ...words.map((w) => 1 + (hash(w) % 49000)), 49407], tokens };
-  };
-  SDX.randn = function (seed, n) {
-    let s = (seed * 2654435761 + 1) >>> 0;
-    const u = () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return (s + 0.5) / 4294967296; };
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i++) out[i] = Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
-    return out;
-  };
-  SDX.cfg = (u, c, g) => u.map((v, i) => v + g * (c[i] - v));
-  SDX.DDIMScheduler = function (config) {
-    const T = config.num_train_timesteps, b0 = Math.sqrt(config.beta_start), b1 = Math.sqrt(config.beta_end);
-    let a = 1; this.alphasCumprod = [];
-    for (let i = 0; i < T; i++) { const b = (b0 + (i / (T - 1)) * (b1 - b0)) ** 2; a *= 1 - b; this.alphasCumprod.push(i === T - 1 ? 0 : a); }
-    this.T = T; this.initNoiseSigma = 1;
-  };
-  SDX.DDIMScheduler.prototype.setTimesteps = function (n) {
-    this.n = n; this.timesteps = [];
-    for (let i = 0; i < n; i++) this.timesteps.push(Math.round(this.T - (i * this.T) / n) - 1);
-  };
-  SDX.DDIMScheduler.prototype.step = function (v, t, x) {
-    const a = this.alphasCumprod[t], prev = t - this.T / this.n, ap = prev >= 0 ? this.alphasCumprod[prev] : 1;
-    const x0 = x.map((xi, i) => Math.sqrt(a) * xi - Math.sqrt(1 - a) * v[i]);
-    const eps = x.map((xi, i) => Math.sqrt(a) * v[i] + Math.sqrt(1 - a) * xi);
-    return { prevSample: x0.map((o, i) => Math.sqrt(ap) * o + Math.sqrt(1 - ap) * eps[i]), predOriginalSample: x0 };
-  };
   SDX.Runtime = {
     async create() {
       const m = D(), [C, h, w] = m.latent, [, H, W] = m.image, Tn = m.max_length, Dm = 8;

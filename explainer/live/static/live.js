@@ -175,20 +175,12 @@
   const state = { rt: null, tokenizer: null, run: null, previous: null, busy: false, followSteps: true, pending: null };
   slider.addEventListener("input", () => { state.followSteps = false; });
 
-  // Chip groups: the prompt's words, each with its tokens (key "cond:<position>"), unknown words marked.
+  // Chip groups: the prompt's words (the tokenizer's grouping), each with its tokens (key "cond:<position>").
   function chipGroups(tokens) {
-    const groups = [];
-    let current = null;
-    const last = tokens.length - 1;
-    for (let i = 1; i < last; i++) { // skip the start and end tokens
-      const tok = String(tokens[i]);
-      if (!current) current = { text: "", branch: "cond", tokens: [], known: true };
-      current.tokens.push({ key: "cond:" + i, text: tok.replace(/<\/w>$/, "") });
-      current.text += tok.replace(/<\/w>$/, "");
-      if (tok.endsWith("</w>") || i === last - 1) { groups.push(current); current = null; }
-    }
-    for (const g of groups) g.known = !wordsOf(g.text).some((w) => !KNOWN.has(w));
-    return groups;
+    return state.tokenizer.words(tokens).map(({ word, indices }) => ({
+      text: word, branch: "cond", known: !wordsOf(word).some((w) => !KNOWN.has(w)),
+      tokens: indices.map((i) => ({ key: "cond:" + i, text: state.tokenizer.tokenText(tokens[i]) })),
+    }));
   }
 
   // One attention output, cond branch only: [N_pixels, T] → {name, h, w, data [h*w, keep]}.
@@ -224,12 +216,12 @@
     const tokU = state.tokenizer.encode("");
     const ids = padIds(tok.input_ids), idsU = padIds(tokU.input_ids);
     const emb = concat(asFloat32(await state.rt.encode(idsU)), asFloat32(await state.rt.encode(ids))); // [2, T, D]
-    const sched = new SDX.DDIMScheduler(D.model.scheduler);
+    const sched = new SDX.DDIMScheduler(D.scheduler.config, { alphasCumprod: D.scheduler.alphas_cumprod });
     sched.setTimesteps(s.steps);
     const timesteps = Array.from(sched.timesteps, Number);
     let x = Float32Array.from(SDX.randn(s.seed, N));
     if (sched.initNoiseSigma && sched.initNoiseSigma !== 1) for (let i = 0; i < N; i++) x[i] *= sched.initNoiseSigma;
-    const keep = Math.min(tok.tokens.length, D.model.max_length);
+    const keep = tok.attention_mask ? tok.attention_mask.reduce((a, b) => a + b, 0) : tok.tokens.length; // start, pieces, end
     const run = { settings: s, timesteps, sched, tokens: tok.tokens.slice(0, keep), xt: [], x0: [], uncond: [], cond: [],
       attn: [], frames: { xt: [], x0: [], eps: [] }, stepMs: [], final: null, finalBytes: null };
     if (draw) startDrawing(run);
