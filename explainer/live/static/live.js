@@ -61,6 +61,49 @@
     return rgbaCanvas(rgba, LW, LH);
   }
 
+  // Linear latent→RGB map fitted on one (latent, decoded image) pair by least squares, as explainer's
+  // fit_from_pairs: rgb (in [-1, 1], the image averaged down to the latent's size) = latent · F + bias.
+  function fitLatentRGB(lat, rgba) {
+    const P = LH * LW, f = IH / LH, A = Array.from({ length: 5 }, () => new Float64Array(5)), B = Array.from({ length: 5 }, () => new Float64Array(3));
+    for (let p = 0; p < P; p++) {
+      const y = Math.floor(p / LW), x = p % LW, rgb = [0, 0, 0];
+      for (let dy = 0; dy < f; dy++) for (let dx = 0; dx < f; dx++) {
+        const q = 4 * ((y * f + dy) * IW + x * f + dx);
+        for (let k = 0; k < 3; k++) rgb[k] += rgba[q + k] / 127.5 - 1;
+      }
+      const v = [lat[p], lat[P + p], lat[2 * P + p], lat[3 * P + p], 1];
+      for (let i = 0; i < 5; i++) {
+        for (let j = 0; j < 5; j++) A[i][j] += v[i] * v[j];
+        for (let k = 0; k < 3; k++) B[i][k] += (v[i] * rgb[k]) / (f * f);
+      }
+    }
+    for (let i = 0; i < 5; i++) A[i][i] += 1e-6; // ridge: a flat image still solves
+    for (let c = 0; c < 5; c++) { // Gauss-Jordan on [A | B]
+      let piv = c;
+      for (let r = c + 1; r < 5; r++) if (Math.abs(A[r][c]) > Math.abs(A[piv][c])) piv = r;
+      [A[c], A[piv]] = [A[piv], A[c]]; [B[c], B[piv]] = [B[piv], B[c]];
+      for (let r = 0; r < 5; r++) {
+        if (r === c) continue;
+        const m = A[r][c] / A[c][c];
+        for (let j = 0; j < 5; j++) A[r][j] -= m * A[c][j];
+        for (let k = 0; k < 3; k++) B[r][k] -= m * B[c][k];
+      }
+    }
+    return B.map((row, i) => Array.from(row, (v) => v / A[i][i])); // [5][3]: 4 channel rows, then the bias
+  }
+  function linearPicture(lat, F) {
+    const P = LH * LW, rgba = new Uint8ClampedArray(P * 4);
+    for (let p = 0; p < P; p++) {
+      for (let k = 0; k < 3; k++) {
+        let v = F[4][k];
+        for (let c = 0; c < 4; c++) v += lat[c * P + p] * F[c][k];
+        rgba[4 * p + k] = 127.5 * (v + 1);
+      }
+      rgba[4 * p + 3] = 255;
+    }
+    return rgbaCanvas(rgba, LW, LH);
+  }
+
   // ---- the pieces' interface (runtime.js, tokenizer.js, scheduler.js) -----------------------------------
   function asFloat32(x) {
     if (x instanceof Float32Array) return x;
@@ -101,7 +144,8 @@
   const model = makeModel({
     frames: { xt: [], x0: [], eps: [] }, final: new Uint8Array(0), image_format: "png",
     display_size: [D.display[0], D.display[0]], present_size: [D.display[1], D.display[1]], pixelated: true,
-    fps: 8, steps_info: [], step: 0, title: "", preview_method: "vae", preview_label: D.preview_labels.vae,
+    fps: 8, steps_info: [], step: 0, title: "", preview_method: "vae",
+    preview_label: "x\u0302\u2080 frames: full VAE decodes; x\u209c frames: linear latent\u2192RGB previews fitted to the step's x\u0302\u2080 and its decode",
     status: "loading the model\u2026", error: "", schedule_png: new Uint8Array(0), schedule_x: [], schedule_box: [],
     emergence_png: new Uint8Array(0), emergence_x: [], emergence_box: [], emergence_labels: [], mode: "txt2img",
     input_frame: new Uint8Array(0), input_frame_label: "", start_label: "", words: [], selected: [],
@@ -208,6 +252,9 @@
     const img = asRGBA(await state.rt.decode(latent));
     return { bytes: await pngBytes(rgbaCanvas(img.rgba, img.w, img.h)), rgba: img.rgba };
   }
+  // x_t frames: VAE decodes (XT_DECODE) or linear previews fitted on the step's x̂0 and its decode (cheaper:
+  // one decoder run per step instead of two).
+  const XT_DECODE = false;
 
   // Run the toy: x_T from the seed, then steps of UNet (both branches) + guidance + DDIM, drawing each step.
   async function generate(s, { draw = true } = {}) {
@@ -272,9 +319,9 @@
   }
   async function drawStep(run, i, guided) {
     const x0 = await decodeBytes(run.x0[i]);
-    const xt = await decodeBytes(run.xt[i]);
+    const xt = XT_DECODE ? (await decodeBytes(run.xt[i])).bytes : await pngBytes(linearPicture(run.xt[i], fitLatentRGB(run.x0[i], x0.rgba)));
     run.frames.x0.push(x0.bytes);
-    run.frames.xt.push(xt.bytes);
+    run.frames.xt.push(xt);
     run.frames.eps.push(await pngBytes(channelsPicture(guided)));
     model.set("frames", { xt: run.frames.xt.slice(), x0: run.frames.x0.slice(), eps: run.frames.eps.slice() });
     if (SDX.live.marks.firstFrame === undefined) SDX.live.marks.firstFrame = performance.now();
@@ -299,7 +346,7 @@
     if (state.followSteps) model.set("step", run.timesteps.length - 1);
     const per = run.stepMs.reduce((a, b) => a + b, 0) / run.stepMs.length;
     model.set("status", "done: " + run.timesteps.length + " steps in " + run.seconds.toFixed(2) + " s (" + per.toFixed(0) +
-      " ms per step, UNet on both branches + decodes of x\u209c and x\u0302\u2080)" + (state.rt.backend ? " \u00b7 " + state.rt.backend : ""));
+      " ms per step: UNet on both branches, a VAE decode of x\u0302\u2080)" + (state.rt.backend ? " \u00b7 " + state.rt.backend : ""));
     await drawMaps();
     drawCompare();
   }
