@@ -71,8 +71,8 @@ def cold_loads(browser, index: Path, rounds: int) -> list[dict]:
         context, page, blocked, errors = open_page(browser, index)
         page.wait_for_function(READY, timeout=180_000)
         marks = page.evaluate("() => self.SDXLive.live.marks")
-        out.append({"first_frame_s": marks.firstFrame / 1000, "first_final_s": marks.firstFinal / 1000,
-                    "models_loaded_s": marks.loaded / 1000, "blocked": len(blocked), "errors": errors})  # fmt: skip
+        out.append({"first_frame_s": marks["firstFrame"] / 1000, "first_final_s": marks["firstFinal"] / 1000,
+                    "models_loaded_s": marks["loaded"] / 1000, "blocked": len(blocked), "errors": errors})  # fmt: skip
         context.close()
     return out
 
@@ -95,6 +95,7 @@ def page_images(page, captions: list[str], seed: int, steps: int, guidance: floa
         rgba = page.evaluate("async (s) => Array.from((await self.SDXLive.live.generate(s)).final)", s)
         side = int(round((len(rgba) // 4) ** 0.5))
         images.append(np.asarray(rgba, np.uint8).reshape(side, side, 4)[..., :3])
+        print(f"  page image {i + 1}/{len(captions)}", flush=True)
     return images
 
 
@@ -108,6 +109,7 @@ def python_images(captions: list[str], seed: int, steps: int, guidance: float) -
         tr = explainer.trace(pipe, caption, seed=seed + i, num_inference_steps=steps, guidance_scale=guidance,
                              record="none", progress=False)  # fmt: skip
         out.append(np.asarray(tr.final_image.convert("RGB"), np.uint8))
+        print(f"  Python image {i + 1}/{len(captions)}", flush=True)
     return out
 
 

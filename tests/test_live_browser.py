@@ -160,6 +160,17 @@ def test_page_offline_types_runs_scrubs_and_maps(page_dir, chromium):
                                    arg=top.get_attribute("data-key"))
             assert pixels("canvas.sdx-overlay[data-panel=x0]") != blue
             assert x0_last  # the first run drew its frames too
+
+            # The guidance what-if: x0 of the shown step re-guided from the recorded branches (no run).
+            def what_if(g: str):
+                page.evaluate("(g) => { const s = document.querySelector('.sdx-guidance'); s.value = g; "
+                              "s.dispatchEvent(new Event('input')); }", g)  # fmt: skip
+                page.wait_for_function("(g) => document.querySelector('.sdx-whatif').closest('figure').hidden === false "
+                                       "&& document.querySelector('.sdx-guidance-row figcaption').textContent.includes('g = ' + g)",
+                                       arg=g)  # fmt: skip
+                return pixels("img.sdx-whatif")
+
+            assert what_if("1.0") != what_if("15.0")
         finally:
             browser.close()
     assert blocked == []
