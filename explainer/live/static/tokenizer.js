@@ -56,7 +56,7 @@
   const BYTES = byteTables();
 
   const utf8 = new TextEncoder();
-  const utf8Decoder = new TextDecoder('utf-8');
+  const utf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });  // keep a U+FEFF that is part of the text
 
   /** A special token's text: config values are strings or {content: string} (AddedToken) objects. */
   function tokenContent(value) {
