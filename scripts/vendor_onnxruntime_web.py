@@ -74,10 +74,12 @@ def main() -> None:
     (DEST / IIFE).write_bytes(files[IIFE])
     packed = gzip.compress(files[WASM], compresslevel=9, mtime=0)
     binary = (
-        "/* onnxruntime-web " + version + ": " + WASM + " (gzip, base64) and " + GLUE + ", for the live page; written by\n"
+        f"/* onnxruntime-web {version}: {WASM} (gzip, base64) and {GLUE}, for the live page; "
+        "written by\n"
         " * scripts/vendor_onnxruntime_web.py (see SOURCE.txt). Copyright (c) Microsoft Corporation, MIT License. */\n"
         "(function (root) {\n  const ns = root.SDXLive = root.SDXLive || {};\n"
-        f"  ns.ortWasm = {{version: {json.dumps(version)}, wasmGzipBase64: '{base64.b64encode(packed).decode('ascii')}',\n"
+        f"  ns.ortWasm = {{version: {json.dumps(version)}, "
+        f"wasmGzipBase64: '{base64.b64encode(packed).decode('ascii')}',\n"
         f"    glue: {json.dumps(files[GLUE].decode('utf-8'))}}};\n"
         "})(typeof self !== 'undefined' ? self : globalThis);\n"
     )

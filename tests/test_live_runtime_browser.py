@@ -18,11 +18,9 @@ import torch
 
 import explainer
 from explainer.live.export_onnx import MODEL_FILES, onnx_dir, write_model_scripts
+from explainer.live.runtime_files import STATIC_DIR, runtime_scripts
 
-STATIC = Path(explainer.__file__).parent / "live" / "static"
 PROMPT = "a green triangle at the top"
-SCRIPTS = ["vendor/onnxruntime-web/ort.wasm.min.js", "vendor/onnxruntime-web/ort-wasm-binary.js", "model_config.js",
-           *[f"model_{k}.js" for k in MODEL_FILES], "runtime.js"]  # fmt: skip
 
 RUN_JS = """async ([ids, negIds, latent, t]) => {
   const rt = await SDXLive.Runtime.create();
@@ -52,9 +50,11 @@ def chromium() -> str:
 def page_dir(tmp_path_factory) -> Path:
     """A folder as the page will have it: runtime.js, the vendored runtime, the model scripts, an HTML file."""
     folder = tmp_path_factory.mktemp("live")
-    shutil.copytree(STATIC, folder, dirs_exist_ok=True)
-    write_model_scripts(folder)
-    tags = "\n".join(f'<script src="{s}"></script>' for s in SCRIPTS)
+    shutil.copytree(STATIC_DIR, folder, dirs_exist_ok=True)
+    written = write_model_scripts(folder)
+    wanted = {folder / s for s in runtime_scripts()}
+    assert set(written) <= wanted and all(path.is_file() for path in wanted)
+    tags = "\n".join(f'<script src="{s}"></script>' for s in runtime_scripts())
     (folder / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>runtime</title>{tags}"
                                        "</head><body></body></html>", encoding="utf-8")  # fmt: skip
     return folder
@@ -115,7 +115,8 @@ def inputs(toy):
 def expected(inputs):
     """The same calls through onnxruntime in Python."""
     ort = pytest.importorskip("onnxruntime", reason="pip install onnxruntime (the test extra)")
-    s = {k: ort.InferenceSession(str(onnx_dir() / n), providers=["CPUExecutionProvider"]) for k, n in MODEL_FILES.items()}
+    s = {key: ort.InferenceSession(str(onnx_dir() / name), providers=["CPUExecutionProvider"])
+         for key, name in MODEL_FILES.items()}  # fmt: skip
     cond = s["text_encoder"].run(None, {"input_ids": np.array([inputs["ids"]], np.int32)})[0]
     uncond = s["text_encoder"].run(None, {"input_ids": np.array([inputs["neg_ids"]], np.int32)})[0]
     out, *attn = s["unet"].run(None, {"sample": np.concatenate([inputs["latent"]] * 2),
