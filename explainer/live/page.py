@@ -26,9 +26,8 @@ PAGE_FILES = ("live.js", "live.css")
 PLAYER_EXPORT = "export default { render };"
 #: The toy model's defaults, as ``explainer.toy.evaluate`` generates (guidance 7.5, 25 steps).
 DEFAULTS = {"prompt": "a red circle on the left", "seed": 0, "guidance": 7.5, "steps": 25}
-#: The browser-side pieces in ``static/``, in load order: onnxruntime-web (vendored, with its WASM binary
-#: as a script) and the runtime wrapper, then the tokenizer, the seeded noise and the scheduler.
-RUNTIME_SCRIPTS = ("vendor/onnxruntime-web/ort.wasm.min.js", "vendor/onnxruntime-web/ort-wasm-binary.js", "runtime.js")
+#: The tokenizer, the seeded noise and the scheduler in ``static/``, loaded after the runtime's scripts
+#: (``explainer.live.runtime_files.runtime_scripts``: onnxruntime-web, the model scripts, runtime.js).
 JS_SCRIPTS = ("tokenizer.js", "random.js", "scheduler.js")
 
 
@@ -109,7 +108,8 @@ def assemble(out_dir: str | Path, *, files: Sequence[tuple[str, Path]], load: Se
         out_dir: the folder to write (created; files of the same names are replaced).
         files: ``(name in the folder, source file)`` of every file of the runtime, tokenizer and scheduler
             (scripts, licences).
-        load: the scripts among ``files`` to load, in order (after the model scripts).
+        load: the scripts to load, in order: names among ``files`` and the model scripts (model scripts not
+            named load first).
         write_models: writes the embedded model scripts into a folder and returns their paths, in load order.
         tokenizer: the tokenizer's data for ``SDXLive.pageData.tokenizer``.
         scheduler: the scheduler's data for ``SDXLive.pageData.scheduler`` (default: its config alone).
@@ -134,7 +134,7 @@ def assemble(out_dir: str | Path, *, files: Sequence[tuple[str, Path]], load: Se
     data = json.dumps(page_data(docs_url=docs_url, tokenizer=tokenizer, scheduler=scheduler), separators=(",", ":"))
     (out / "data.js").write_text(f"self.SDXLive = self.SDXLive || {{}};\nself.SDXLive.pageData = {data};\n",
                                  encoding="utf-8")  # fmt: skip
-    ordered = [*models, *load, "player.js", "data.js", "live.js"]
+    ordered = [*(m for m in models if m not in load), *load, "player.js", "data.js", "live.js"]
     html = (STATIC / "live.html").read_text(encoding="utf-8").replace("<!--scripts-->", _script_tags(ordered))
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")
@@ -155,13 +155,15 @@ def build_page(out_dir: str | Path, *, docs_url: str = "") -> Path:
         The path of the page's ``index.html``.
     """
     from ..models import toy_model_path
-    from . import export_onnx, js_data  # the ONNX models; the tokenizer's data
+    from . import export_onnx, js_data  # the ONNX models; the tokenizer's and the scheduler's data
+    from .runtime_files import runtime_scripts
 
-    load = [*RUNTIME_SCRIPTS, *JS_SCRIPTS]
-    missing = [str(STATIC / n) for n in load if not (STATIC / n).is_file()]
+    load = [*runtime_scripts(), *JS_SCRIPTS]
+    static = [n for n in load if not n.startswith("model_")]  # model_*.js: written by write_model_scripts
+    missing = [str(STATIC / n) for n in static if not (STATIC / n).is_file()]
     if missing:
         raise FileNotFoundError(f"the live page's scripts are missing: {', '.join(missing)}")
-    files = [(n, STATIC / n) for n in load]
+    files = [(n, STATIC / n) for n in static]
     files += [(p.relative_to(STATIC).as_posix(), p) for p in sorted((STATIC / "vendor").rglob("*")) if p.is_file()]
     toy = toy_model_path()
     return assemble(out_dir, files=list(dict(files).items()), load=load, write_models=export_onnx.write_model_scripts,
