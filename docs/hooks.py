@@ -8,6 +8,8 @@ Before each build, into ``docs/generated/`` (git-ignored):
 - ``notebooks/``: the classroom notebooks from ``notebooks/``, executed (so the pages show their
   pictures and numbers), then rendered by mkdocs-jupyter.
 
+After each build, the live browser page (``explainer live``) is written into the site's ``live-page/``.
+
 Both are cached: they are made again only when a notebook, ``gen_figures.py``, the package's code or
 the toy model changes, so ``mkdocs serve`` stays fast after the first build. Set
 ``SD_EXPLAINER_DOCS_EXECUTE=0`` to render the notebooks without running them (no outputs), e.g.
@@ -269,6 +271,22 @@ def on_pre_build(config, **kwargs):
     done = prepare_notebooks()
     log.info("generated pages ready in %.1f s (notebooks: %s)", time.perf_counter() - start,
              ", ".join(f"{k} {v}" for k, v in done.items()))
+
+
+#: Where the built site holds the live page (``docs/live.md`` links it): written by ``explainer.live.build_page``.
+LIVE_PAGE_DIR = "live-page"
+
+
+def on_post_build(config, **kwargs):
+    """Write the live browser page into the site (offline: every asset local), linked from live.md."""
+    from explainer.live import build_page
+
+    start = time.perf_counter()
+    try:
+        build_page(Path(config["site_dir"]) / LIVE_PAGE_DIR, docs_url="../")
+    except (OSError, ValueError) as err:
+        raise PluginError(f"the live page could not be built into the site: {err}") from err
+    log.info("live page written to %s/ in %.1f s", LIVE_PAGE_DIR, time.perf_counter() - start)
 
 
 def clean() -> None:

@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_branch import add_branch_commands
 
     add_branch_commands(sub, sorted(SCHEDULERS), _positive_int, _non_negative_int, _non_negative_float)
+    from .cli_live import add_live_command
+
+    add_live_command(sub)
     return parser
 
 
