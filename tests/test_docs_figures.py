@@ -23,6 +23,7 @@ PAGES = {
     "docs/concepts/guidance.md": 2,
     "docs/concepts/cross_attention.md": 6,
     "notebooks/07_cross_attention.ipynb": 2,
+    "notebooks/11_change_one_word.ipynb": 6,
     "docs/applications.md": 14,
     "docs/performance.md": 20,
     "docs/model_families.md": 4,
