@@ -38,8 +38,8 @@ def suite(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("suite")
     tests = root / "tests"
     tests.mkdir()
-    for name in ("conftest.py", "_browser.py"):
-        shutil.copy(HERE / name, tests / name)
+    for helper in [HERE / "conftest.py", *HERE.glob("_*.py")]:  # conftest and the helper modules it imports
+        shutil.copy(helper, tests / helper.name)
     (root / "pytest.ini").write_text("[pytest]\nmarkers =\n    real_weights: opt-in\n")
     (tests / "test_skipping.py").write_text(SKIPPING)
     (tests / "test_import_skip.py").write_text(IMPORT_SKIP)
