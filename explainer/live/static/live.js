@@ -261,6 +261,7 @@
     return { prompt: model.get("prompt_text"), seed, steps, guidance };
   }
 
+  const PRIOR_STEPS = 4; // the short run at load whose final image fits the first previews' map
   async function decodeBytes(latent) {
     const img = asRGBA(await state.rt.decode(latent));
     return { bytes: png(img.rgba, img.w, img.h), rgba: img.rgba };
@@ -628,17 +629,16 @@
     const t0 = performance.now();
     state.tokenizer = new SDX.CLIPTokenizer(D.tokenizer);
     state.rt = await SDX.Runtime.create();
-    // A first latent→RGB map for the first run's previews: two decodes of seeded random latents (as
-    // explainer.fit_latent_rgb_factors does with no trace); every later decode refines it.
-    for (const seed of [0, 1]) {
-      const lat = Float32Array.from(SDX.randn(seed, N));
-      addPair(state.fit, lat, asRGBA(await state.rt.decode(lat)).rgba);
-    }
     live.loadSeconds = (performance.now() - t0) / 1000;
     live.marks.loaded = performance.now();
     footer.textContent = "Runs on " + (state.rt.backend || "onnxruntime-web") + " in this browser; models loaded in " +
       live.loadSeconds.toFixed(1) + " s. Nothing is fetched from the network.";
     model.set("status", "model loaded in " + live.loadSeconds.toFixed(1) + " s");
+    // A first latent→RGB map for the first run's previews, fitted on a real pair as the explorer's linear
+    // previews are (its final latent and image): a short run of the default caption, drawing nothing (it
+    // also warms the runtime up). Every later decode refines the map.
+    const warm = await generate({ ...settings(), steps: PRIOR_STEPS }, { draw: false });
+    addPair(state.fit, warm.latent, warm.final);
     model.set("can_run", true);
   })();
   live.firstRun = live.ready.then(() => {
