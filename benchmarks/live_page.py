@@ -5,9 +5,11 @@ Measures, on this machine:
 - the page's size: every file of the folder ``explainer.live.build_page`` writes (target <= 40 MB);
 - a cold load (a fresh browser, the page opened from ``file://``, every non-file request aborted): time to
   the first x̂0 frame shown and to the first final image, over ``--rounds`` loads (target <= 10 s);
-- 25 steps with guidance (``--guidance``): the whole run as the page shows it (UNet on both branches, VAE
-  decodes of x_t and x̂0 every step, frames handed to the player) and the same run drawing nothing, over
-  ``--rounds`` runs (target <= 5 s);
+- 25 steps with guidance (``--guidance``): the whole run as the page shows it (UNet on both branches, linear
+  latent→RGB previews of x_t and x̂0 and the guided output every step, handed to the player, then the final
+  image's VAE decode), the time until the page has also replaced every step's x̂0 preview by its VAE decode
+  (done after the run, while nothing else runs), and the same run drawing nothing, over ``--rounds`` runs
+  (target <= 5 s for the run as shown);
 - parity: for ``--captions`` evaluation captions (seed ``--seed + i``) the page's final image against
   ``explainer.trace``'s for the same caption, seed, steps and guidance: mean absolute difference in grey
   levels (target <= 2), and the toy's checker (explainer/toy/checker.py) on both sets of images:
@@ -78,14 +80,18 @@ def cold_loads(browser, index: Path, rounds: int) -> list[dict]:
 
 
 def timed_runs(page, steps: int, guidance: float, rounds: int) -> dict:
-    shown, bare = [], []
+    shown, decoded, bare = [], [], []
+    page.evaluate("async () => { const r = self.SDXLive.live.state.run; if (r) await r.allDecoded; }")  # the first run's
     for k in range(rounds):
         s = {"prompt": "a red circle above a blue square", "seed": 100 + k, "steps": steps, "guidance": guidance}
-        shown.append(page.evaluate("async (s) => { const t = performance.now(); await self.SDXLive.live.run(s); "
-                                   "return (performance.now() - t) / 1000; }", s))  # fmt: skip
+        a, b = page.evaluate("async (s) => { const t = performance.now(); const run = await self.SDXLive.live.run(s); "
+                             "const a = (performance.now() - t) / 1000; await run.allDecoded; "
+                             "return [a, (performance.now() - t) / 1000]; }", s)  # fmt: skip
+        shown.append(a)
+        decoded.append(b)
         bare.append(page.evaluate("async (s) => { const t = performance.now(); await self.SDXLive.live.generate(s); "
                                   "return (performance.now() - t) / 1000; }", s))  # fmt: skip
-    return {"shown_s": shown, "bare_s": bare}
+    return {"shown_s": shown, "decoded_s": decoded, "bare_s": bare}
 
 
 def page_images(page, captions: list[str], seed: int, steps: int, guidance: float) -> list[np.ndarray]:
@@ -155,8 +161,11 @@ def main() -> None:
             context, page, blocked, errors = open_page(browser, index)
             page.wait_for_function(READY, timeout=180_000)
             backend = page.evaluate("() => self.SDXLive.live.state.rt.backend")
+            load_before = os.getloadavg()[0]
             runs = timed_runs(page, args.steps, args.guidance, args.rounds)
-            print(f"{args.steps} steps, g {args.guidance}: shown {runs['shown_s']} s; drawing nothing {runs['bare_s']} s")
+            load_after = os.getloadavg()[0]
+            print(f"{args.steps} steps, g {args.guidance}: shown {runs['shown_s']} s; every x0 decoded {runs['decoded_s']} s; "
+                  f"drawing nothing {runs['bare_s']} s")
             t0 = time.perf_counter()
             web = page_images(page, captions, args.seed, args.steps, args.guidance)
             web_s = time.perf_counter() - t0
@@ -184,8 +193,11 @@ def main() -> None:
         "steps": args.steps,
         "guidance": args.guidance,
         "run_shown_s": statistics.median(runs["shown_s"]),
+        "run_decoded_s": statistics.median(runs["decoded_s"]),
         "run_bare_s": statistics.median(runs["bare_s"]),
+        "run_shown_over_bare": statistics.median(a / b for a, b in zip(runs["shown_s"], runs["bare_s"], strict=True)),
         "runs": runs,
+        "load_average_timed_runs": [round(load_before, 2), round(load_after, 2)],  # 1-minute load, before and after
         "parity_captions": len(captions),
         "parity_mean_abs_median": statistics.median(diffs),
         "parity_mean_abs_max": max(diffs),

@@ -116,9 +116,15 @@ def test_page_offline_types_runs_scrubs_and_maps(page_dir, chromium):
             page.goto((page_dir / "index.html").as_uri())
             # The default caption runs by itself once the models are loaded.
             page.wait_for_function(DONE_JS, arg=page.evaluate("() => self.SDXLive.pageData.defaults.prompt"), timeout=120_000)
+            all_decoded = "() => self.SDXLive.live.state.run.allDecoded"  # the x0 frames' VAE decodes, after the run
+            page.evaluate(all_decoded)
             pixels = lambda sel: page.locator(sel).first.evaluate(PIXELS_JS)  # noqa: E731
             final0, x0_last = pixels("img[data-panel=final]"), pixels("img[data-panel=x0]")
             assert page.locator(".sdx-chip").count() >= 4
+            # After the run, the x0 previews are replaced by VAE decodes, and the label says which is shown.
+            kind = page.locator(".sdx-preview-kind")
+            kind.locator("xpath=self::*[@data-method='vae']").wait_for(timeout=10_000)
+            assert "VAE decode" in kind.inner_text()
 
             # Typing a prompt (an unknown word flagged as typed) and running it changes the picture.
             box = page.locator(".sdx-prompt")
@@ -131,7 +137,10 @@ def test_page_offline_types_runs_scrubs_and_maps(page_dir, chromium):
             box.fill("a blue triangle at the top")
             page.locator(".live-steps").fill("6")
             box.press("Enter")
+            page.wait_for_function("() => document.querySelector('.sdx-preview-kind').dataset.method === 'linear'")  # running
+            assert "preview" in kind.inner_text()
             page.wait_for_function(DONE_JS, arg="a blue triangle at the top", timeout=60_000)
+            page.evaluate(all_decoded)
             assert pixels("img[data-panel=final]") != final0
             assert "a blue triangle at the top" in page.locator(".sdx-title").inner_text()
             assert page.locator(".live-compare img").count() == 2  # this run beside the previous one

@@ -28,7 +28,7 @@ PLAYER_EXPORT = "export default { render };"
 DEFAULTS = {"prompt": "a red circle on the left", "seed": 0, "guidance": 7.5, "steps": 25}
 #: The tokenizer, the seeded noise and the scheduler in ``static/``, loaded after the runtime's scripts
 #: (``explainer.live.runtime_files.runtime_scripts``: onnxruntime-web, the model scripts, runtime.js).
-JS_SCRIPTS = ("tokenizer.js", "random.js", "scheduler.js")
+JS_SCRIPTS = ("tokenizer.js", "random.js", "scheduler.js", "png.js")
 
 
 def player_script(source: str | None = None) -> str:

@@ -23,7 +23,7 @@ function h(tag, attrs = {}, ...children) {
 function render({ model, el }) {
   const root = h("div", { class: "sdx", tabindex: "0" });
   el.append(root);
-  const urls = { frames: {}, final: null, schedule: null, emergence: null, whatif: null, detail: null, panel: null, input_frame: null };
+  const urls = { frames: {}, frameOf: { type: "", map: new Map(), final: undefined }, final: null, schedule: null, emergence: null, whatif: null, detail: null, panel: null, input_frame: null };
   const state = { step: model.get("step"), timer: null, sendTimer: null, lastSent: 0, drawToken: 0 };
   const revokeAll = (list) => { for (const u of list) if (u) URL.revokeObjectURL(u); };
 
@@ -167,20 +167,40 @@ function render({ model, el }) {
   }
 
   function loadFrames() {
+    // A frame whose bytes (the same object, in the same format) come again keeps its URL: a page that adds
+    // frames as they are computed hands the earlier ones over again. Only new URLs are preloaded.
+    const frames = model.get("frames"), type = mime();
+    const before = urls.frameOf.type === type ? urls.frameOf.map : new Map();
+    const now = new Map(), fresh = [];
+    const urlOf = (v) => {
+      if (!v || v.byteLength === 0) return null;
+      if (!now.has(v)) {
+        let u = before.get(v);
+        if (u === undefined) { u = blobUrl(v, type); fresh.push(u); }
+        now.set(v, u);
+      }
+      return now.get(v);
+    };
     // The old URLs go a little later: frames and final arrive together, and a preload may still read them.
-    const old = [...Object.values(urls.frames).flat(), urls.final];
-    setTimeout(() => revokeAll(old), 5000);
+    const old = Object.values(urls.frames).flat();
     urls.frames = {};
-    const frames = model.get("frames");
-    for (const [key] of PANELS) urls.frames[key] = (frames[key] || []).map((v) => blobUrl(v, mime()));
-    urls.final = blobUrl(model.get("final"), mime());
-    imgs.final.src = urls.final || "";
+    for (const [key] of PANELS) urls.frames[key] = (frames[key] || []).map(urlOf);
+    const final = model.get("final");
+    if (final !== urls.frameOf.final || type !== urls.frameOf.type) {
+      old.push(urls.final);
+      urls.final = blobUrl(final, type);
+      imgs.final.src = urls.final || "";
+    }
+    const kept = new Set(now.values());
+    const gone = old.filter((u) => !kept.has(u));
+    setTimeout(() => revokeAll(gone), 5000);
+    urls.frameOf = { type, map: now, final };
     imgs.final.closest("figure").hidden = !urls.final;
     for (const [key] of PANELS) imgs[key].closest("figure").hidden = urls.frames[key].length === 0;
     applySize();
     root.classList.toggle("sdx-pixelated", model.get("pixelated"));
     slider.max = String(Math.max(0, count() - 1));
-    for (const list of Object.values(urls.frames)) for (const u of list) { const im = new Image(); im.src = u; }
+    for (const u of fresh) if (u) { const im = new Image(); im.src = u; }
     show(Math.min(state.step, Math.max(0, count() - 1)), false);
   }
   function applySize() {  // display_size, or present_size in presentation mode
@@ -195,7 +215,7 @@ function render({ model, el }) {
     if (n === 0) return;
     state.step = Math.max(0, Math.min(n - 1, step));
     slider.value = String(state.step);
-    for (const [key] of PANELS) { const list = urls.frames[key]; if (list.length) imgs[key].src = list[state.step]; }
+    for (const [key] of PANELS) { const list = urls.frames[key]; if (list.length && imgs[key].src !== list[state.step]) imgs[key].src = list[state.step]; }
     root.dataset.step = String(state.step);
     const info = model.get("steps_info")[state.step] || {};
     readout.textContent = `step ${state.step + 1}/${n} \u00b7 t = ${info.t} \u00b7 \u03c3 = ${info.sigma} \u00b7 \u1fb1 = ${info.alpha}` + markNote();

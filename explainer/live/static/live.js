@@ -1,8 +1,9 @@
 // sd-explainer live page: runs the toy model in the browser and shows it with the explorer's player.
 // A classic script (the page must work from file://): it reads self.SDXLive.pageData (data.js), the
 // runtime (runtime.js: ONNX text encoder, UNet with attention outputs, VAE decoder), the tokenizer
-// (tokenizer.js), the scheduler and guidance (scheduler.js) and the player (player.js), and does for the
-// player what the Python kernel does for the notebook explorer: runs, token maps, what-if previews.
+// (tokenizer.js), the scheduler and guidance (scheduler.js), the PNG writer (png.js) and the player
+// (player.js), and does for the player what the Python kernel does for the notebook explorer: runs, token
+// maps, what-if previews.
 (function () {
   "use strict";
   const SDX = (self.SDXLive = self.SDXLive || {});
@@ -44,12 +45,8 @@
     const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
     return new Uint8Array(await blob.arrayBuffer());
   }
-  function rgbaCanvas(rgba, w, h) {
-    const c = canvasOf(w, h);
-    c.getContext("2d").putImageData(new ImageData(rgba, w, h), 0, 0);
-    return c;
-  }
-  // The guided model output [C, h, w] as a picture: channels 0-2 as RGB, scaled by the largest magnitude.
+  const png = (rgba, w, h) => SDX.encodePNG(rgba, w, h); // synchronous, lossless (png.js)
+  // The guided model output [C, h, w] as PNG bytes: channels 0-2 as RGB, scaled by the largest magnitude.
   function channelsPicture(lat) {
     let peak = 1e-8;
     for (let i = 0; i < 3 * LH * LW; i++) peak = Math.max(peak, Math.abs(lat[i]));
@@ -58,50 +55,61 @@
       for (let k = 0; k < 3; k++) rgba[4 * p + k] = 127.5 + 127.5 * (lat[k * LH * LW + p] / peak);
       rgba[4 * p + 3] = 255;
     }
-    return rgbaCanvas(rgba, LW, LH);
+    return png(rgba, LW, LH);
   }
 
-  // Linear latent→RGB map fitted on one (latent, decoded image) pair by least squares, as explainer's
-  // fit_from_pairs: rgb (in [-1, 1], the image averaged down to the latent's size) = latent · F + bias.
-  function fitLatentRGB(lat, rgba) {
-    const P = LH * LW, f = IH / LH, A = Array.from({ length: 5 }, () => new Float64Array(5)), B = Array.from({ length: 5 }, () => new Float64Array(3));
+  // Linear latent→RGB maps, as explainer's fit_from_pairs: rgb (in [-1, 1], the image averaged down to the
+  // latent's size) = latent · F + bias, by least squares. The normal equations of several (latent, decoded
+  // image) pairs add up, so a map can keep learning from every decode the page makes.
+  const K = C + 1; // the C channel rows, then the bias
+  function newFit() { return { A: Array.from({ length: K }, () => new Float64Array(K)), B: Array.from({ length: K }, () => new Float64Array(3)), pairs: 0 }; }
+  function addPair(fit, lat, rgba) {
+    const P = LH * LW, f = IH / LH, v = new Float64Array(K);
     for (let p = 0; p < P; p++) {
       const y = Math.floor(p / LW), x = p % LW, rgb = [0, 0, 0];
       for (let dy = 0; dy < f; dy++) for (let dx = 0; dx < f; dx++) {
         const q = 4 * ((y * f + dy) * IW + x * f + dx);
         for (let k = 0; k < 3; k++) rgb[k] += rgba[q + k] / 127.5 - 1;
       }
-      const v = [lat[p], lat[P + p], lat[2 * P + p], lat[3 * P + p], 1];
-      for (let i = 0; i < 5; i++) {
-        for (let j = 0; j < 5; j++) A[i][j] += v[i] * v[j];
-        for (let k = 0; k < 3; k++) B[i][k] += (v[i] * rgb[k]) / (f * f);
+      for (let c = 0; c < C; c++) v[c] = lat[c * P + p];
+      v[C] = 1;
+      for (let i = 0; i < K; i++) {
+        for (let j = 0; j < K; j++) fit.A[i][j] += v[i] * v[j];
+        for (let k = 0; k < 3; k++) fit.B[i][k] += (v[i] * rgb[k]) / (f * f);
       }
     }
-    for (let i = 0; i < 5; i++) A[i][i] += 1e-6; // ridge: a flat image still solves
-    for (let c = 0; c < 5; c++) { // Gauss-Jordan on [A | B]
+    fit.pairs += 1;
+    return fit;
+  }
+  function solveFit(fit) { // [K][3]: the channel rows, then the bias
+    const A = fit.A.map((row) => Float64Array.from(row)), B = fit.B.map((row) => Float64Array.from(row));
+    for (let i = 0; i < K; i++) A[i][i] += 1e-6; // ridge: a flat image still solves
+    for (let c = 0; c < K; c++) { // Gauss-Jordan on [A | B]
       let piv = c;
-      for (let r = c + 1; r < 5; r++) if (Math.abs(A[r][c]) > Math.abs(A[piv][c])) piv = r;
+      for (let r = c + 1; r < K; r++) if (Math.abs(A[r][c]) > Math.abs(A[piv][c])) piv = r;
       [A[c], A[piv]] = [A[piv], A[c]]; [B[c], B[piv]] = [B[piv], B[c]];
-      for (let r = 0; r < 5; r++) {
+      for (let r = 0; r < K; r++) {
         if (r === c) continue;
         const m = A[r][c] / A[c][c];
-        for (let j = 0; j < 5; j++) A[r][j] -= m * A[c][j];
+        for (let j = 0; j < K; j++) A[r][j] -= m * A[c][j];
         for (let k = 0; k < 3; k++) B[r][k] -= m * B[c][k];
       }
     }
-    return B.map((row, i) => Array.from(row, (v) => v / A[i][i])); // [5][3]: 4 channel rows, then the bias
+    return B.map((row, i) => Array.from(row, (v) => v / A[i][i]));
   }
-  function linearPicture(lat, F) {
+  // The map fitted on one pair (an x_t frame next to its step's decoded x̂0).
+  const fitLatentRGB = (lat, rgba) => solveFit(addPair(newFit(), lat, rgba));
+  function linearPicture(lat, F) { // PNG bytes [h, w]
     const P = LH * LW, rgba = new Uint8ClampedArray(P * 4);
     for (let p = 0; p < P; p++) {
       for (let k = 0; k < 3; k++) {
-        let v = F[4][k];
-        for (let c = 0; c < 4; c++) v += lat[c * P + p] * F[c][k];
+        let v = F[C][k];
+        for (let c = 0; c < C; c++) v += lat[c * P + p] * F[c][k];
         rgba[4 * p + k] = 127.5 * (v + 1);
       }
       rgba[4 * p + 3] = 255;
     }
-    return rgbaCanvas(rgba, LW, LH);
+    return png(rgba, LW, LH);
   }
 
   // ---- the pieces' interface (runtime.js, tokenizer.js, scheduler.js) -----------------------------------
@@ -144,8 +152,7 @@
   const model = makeModel({
     frames: { xt: [], x0: [], eps: [] }, final: new Uint8Array(0), image_format: "png",
     display_size: [D.display[0], D.display[0]], present_size: [D.display[1], D.display[1]], pixelated: true,
-    fps: 8, steps_info: [], step: 0, title: "", preview_method: "vae",
-    preview_label: "x\u0302\u2080 frames: full VAE decodes; x\u209c frames: linear latent\u2192RGB previews fitted to the step's x\u0302\u2080 and its decode",
+    fps: 8, steps_info: [], step: 0, title: "", preview_method: "linear", preview_label: "",
     status: "loading the model\u2026", error: "", schedule_png: new Uint8Array(0), schedule_x: [], schedule_box: [],
     emergence_png: new Uint8Array(0), emergence_x: [], emergence_box: [], emergence_labels: [], mode: "txt2img",
     input_frame: new Uint8Array(0), input_frame_label: "", start_label: "", words: [], selected: [],
@@ -156,6 +163,10 @@
     prompt_text: defaults.prompt, seed_value: defaults.seed, scheduler_name: "ddim",
     scheduler_options: [["ddim", "DDIM (the toy's own)"]], run_request: 0, can_run: false,
     stages: D.stages, docs_url: D.docs_url, presentation: false, panel_png: new Uint8Array(0), panel_label: "",
+    // The explorer's branch controls: this page does not branch runs (live.css hides the row).
+    compact: false, can_branch: false, branch_hint: "branching runs is the notebook explorer's", branch_mode: "fork",
+    branch_prompt: "", branch_guidance: 0, branch_seed: -1, branch_weights: "", branch_request: 0, branch: null,
+    mark_kind: "", mark_step: -1, mark_label: "",
   });
   const host = document.getElementById("live-player");
   SDX.player.render({ model, el: host });
@@ -216,7 +227,9 @@
   promptBox.addEventListener("input", flagUnknown);
 
   // ---- runs ----------------------------------------------------------------------------------------------
-  const state = { rt: null, tokenizer: null, run: null, previous: null, busy: false, followSteps: true, pending: null };
+  // fit: the latent→RGB normal equations of every (latent, decode) pair so far (previews while running).
+  const state = { rt: null, tokenizer: null, run: null, previous: null, busy: false, generating: 0, followSteps: true,
+    pending: null, fit: newFit(), shown: null };
   slider.addEventListener("input", () => { state.followSteps = false; });
 
   // Chip groups: the prompt's words (the tokenizer's grouping), each with its tokens (key "cond:<position>").
@@ -248,16 +261,18 @@
     return { prompt: model.get("prompt_text"), seed, steps, guidance };
   }
 
+  const PRIOR_STEPS = 4; // the short run at load whose final image fits the first previews' map
   async function decodeBytes(latent) {
     const img = asRGBA(await state.rt.decode(latent));
-    return { bytes: await pngBytes(rgbaCanvas(img.rgba, img.w, img.h)), rgba: img.rgba };
+    return { bytes: png(img.rgba, img.w, img.h), rgba: img.rgba };
   }
-  // x_t frames: VAE decodes (XT_DECODE) or linear previews fitted on the step's x̂0 and its decode (cheaper:
-  // one decoder run per step instead of two).
-  const XT_DECODE = false;
 
   // Run the toy: x_T from the seed, then steps of UNet (both branches) + guidance + DDIM, drawing each step.
   async function generate(s, { draw = true } = {}) {
+    state.generating += 1;
+    try { return await generateNow(s, draw); } finally { state.generating -= 1; }
+  }
+  async function generateNow(s, draw) {
     const t0 = performance.now();
     const tok = state.tokenizer.encode(s.prompt);
     const tokU = state.tokenizer.encode("");
@@ -269,8 +284,11 @@
     let x = Float32Array.from(SDX.randn(s.seed, N));
     if (sched.initNoiseSigma && sched.initNoiseSigma !== 1) for (let i = 0; i < N; i++) x[i] *= sched.initNoiseSigma;
     const keep = tok.attention_mask ? tok.attention_mask.reduce((a, b) => a + b, 0) : tok.tokens.length; // start, pieces, end
+    // While running, x̂0 and x_t are shown as linear latent→RGB previews (a map fitted on every decode the page
+    // has made so far); the exact VAE decodes of x̂0 replace them after the last step (decodeInIdle).
     const run = { settings: s, timesteps, sched, tokens: tok.tokens.slice(0, keep), xt: [], x0: [], uncond: [], cond: [],
-      attn: [], frames: { xt: [], x0: [], eps: [] }, stepMs: [], final: null, finalBytes: null };
+      attn: [], frames: { xt: [], x0: [], eps: [] }, decoded: [], stepMs: [], final: null, finalBytes: null,
+      previewMap: draw ? solveFit(state.fit) : null, allDecoded: null };
     if (draw) startDrawing(run);
     const cfgOn = s.guidance > 1; // as diffusers: guidance <= 1 means the prompt branch alone
     for (let i = 0; i < timesteps.length; i++) {
@@ -291,6 +309,7 @@
     run.latent = x;
     const fin = await decodeBytes(x);
     run.final = fin.rgba; run.finalBytes = fin.bytes;
+    if (draw) addPair(state.fit, x, fin.rgba);
     run.seconds = (performance.now() - t0) / 1000;
     return run;
   }
@@ -298,6 +317,7 @@
   // ---- drawing a run into the player -----------------------------------------------------------------
   function startDrawing(run) {
     const s = run.settings;
+    state.shown = run;
     state.followSteps = true;
     model.set("title", "\u201c" + s.prompt + "\u201d  seed " + s.seed + "  g " + s.guidance + "  " + s.steps + " steps");
     model.set("steps_info", run.timesteps.map((t) => {
@@ -318,16 +338,64 @@
     drawSchedule(run);
   }
   async function drawStep(run, i, guided) {
-    const x0 = await decodeBytes(run.x0[i]);
-    const xt = XT_DECODE ? (await decodeBytes(run.xt[i])).bytes : await pngBytes(linearPicture(run.xt[i], fitLatentRGB(run.x0[i], x0.rgba)));
-    run.frames.x0.push(x0.bytes);
-    run.frames.xt.push(xt);
-    run.frames.eps.push(await pngBytes(channelsPicture(guided)));
-    model.set("frames", { xt: run.frames.xt.slice(), x0: run.frames.x0.slice(), eps: run.frames.eps.slice() });
-    if (SDX.live.marks.firstFrame === undefined) SDX.live.marks.firstFrame = performance.now();
-    if (state.followSteps) model.set("step", i);
+    run.frames.x0.push(linearPicture(run.x0[i], run.previewMap));
+    run.frames.xt.push(linearPicture(run.xt[i], run.previewMap));
+    run.frames.eps.push(channelsPicture(guided));
+    run.decoded.push(false);
+    showFrames(run);
     model.set("status", "step " + (i + 1) + "/" + run.timesteps.length + "\u2026");
     await tick(); // let the page paint this step
+  }
+  // Hand the frames to the player (it keeps the pictures of frames it already has, and adds the new ones).
+  function showFrames(run) {
+    if (run !== state.shown) return; // a newer run is being drawn
+    model.set("frames", { xt: run.frames.xt.slice(), x0: run.frames.x0.slice(), eps: run.frames.eps.slice() });
+    if (SDX.live.marks.firstFrame === undefined) SDX.live.marks.firstFrame = performance.now();
+    if (state.busy && state.followSteps) model.set("step", run.frames.x0.length - 1);
+    previewLabel();
+  }
+
+  // What the shown step's x̂0 and x_t frames are: VAE decodes, or linear previews until the decode is in.
+  const LABEL = {
+    preview: "x\u0302\u2080 and x\u209c frames: linear latent\u2192RGB previews (approximate colours) while the model runs; " +
+      "VAE decodes of x\u0302\u2080 replace them after the last step",
+    decoded: "x\u0302\u2080 frame: full VAE decode; x\u209c frame: linear latent\u2192RGB preview fitted to that decode",
+  };
+  function previewLabel() {
+    const run = state.run && !state.busy ? state.run : null;
+    if (!run) { model.set("preview_method", "linear"); model.set("preview_label", LABEL.preview); return; }
+    const s = Math.min(model.get("step"), run.decoded.length - 1), done = run.decoded.filter(Boolean).length, n = run.decoded.length;
+    const progress = done < n ? " (" + done + " of " + n + " steps decoded so far)" : "";
+    model.set("preview_method", run.decoded[s] ? "vae" : "linear");
+    model.set("preview_label", "step " + (s + 1) + ": " + (run.decoded[s] ? LABEL.decoded : "x\u0302\u2080 and x\u209c frames: " +
+      "linear latent\u2192RGB previews (approximate colours); the VAE decode of this x\u0302\u2080 is coming") + progress);
+  }
+  model.on("change:step", previewLabel);
+
+  // The exact frames after a run: each step's x̂0 through the VAE decoder (the shown step first, then from
+  // the last step back), its x_t preview refitted to that decode, while no other run is computing.
+  async function decodeStep(run, s) {
+    const x0 = await decodeBytes(run.x0[s]);
+    if (run.decoded[s]) return;
+    run.frames.x0[s] = x0.bytes;
+    run.frames.xt[s] = linearPicture(run.xt[s], fitLatentRGB(run.x0[s], x0.rgba));
+    run.decoded[s] = true;
+    addPair(state.fit, run.x0[s], x0.rgba);
+    if (run === state.run) showFrames(run);
+  }
+  async function decodeInIdle(run) {
+    const t0 = performance.now();
+    for (;;) {
+      while (state.generating > 0 || state.busy) await new Promise((r) => setTimeout(r, 20));
+      if (run !== state.run) return false;
+      const shown = Math.min(model.get("step"), run.decoded.length - 1);
+      let s = run.decoded[shown] ? run.decoded.lastIndexOf(false) : shown;
+      if (s < 0) break;
+      await decodeStep(run, s);
+      await tick();
+    }
+    run.decodeSeconds = (performance.now() - t0) / 1000;
+    return true;
   }
   async function finishDrawing(run) {
     model.set("final", run.finalBytes);
@@ -346,9 +414,12 @@
     if (state.followSteps) model.set("step", run.timesteps.length - 1);
     const per = run.stepMs.reduce((a, b) => a + b, 0) / run.stepMs.length;
     model.set("status", "done: " + run.timesteps.length + " steps in " + run.seconds.toFixed(2) + " s (" + per.toFixed(0) +
-      " ms per step: UNet on both branches, a VAE decode of x\u0302\u2080)" + (state.rt.backend ? " \u00b7 " + state.rt.backend : ""));
+      " ms per step: UNet on both branches, previews of x\u0302\u2080 and x\u209c; the final image is the VAE decode)" +
+      (state.rt.backend ? " \u00b7 " + state.rt.backend : ""));
+    previewLabel();
     await drawMaps();
     drawCompare();
+    run.allDecoded = decodeInIdle(run);
   }
 
   // The schedule plot: σ and SNR (log scale, left) and ᾱ (right) per step; the player marks the step.
@@ -443,7 +514,7 @@
       sets = [[...Array(hi - lo + 1).keys()].map((k) => k + lo)];
     }
     const maps = [];
-    for (const steps of sets) maps.push(await pngBytes(rgbaCanvas(heat(run, steps, tokens, filter), IW, IH)));
+    for (const steps of sets) maps.push(png(heat(run, steps, tokens, filter), IW, IH));
     if (run === state.run) model.set("overlay_maps", maps);
   }
   for (const name of ["selected", "map_range", "range_lo", "range_hi", "layer_filter"]) model.on("change:" + name, () => { if (!state.busy) drawMaps(); });
@@ -470,11 +541,13 @@
     guidanceBox.value = String(g);
     request();
   });
-  model.on("change:decode_request", () => {
+  model.on("change:decode_request", async () => {
     const run = state.run;
-    if (!run) return;
+    if (!run || state.busy) return;
     const s = Math.min(model.get("step"), run.frames.x0.length - 1);
-    model.set("detail_label", "VAE decode of x\u0302\u2080, step " + (s + 1) + " (every frame here is one)");
+    if (!run.decoded[s]) await decodeStep(run, s);
+    if (run !== state.run) return;
+    model.set("detail_label", "VAE decode of x\u0302\u2080, step " + (s + 1));
     model.set("detail", run.frames.x0[s]);
   });
 
@@ -561,6 +634,11 @@
     footer.textContent = "Runs on " + (state.rt.backend || "onnxruntime-web") + " in this browser; models loaded in " +
       live.loadSeconds.toFixed(1) + " s. Nothing is fetched from the network.";
     model.set("status", "model loaded in " + live.loadSeconds.toFixed(1) + " s");
+    // A first latent→RGB map for the first run's previews, fitted on a real pair as the explorer's linear
+    // previews are (its final latent and image): a short run of the default caption, drawing nothing (it
+    // also warms the runtime up). Every later decode refines the map.
+    const warm = await generate({ ...settings(), steps: PRIOR_STEPS }, { draw: false });
+    addPair(state.fit, warm.latent, warm.final);
     model.set("can_run", true);
   })();
   live.firstRun = live.ready.then(() => {
