@@ -30,7 +30,7 @@ PAGES = {
     "docs/batch.md": 6,
     "docs/teaching/exercises.md": 5,
     "docs/branching.md": 20,
-    "docs/live.md": 15,
+    "docs/live.md": 20,
     "README.md": 0,
 }
 
