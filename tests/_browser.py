@@ -195,6 +195,25 @@ def launch(chromium: str) -> Iterator[Any]:
             browser.close()
 
 
+def block_network(context: Any, *, allow: tuple[str, ...] = ("file:",)) -> list[str]:
+    """Abort every request of a Playwright ``context`` whose URL starts with none of ``allow``.
+
+    Returns:
+        The list the aborted URLs are appended to (a test asserts it stays empty).
+    """
+    blocked: list[str] = []
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(allow):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    return blocked
+
+
 def new_page(browser: Any, errors: list[str], stacks: list[str] | None = None) -> Any:
     """A page of :data:`VIEWPORT` that appends each JS error to ``errors`` (and each page error's stack to
     ``stacks``, when given)."""

@@ -217,21 +217,13 @@ def test_math_renders_offline_in_chromium(site: Path) -> None:
 
     page_file = site / "concepts" / "diffusion" / "index.html"
     assert 'class="arithmatex"' in page_file.read_text()
-    blocked: list[str] = []
     failed: list[str] = []
-
-    def route(r) -> None:
-        if r.request.url.startswith(("file://", "data:", "blob:")):
-            r.continue_()
-        else:
-            blocked.append(r.request.url)
-            r.abort()
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=_browser.CHROMIUM_ARGS)
         try:
             context = browser.new_context()
-            context.route("**/*", route)
+            blocked = _browser.block_network(context, allow=("file://", "data:", "blob:"))
             page = context.new_page()
             page.on("requestfailed", lambda r: failed.append(r.url))
             page.goto(page_file.as_uri())

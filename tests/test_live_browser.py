@@ -94,21 +94,13 @@ def test_serve_serves_the_page():
 def test_page_offline_types_runs_scrubs_and_maps(page_dir, chromium):
     from playwright.sync_api import sync_playwright
 
-    blocked: list[str] = []
     problems: list[str] = []
-
-    def route(r):
-        if r.request.url.startswith("file:"):
-            r.continue_()
-        else:
-            blocked.append(r.request.url)
-            r.abort()
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=_browser.CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1100, "height": 1200})
-            context.route("**/*", route)
+            blocked = _browser.block_network(context)
             page = context.new_page()
             page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else blocked.append(r.url))
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)

@@ -65,14 +65,7 @@ def browser_run(chromium, page_dir, inputs):
     """Run RUN_JS in a page opened from file://; keep console errors and every non-file request."""
     from playwright.sync_api import sync_playwright
 
-    errors, requests, blocked = [], [], []
-
-    def route(r) -> None:
-        if r.request.url.startswith("file://"):
-            r.continue_()
-        else:
-            blocked.append(r.request.url)
-            r.abort()
+    errors, requests = [], []
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=_browser.CHROMIUM_ARGS)
@@ -82,7 +75,7 @@ def browser_run(chromium, page_dir, inputs):
             page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: requests.append(r.url))
-            context.route("**/*", route)
+            blocked = _browser.block_network(context, allow=("file://",))
             page.goto((page_dir / "index.html").as_uri())
             page.wait_for_load_state("load")
             result = page.evaluate(RUN_JS, [inputs["ids"], inputs["neg_ids"], inputs["latent"].ravel().tolist(),
