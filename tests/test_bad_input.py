@@ -100,7 +100,10 @@ def _nan_on_unet_call(pipe, call: int):
     return pipe.unet.register_forward_hook(hook)
 
 
-def test_non_finite_model_output_names_the_step_and_keeps_the_finished_ones(pipe):
+@pytest.mark.parametrize("lag", [0, 2, 5])
+def test_non_finite_model_output_names_the_step_and_keeps_the_finished_ones(pipe, monkeypatch, lag):
+    """Read at once (CPU), two steps late (CUDA) or only after the run: the same error and partial trace."""
+    monkeypatch.setattr(Recorder, "finite_check_lag", lag)
     handle = _nan_on_unet_call(pipe, 3)
     try:
         with pytest.raises(FloatingPointError, match=r"^step 2 of 4 \(timestep \d+\) gave NaN or infinite values in "
@@ -111,10 +114,14 @@ def test_non_finite_model_output_names_the_step_and_keeps_the_finished_ones(pipe
     partial = info.value.partial_trace
     assert not partial.complete and partial.num_steps == 2 and partial.error.startswith("FloatingPointError: step 2")
     assert np.isfinite(partial.latents).all() and np.isfinite(partial.x0).all() and np.isfinite(partial.eps_cond).all()
+    assert partial.latents.shape[0] == 3 and all(a.shape[0] == 2 for a in partial.attention.values())
+    assert partial.final_image is None
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_absurd_guidance_is_caught_during_the_run(pipe, dtype):
+@pytest.mark.parametrize("lag", [0, 2])
+def test_absurd_guidance_is_caught_during_the_run(pipe, monkeypatch, dtype, lag):
+    monkeypatch.setattr(Recorder, "finite_check_lag", lag)
     with pytest.raises(FloatingPointError, match=r"gave NaN or infinite values .*guidance_scale=1e\+30 is far above"):
         run(pipe, num_inference_steps=3, scheduler="ddim", guidance_scale=1e30, record={"dtype": dtype})
 

@@ -72,7 +72,7 @@ class _UNetWithAttention(torch.nn.Module):
 
     def __init__(self, unet: torch.nn.Module, layers: list[Any], modules: dict[str, Any]) -> None:
         super().__init__()
-        from ..tracing.recorder import _CrossAttentionRecorder
+        from ..tracing.recorder import CrossAttentionRecorder
 
         self.unet = unet
         self.layers = layers
@@ -82,7 +82,7 @@ class _UNetWithAttention(torch.nn.Module):
         for layer in layers:
             module = modules[layer.name]
             original = module.processor
-            proc = _CrossAttentionRecorder(self, layer, original)
+            proc = CrossAttentionRecorder(self, layer, original)
             module.set_processor(proc)
             self._undo.append(lambda m=module, o=original: m.set_processor(o))
             for proj, slot in ((module.to_q, "query"), (module.to_k, "key")):

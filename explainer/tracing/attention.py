@@ -198,8 +198,12 @@ def attention_probs(
         qs.append(layer.norm_q(q) if layer.norm_q is not None else q)
         ks.append(layer.norm_k(k) if layer.norm_k is not None else k)
     q_all, k_all = torch.stack(qs), torch.stack(ks)  # [L, B, H, N|T, d], contiguous
-    scores = torch.matmul(q_all, k_all.transpose(-1, -2))  # [L, B, H, N, T], in the model's dtype like its own
-    scores.mul_(attn.scale)
+    n_layers, _, _, n_query, dim = q_all.shape
+    n_keys = k_all.shape[3]
+    # [L, B, H, N, T] in the model's dtype like its own: scale * q k^T in one kernel (beta=0: `empty` is not read)
+    scores = torch.baddbmm(q_all.new_empty(n_layers * batch * heads, n_query, n_keys), q_all.view(-1, n_query, dim),
+                           k_all.view(-1, n_keys, dim).transpose(1, 2), beta=0, alpha=attn.scale)  # fmt: skip
+    scores = scores.view(n_layers, batch, heads, n_query, n_keys)
     if attention_mask is not None:
         mask = attn.prepare_attention_mask(attention_mask, keys[0].shape[1], batch)
         scores = scores + mask.view(batch, heads, -1, mask.shape[-1]).to(scores.dtype)

@@ -34,8 +34,11 @@ Everything stays on the pipeline's device until the run ends, then moves to the 
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -61,16 +64,28 @@ from .request import TraceRequest, fit_image, prepare_request, truncation_messag
 from .schedulers import current_sigma, model_input_scale, scheduler_x0, x0_coefficients
 from .trace import Trace
 
-__all__ = ["Plan", "Recorder", "TraceRequest", "estimate_trace_bytes", "family_for", "fit_image", "make_plan",
+__all__ = ["CrossAttentionRecorder", "Plan", "Recorder", "TraceRequest", "estimate_trace_bytes", "family_for", "fit_image", "make_plan",
            "pipeline_for", "prepare_request", "start_step", "trace", "truncation_message"]  # fmt: skip
 
 BRANCHES = ("uncond", "cond")
 
 
+@dataclasses.dataclass
+class _Check:
+    """One step's queued finiteness check (:meth:`Recorder._queue_check`)."""
+
+    step: int  # index of the checked step
+    peak: torch.Tensor  # 0-d: its largest |value| (pinned host memory on CUDA, filled once ``event`` is done)
+    event: Any  # torch.cuda.Event after the copy, or None
+    outputs: list[torch.Tensor]  # the model's raw outputs of the step, and the latent (to say which went wrong)
+    latents: torch.Tensor
+    scalars: tuple[float, ...]  # t, sigma, a, b, input scale
+
+
 # ---------------------------------------------------------------------------------------- recording
 
 
-class _CrossAttentionRecorder:
+class CrossAttentionRecorder:
     """Processor for one ``attn2`` layer: the original processor computes the output; we keep its q and k.
 
     ``to_q`` / ``to_k`` get thin ``forward`` wrappers that hand their outputs here, so the recorder
@@ -172,6 +187,11 @@ class Recorder:
         self.branch_embeds: dict[str, torch.Tensor] = {}
         self.call_branch = "cond"
         self.user_callback: Callable[..., Any] | None = None  # trace(callback_on_step_end=...), run before committing
+        # what one step stores: slots of its [slots, C, h, w] block (see _store)
+        names = ["latent", "x0", "eps_cond", *(["eps_uncond"] if plan.cfg else []), *(["unblended"] if self.blend else [])]
+        self._slots = {name: i for i, name in enumerate(names)}
+        self._checks: collections.deque[_Check] = collections.deque()  # finiteness checks not read yet
+        self._next_scales: list[float] = []  # next_scale before each finished step (to truncate)
 
     # -------------------------------------------------------------- attach / detach
 
@@ -211,7 +231,7 @@ class Recorder:
             for layer in self.plan.layers:
                 module = self.plan.modules[layer.name]
                 original = module.processor
-                proc = _CrossAttentionRecorder(self, layer, original)
+                proc = CrossAttentionRecorder(self, layer, original)
                 module.set_processor(proc)
                 self._undo.append(functools.partial(module.set_processor, original))
                 self._wrap_attribute(module.to_q, "forward", proc.wrap_projection(module.to_q.forward, "query"))
@@ -365,19 +385,31 @@ class Recorder:
         if self.captured or self.joint:
             self.flush_attention()
         out = output[0] if isinstance(output, tuple) else output.sample
-        finite = torch.isfinite(out).all()  # a device flag, read once per step
+        self._pending.setdefault("outputs", []).append(out)  # kept (not copied) until the step's check is read
         if self.separate:  # one branch per call, batch 1; packed latents become [C, h, w]
-            previous = self._pending.get("out_finite")
-            self._pending["out_finite"] = finite if previous is None else previous & finite
-            self._pending[f"eps_{self.call_branch}"] = self._grid(out[0]).to(self.dtype, copy=True)
+            self._store(f"eps_{self.call_branch}", self._grid(out[0]))
             return
-        self._pending["out_finite"] = finite
         if self.plan.cfg:
             ci = self.cond_index
-            self._pending["eps_cond"] = out[ci].to(self.dtype, copy=True)
-            self._pending["eps_uncond"] = out[1 - ci].to(self.dtype, copy=True)
+            self._store("eps_cond", out[ci])
+            self._store("eps_uncond", out[1 - ci])
         else:
-            self._pending["eps_cond"] = out[0].to(self.dtype, copy=True)
+            self._store("eps_cond", out[0])
+
+    def _store(self, name: str, grid: torch.Tensor) -> torch.Tensor:
+        """Copy one latent-shaped ``[C, h, w]`` array of this step into its slot of the step's block.
+
+        Everything a step stores (latent, x0, model outputs, unblended latent) lies in one
+        ``[slots, C, h, w]`` tensor, so one reduction checks it all (:meth:`_queue_check`).
+        """
+        block = self._pending.get("block")
+        if block is None:
+            block = torch.empty((len(self._slots), *grid.shape), dtype=self.dtype, device=grid.device)
+            self._pending["block"] = block
+        view = block[self._slots[name]]
+        view.copy_(grid)
+        self._pending[name] = view
+        return view
 
     def _keep_joint(self, layer: AttentionLayer, probs: torch.Tensor) -> None:
         self.joint[layer.index] = probs  # [B, 1 | H, N, T_all], turned into maps by flush_attention
@@ -423,7 +455,7 @@ class Recorder:
         """``x[..., keys]``: the recorded key positions of ``branch`` (a slice when they are ``0 .. t-1``)."""
         keys = self.plan.keys.get(branch)
         t = self.plan.tokens[branch]
-        if keys is None or list(keys) == list(range(t)):
+        if self._key_prefix(branch):
             return x[..., :t]
         cache = (branch, x.device)
         if cache not in self._key_index:
@@ -443,11 +475,21 @@ class Recorder:
                 acc = self._pending_attn[branch].get(0)
                 self._pending_attn[branch][0] = grid[0] if acc is None else acc + grid[0]
             return
-        averaged = probs if mode == "per_head" else probs.mean(dim=2)
-        for branch, row in halves.items():
-            kept = self._select_keys(averaged[:, row], branch).to(torch.float16)  # [L, (H,) N, t]
+        averaged = probs if mode == "per_head" else probs.mean(dim=2)  # [L, B, (H,) N, T]
+        prefix = all(self._key_prefix(b) for b in halves)
+        if prefix and len(halves) == 2:  # both branches: one float16 copy of the longer key prefix, a view each
+            both = averaged[..., : max(self.plan.tokens[b] for b in halves)].to(torch.float16)
+            kept_by = {b: both[:, row, ..., : self.plan.tokens[b]] for b, row in halves.items()}  # [L, (H,) N, t]
+        else:
+            kept_by = {b: self._select_keys(averaged[:, row], b).to(torch.float16) for b, row in halves.items()}
+        for branch, kept in kept_by.items():
             for slot, la in enumerate(layers):
                 self._pending_attn[branch][la.index] = kept[slot]
+
+    def _key_prefix(self, branch: str) -> bool:
+        """Whether ``branch`` records the first ``t`` key positions (a slice, not an index)."""
+        keys = self.plan.keys.get(branch)
+        return keys is None or list(keys) == list(range(self.plan.tokens[branch]))
 
     def _wrap_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         # functools.wraps keeps step's signature visible: the pipeline inspects it for `eta`/`generator`.
@@ -478,13 +520,13 @@ class Recorder:
         index = getattr(sched, "step_index", None)
         if self.space == "ve" and index is not None and index < len(sched.sigmas):
             next_sigma = float(sched.sigmas[index])
+        self._store("x0", self._grid(x0[0]))
         self._pending.update(
-            x0=self._grid(x0[0]).to(self.dtype, copy=True),
             scalars=(t, sigma, a, b, model_input_scale(self.space, sigma)),
             next_scale=model_input_scale(self.space, next_sigma),
         )
         if self.blend:  # the inpainting pipeline blends the known region back into this output next
-            self._pending["unblended"] = output.prev_sample[0].to(self.dtype, copy=True)
+            self._store("unblended", output.prev_sample[0])
 
     def on_step_end(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         """``callback_on_step_end``: commit the step's records; the latents are left unchanged."""
@@ -493,9 +535,10 @@ class Recorder:
         p = self._pending
         outputs = dict(self.user_callback(pipe, i, t, callback_kwargs) or {}) if self.user_callback else {}
         latents = outputs.get("latents", callback_kwargs["latents"])
-        kept = self._grid(latents[0]).to(self.dtype, copy=True)
-        self._check_finite(p, latents, kept)
+        kept = self._store("latent", self._grid(latents[0]))
+        self._queue_check(p, latents)
         self.latents.append(kept)
+        self._next_scales.append(self.next_scale)
         self.next_scale = p["next_scale"]
         self.x0.append(p["x0"])
         if self.blend:
@@ -512,21 +555,85 @@ class Recorder:
             by_layer.clear()
         self._pending = {}
         self._bar.update(1)
+        last = len(self.x0) >= self.plan.num_steps  # read them all before the pipeline decodes the image
+        self._read_checks(keep=0 if last else self._check_lag(latents.device))
         return outputs
 
-    def _check_finite(self, p: dict[str, Any], latents: torch.Tensor, kept: torch.Tensor) -> None:
-        """Raise ``FloatingPointError`` naming the step if its model output or latent is NaN or infinite.
+    # -------------------------------------------------------------- finiteness checks
 
-        Checks what the pipeline carries and what the trace stores (one host sync per step), before the
-        step is committed: the partial trace keeps only finite steps.
+    CUDA_LAG = 2  # on CUDA a step's check is read this many steps later (or at the last step), its work long done
+    finite_check_lag: int | None = None  # steps between a check and its read; None: CUDA_LAG on CUDA, else 0
+
+    def _check_lag(self, device: torch.device) -> int:
+        if self.finite_check_lag is not None:
+            return self.finite_check_lag
+        return self.CUDA_LAG if device.type == "cuda" else 0
+
+    def _queue_check(self, p: dict[str, Any], latents: torch.Tensor) -> None:
+        """Queue the step's finiteness check: one reduction over everything it stores, read later.
+
+        The largest magnitude in the step's block (latent, x0, model outputs, all as stored) is NaN or
+        infinite exactly when one of its values is. On CUDA it is copied to pinned host memory without
+        waiting, and read :data:`CUDA_LAG` steps later (:meth:`_read_checks`), so the check stops neither
+        the CPU from queueing the next steps nor the GPU; elsewhere it is read at once. All are read at
+        the last step, before the pipeline decodes the image (one wait per run).
         """
-        stored = [kept, p["x0"], p["eps_cond"]] + ([p["eps_uncond"]] if self.plan.cfg else [])
-        flags = torch.stack([p.get("out_finite", torch.tensor(True)).to(latents.device), torch.isfinite(latents).all(),
-                             *(torch.isfinite(t).all().to(latents.device) for t in stored)]).tolist()  # fmt: skip
-        if all(flags):
+        peak = torch.linalg.vector_norm(p["block"], float("inf"))  # 0-d, the step's largest |value|
+        event = None
+        if peak.device.type == "cuda":
+            host = torch.empty((), dtype=peak.dtype, pin_memory=True)
+            host.copy_(peak, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            peak = host
+        self._checks.append(_Check(step=len(self.x0), peak=peak, event=event, outputs=p.get("outputs", []),
+                                   latents=latents, scalars=p["scalars"]))  # fmt: skip
+
+    def _read_checks(self, keep: int = 0) -> None:
+        """Read the queued checks, all but the newest ``keep``; the first non-finite step ends the trace there."""
+        while len(self._checks) > keep:
+            entry = self._checks.popleft()
+            if not self._read_check(entry):
+                self._checks.clear()
+                self._truncate(entry.step)
+                raise self._non_finite_error(entry)
+
+    def _read_check(self, entry: _Check) -> bool:
+        """Whether the checked step is finite (waits for its copy on CUDA, long done by then)."""
+        if entry.event is not None:
+            entry.event.synchronize()
+        return math.isfinite(float(entry.peak))
+
+    def finish_checks(self, *, raise_error: bool = True) -> None:
+        """Read every check still queued (once the pipeline has returned or failed).
+
+        Args:
+            raise_error: raise ``FloatingPointError`` for a non-finite step; ``False`` only drops it and
+                the steps after it (the run already failed for another reason).
+        """
+        try:
+            self._read_checks()
+        except FloatingPointError:
+            if raise_error:
+                raise
+
+    def _truncate(self, steps: int) -> None:
+        """Keep the first ``steps`` finished steps (a later one was not finite)."""
+        if steps >= len(self.x0):
             return
-        step, t = len(self.x0), p["scalars"][0]
-        where = [name for name, ok in (("the UNet output", flags[0]), ("the latent", flags[1])) if not ok]
+        self.next_scale = self._next_scales[steps]
+        del self.latents[steps + 1 :], self.x0[steps:], self.unblended[steps:], self.scalars[steps:]
+        del self._next_scales[steps:]
+        for branch in BRANCHES:
+            del self.eps[branch][steps:]
+            for maps in self.attn[branch].values():
+                del maps[steps:]
+
+    def _non_finite_error(self, entry: _Check) -> FloatingPointError:
+        """``FloatingPointError`` naming the step, where the values went wrong and the likely causes."""
+        outputs_finite = all(bool(torch.isfinite(out).all()) for out in entry.outputs)
+        where = [name for name, ok in (("the UNet output", outputs_finite),
+                                       ("the latent", bool(torch.isfinite(entry.latents).all()))) if not ok]  # fmt: skip
         causes = []
         if self.guidance is not None and self.guidance > 50:
             causes.append(f"guidance_scale={self.guidance:g} is far above the usual range (1 to 15); use a smaller one")
@@ -537,9 +644,9 @@ class Recorder:
         if self.family.denoiser(self.pipe).dtype == torch.float16:
             causes.append("float16 weights can overflow: load the model with dtype='float32'")
         causes.append("else the model or scheduler itself produced them (check the weights and scheduler settings)")
-        raise FloatingPointError(
-            f"step {step} of {self.plan.num_steps} (timestep {t:g}) gave NaN or infinite values in {' and '.join(where)}; "
-            f"the trace stops there. Likely causes: {'; '.join(causes)}."
+        return FloatingPointError(
+            f"step {entry.step} of {self.plan.num_steps} (timestep {entry.scalars[0]:g}) gave NaN or infinite values "
+            f"in {' and '.join(where)}; the trace stops there. Likely causes: {'; '.join(causes)}."
         )
 
     # -------------------------------------------------------------- result
@@ -689,7 +796,8 @@ def trace(
         TypeError, ValueError: bad arguments, each named in the message.
         FloatingPointError: a step's model output or latent became NaN or infinite (an absurd
             ``guidance_scale``, float16 overflow...); the message names the step and likely causes, and
-            ``err.partial_trace`` holds the finite steps before it. Checked every step (one host sync).
+            ``err.partial_trace`` holds the finite steps before it. Checked every step, without a host sync
+            on CUDA (each step's check is read two steps later; the error then ends the run there).
 
     Example:
         >>> pipe = explainer.load_pipeline()  # doctest: +SKIP
@@ -808,9 +916,11 @@ def trace(
             callback_on_step_end=recorder.on_step_end,
             **call,
         )
+        recorder.finish_checks()  # the last steps' finiteness checks (read late on CUDA)
         final_image = output.images[0]
     except BaseException as err:  # noqa: BLE001 - re-raised below, after the partial trace is built
         failure = err
+        recorder.finish_checks(raise_error=False)  # the partial trace keeps finite steps only
     finally:
         recorder.detach()
         if quiet is not None:
