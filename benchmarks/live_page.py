@@ -48,18 +48,9 @@ def folder_size(folder: Path) -> int:
 
 def open_page(browser, index: Path):
     """A fresh context with every non-file request aborted (and counted), the page opened from file://."""
-    blocked: list[str] = []
     errors: list[str] = []
     context = browser.new_context()
-
-    def route(r):
-        if r.request.url.startswith("file:"):
-            r.continue_()
-        else:
-            blocked.append(r.request.url)
-            r.abort()
-
-    context.route("**/*", route)
+    blocked = _browser.block_network(context)  # file: only
     page = context.new_page()
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -241,6 +241,20 @@ def test_text_encoder_explorer(pipe):
     assert 'data-known="false"' in w.info_html and "purple, star" in w.info_html
 
 
+def test_text_encoder_explorer_takes_known_words_as_any_collection(pipe):
+    from explainer.toy import vocabulary
+
+    for known in (vocabulary(), vocabulary()["words"], set(vocabulary()["words"]), ("A", "Red", "circle")):
+        w = explainer.explore_text_encoder("a red circle above a blue square", pipe=pipe, known=known)
+        unknown = w.tokens["unknown_words"]
+        assert unknown == ([] if len(known) > 3 else ["above", "blue", "square"]), (type(known), unknown)
+    for bad, error, match in ((
+        "red", TypeError, "known must be a collection of words"), ({"colours": ["red"]}, ValueError, "'words' list"),
+        ([1, 2], TypeError, r"known must hold words \(str\), not int"), (3, TypeError, "not int")):  # fmt: skip
+        with pytest.raises(error, match=match):
+            explainer.explore_text_encoder("a red circle", known=bad)
+
+
 def test_vae_noising_and_unet_explorers(pipe):
     v = explainer.explore_vae()
     before, after = _set(v, scale=2.0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +186,14 @@ class TextEncoderExplorer(ComponentExplorer):
         return pictures, "".join(parts)
 
 
-def explore_text_encoder(prompt: str = PROMPT, *, pipe: Any = None, known: frozenset[str] | None = None,
+def explore_text_encoder(prompt: str = PROMPT, *, pipe: Any = None, known: Any = None,
                          presentation: bool = False) -> TextEncoderExplorer:  # fmt: skip
     """A live text-encoder explorer: type a prompt, see its tokens, ids and token similarity.
 
     Args:
         prompt: the first prompt. pipe: the pipeline (default: the toy model).
-        known: words the model knows, shown and the others crossed out (default: the toy's words when
-            ``pipe`` is ``None``, else none marked).
+        known: words the model knows, shown and the others crossed out: a set or list of words, or
+            ``explainer.toy.vocabulary()`` (default: the toy's words when ``pipe`` is ``None``, else none marked).
         presentation: start in presentation mode (for a projector: pictures of 512 px or more, large type,
             full width; the widget's "Presentation" button toggles it).
 
@@ -208,7 +209,33 @@ def explore_text_encoder(prompt: str = PROMPT, *, pipe: Any = None, known: froze
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, not {type(prompt).__name__}.")
-    return TextEncoderExplorer(prompt, pipe=pipe, known=known, presentation=_check_presentation(presentation))
+    return TextEncoderExplorer(prompt, pipe=pipe, known=known_words(known), presentation=_check_presentation(presentation))
+
+
+def known_words(known: Any) -> frozenset[str] | None:
+    """``known`` as a set of lowercase words: any collection of words, or ``explainer.toy.vocabulary()``'s dict.
+
+    Args:
+        known: ``None``, a set / list / tuple of words, or a mapping with a ``"words"`` list.
+
+    Returns:
+        The words, or ``None``.
+    """
+    if known is None:
+        return None
+    if isinstance(known, Mapping):
+        if "words" not in known:
+            raise ValueError(f"known: a mapping must hold a 'words' list (as explainer.toy.vocabulary() does); "
+                             f"it has {sorted(map(str, known))}.")  # fmt: skip
+        known = known["words"]
+    if isinstance(known, (str, bytes)) or not isinstance(known, Iterable):
+        raise TypeError(f"known must be a collection of words (set, list) or explainer.toy.vocabulary(), "
+                        f"not {type(known).__name__}.")  # fmt: skip
+    words = list(known)
+    bad = [w for w in words if not isinstance(w, str)]
+    if bad:
+        raise TypeError(f"known must hold words (str), not {type(bad[0]).__name__} ({bad[0]!r}).")
+    return frozenset(w.lower() for w in words)
 
 
 # ----------------------------------------------------------------------------------------------- VAE
