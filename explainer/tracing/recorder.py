@@ -186,6 +186,8 @@ class Recorder:
         self.separate = bool(getattr(self.family, "separate_guidance_calls", False))
         self.branch_embeds: dict[str, torch.Tensor] = {}
         self.call_branch = "cond"
+        self._branch_order: list[str] = []  # the branches of the first step's denoiser calls, in call order
+        self._step_branch_calls = 0  # denoiser calls so far in this step
         self.user_callback: Callable[..., Any] | None = None  # trace(callback_on_step_end=...), run before committing
         # what one step stores: slots of its [slots, C, h, w] block (see _store)
         names = ["latent", "x0", "eps_cond", *(["eps_uncond"] if plan.cfg else []), *(["unblended"] if self.blend else [])]
@@ -334,12 +336,24 @@ class Recorder:
         if not self.active:
             return
         if self.separate and self.plan.cfg:
-            self.call_branch = self._detect_branch(kwargs.get("encoder_hidden_states"))
+            self.call_branch = self._branch_of_call(kwargs.get("encoder_hidden_states"))
         elif self.cond_index is None and self.plan.cfg:
             context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
             self.cond_index = self._detect_order(context)
         if not self.conditioning and not self.x0:
             self.conditioning = self.family.conditioning(self.pipe, self.encoded, kwargs, self.cond_index or 0)
+
+    def _branch_of_call(self, context: torch.Tensor | None) -> str:
+        """The branch of this denoiser call: compared with the embeddings during the first step (a host read
+        each), then the order that step showed (the pipeline calls its branches in a fixed order)."""
+        n = self._step_branch_calls
+        self._step_branch_calls += 1
+        if self.x0 and n < len(self._branch_order):
+            return self._branch_order[n]
+        branch = self._detect_branch(context)
+        if not self.x0:
+            self._branch_order.append(branch)
+        return branch
 
     def _detect_branch(self, context: torch.Tensor | None) -> str:
         """The branch of one denoiser call of a pipeline that runs each branch separately (FLUX true CFG),
@@ -554,6 +568,7 @@ class Recorder:
                 self.attn[branch].setdefault(index, []).append(grid)
             by_layer.clear()
         self._pending = {}
+        self._step_branch_calls = 0
         self._bar.update(1)
         last = len(self.x0) >= self.plan.num_steps  # read them all before the pipeline decodes the image
         self._read_checks(keep=0 if last else self._check_lag(latents.device))
