@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("trace", type=Path, help="trace file (.safetensors)")
     exp.add_argument("out", type=Path, help="output file; its suffix picks the format")
+    exp.add_argument("--parent", type=Path, metavar="TRACE",
+                     help="the trace TRACE was forked from ('explainer fork'): export both side by side, the fork step marked")
     _add_frame_options(exp)
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
     exp.set_defaults(handler=_cmd_export, parser=exp)
@@ -453,8 +455,12 @@ def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         usable = [_FLAGS.get(n, "--" + n) for n in names if n in allowed]
         parser.error(f"{', '.join(misplaced)} does not apply to {suffix} export; its options: {' '.join(usable)}")
     loaded = _load(parser, args.trace)
+    parent = _load(parser, args.parent) if args.parent is not None else None
+    if parent is not None and not isinstance(loaded.metadata.get("fork"), dict):
+        parser.error(f"--parent {args.parent}: {args.trace} is not a fork (it holds no fork record); "
+                     "'explainer fork' makes one")  # fmt: skip
     try:
-        export(loaded, args.out, progress=not args.quiet, **options)
+        export(loaded, args.out, parent=parent, progress=not args.quiet, **options)
     except (ValueError, TypeError, IndexError) as err:
         parser.error(str(err))
     except OSError as err:

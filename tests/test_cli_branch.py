@@ -37,6 +37,27 @@ def test_fork_writes_the_branch(toy_trace, tmp_path, capsys):
     assert "prefix recomputed" in capsys.readouterr().out  # float16 latents: the prefix is run again
 
 
+def test_export_a_saved_fork_with_its_parent(toy_trace, tmp_path, capsys):
+    """`explainer export FORK OUT --parent PARENT`: both runs side by side, as `explainer fork --export` writes them."""
+    path, parent = toy_trace
+    out = tmp_path / "fork"
+    assert main(["fork", str(path), "--step", "1", "--guidance", "3", "--out", str(out), "--quiet"]) == 0
+    fork_file = out / "fork.safetensors"
+    alone, both = tmp_path / "alone.png", tmp_path / "both.png"
+    assert main(["export", str(fork_file), str(alone), "--size", "32", "--quiet"]) == 0
+    assert main(["export", str(fork_file), str(both), "--parent", str(path), "--size", "32", "--quiet"]) == 0
+    from PIL import Image
+
+    with Image.open(alone) as a, Image.open(both) as b:
+        assert b.size[1] > a.size[1]  # a lane per run
+    capsys.readouterr()
+    last = fails(["export", str(path), str(tmp_path / "x.png"), "--parent", str(fork_file)], capsys)
+    assert "--parent" in last and "is not a fork" in last
+    last = fails(["export", str(fork_file), str(tmp_path / "x.png"), "--parent", str(tmp_path / "none.safetensors")],
+                 capsys)  # fmt: skip
+    assert "no trace file" in last
+
+
 def test_fork_errors_exit_2(toy_trace, tmp_path, capsys):
     path, _ = toy_trace
     last = fails(["fork", str(path), "--step", "3", "--out", str(tmp_path / "x")], capsys)
