@@ -179,6 +179,34 @@ def test_block_feature_norms(pipe):
     assert [r["rms"] for r in later] != [r["rms"] for r in rows]
 
 
+def _rerun_output(pipe, trace, step):
+    """block_feature_norms' UNet call at ``step``, and its output (the conditional branch's model output)."""
+    seen = []
+    handle = pipe.unet.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out.sample))
+    try:
+        rows = views.block_feature_norms(pipe, trace, step)
+    finally:
+        handle.remove()
+    return rows, seen[0][0].float().numpy()
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_block_feature_norms_rerun_the_recorded_conditional_call(pipe, family):
+    """The re-run call gets the conditioning the pipeline gave it: its output is the recorded eps_cond (SDXL: with
+    the recorded pooled embedding and add_time_ids, and the second prompt)."""
+    if family == "sdxl":
+        from _sdxl import build_sdxl_pipeline
+
+        pipe = build_sdxl_pipeline()
+    kwargs = {"prompt_2": "a blue square"} if family == "sdxl" else {}
+    trace = explainer.trace(pipe, "a red circle", num_inference_steps=3, seed=0, progress=False,
+                            record={"dtype": "float32"}, **kwargs)  # fmt: skip
+    for step in (0, 2):
+        rows, out = _rerun_output(pipe, trace, step)
+        np.testing.assert_allclose(out, trace.eps_cond[step], atol=1e-4, rtol=1e-4)
+        assert rows[len(pipe.unet.down_blocks)]["name"] == "mid_block" and all(r["rms"] > 0 for r in rows)
+
+
 # ------------------------------------------------------------------------------------------ training
 def test_training_objective(pipe):
     early, late = views.training_objective(pipe, 50, n=2), views.training_objective(pipe, 950, n=2)
