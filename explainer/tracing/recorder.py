@@ -500,10 +500,15 @@ class Recorder:
             for slot, la in enumerate(layers):
                 self._pending_attn[branch][la.index] = kept[slot]
 
+    @functools.cached_property
+    def _prefix_branches(self) -> frozenset[str]:
+        """The branches that record the first ``t`` key positions (a slice, not an index): read once per run."""
+        return frozenset(b for b, t in self.plan.tokens.items()
+                         if (keys := self.plan.keys.get(b)) is None or list(keys) == list(range(t)))  # fmt: skip
+
     def _key_prefix(self, branch: str) -> bool:
         """Whether ``branch`` records the first ``t`` key positions (a slice, not an index)."""
-        keys = self.plan.keys.get(branch)
-        return keys is None or list(keys) == list(range(self.plan.tokens[branch]))
+        return branch in self._prefix_branches
 
     def _wrap_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         # functools.wraps keeps step's signature visible: the pipeline inspects it for `eta`/`generator`.
