@@ -207,6 +207,15 @@ def test_block_feature_norms_rerun_the_recorded_conditional_call(pipe, family):
         assert rows[len(pipe.unet.down_blocks)]["name"] == "mid_block" and all(r["rms"] > 0 for r in rows)
 
 
+def test_block_feature_norms_refuses_a_transformer_family():
+    from _sd3 import build_sd3_pipeline
+
+    pipe = build_sd3_pipeline()
+    trace = explainer.trace(pipe, "a red circle", num_inference_steps=1, seed=0, progress=False)
+    with pytest.raises(ValueError, match=r"for UNet families \(SD 1.x/2.x, SDXL\), not Stable Diffusion 3"):
+        views.block_feature_norms(pipe, trace, 0)
+
+
 # ------------------------------------------------------------------------------------------ training
 def test_training_objective(pipe):
     early, late = views.training_objective(pipe, 50, n=2), views.training_objective(pipe, 950, n=2)

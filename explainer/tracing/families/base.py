@@ -319,6 +319,26 @@ class Family:
         """
         return {}
 
+    def prompt_conditioning(self, pipe: Any, metadata: dict[str, Any], *, device: torch.device,
+                            dtype: torch.dtype) -> dict[str, Any]:  # fmt: skip
+        """The UNet's conditioning keywords for the prompt branch of a traced run, rebuilt to call it again.
+
+        ``encoder_hidden_states`` ``[1, L, D]`` come from the pipeline's own ``encode_prompt`` on the texts
+        the trace records (``metadata["token_segments"]``; SDXL: ``prompt`` and ``prompt_2``); families with
+        added conditions add what the trace recorded of them (:meth:`conditioning`).
+
+        Args:
+            pipe: the pipeline the trace came from. metadata: ``Trace.metadata``.
+            device, dtype: where and as what the UNet runs.
+        """
+        if self.attention_kind != "cross":
+            raise ValueError(f"re-running one UNet call is for UNet families (SD 1.x/2.x, SDXL), not {self.label}.")
+        texts = {seg["name"]: seg["text"] for seg in metadata.get("token_segments", {}).get("cond", [])}
+        extra = {name: texts[name] for name in self.prompt_arguments if name in texts}
+        result = pipe.encode_prompt(prompt=texts.get("prompt", metadata.get("prompt", "")), device=device,
+                                    num_images_per_prompt=1, do_classifier_free_guidance=False, **extra)  # fmt: skip
+        return {"encoder_hidden_states": self.read_embeddings(result)[0].to(dtype)}
+
     def call_arguments(self, texts: dict[str, str | None]) -> dict[str, Any]:
         """Family-specific keyword arguments for the pipeline call (beyond prompt and negative_prompt)."""
         return {name: texts.get(name) for name in self.prompt_arguments}

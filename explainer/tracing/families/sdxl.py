@@ -104,6 +104,18 @@ class SDXLFamily(Family):
             out["pooled_text_embeds"] = {b: text_embeds[r].detach().float().cpu().tolist() for b, r in rows.items()}
         return out
 
+    def prompt_conditioning(self, pipe: Any, metadata: dict[str, Any], *, device: torch.device,
+                            dtype: torch.dtype) -> dict[str, Any]:  # fmt: skip
+        """Both prompts' embeddings, and the pooled embedding and ``add_time_ids`` the trace recorded."""
+        recorded = metadata.get("conditioning", {})
+        if "add_time_ids" not in recorded or "pooled_text_embeds" not in recorded:
+            raise ValueError("this SDXL trace did not record the UNet's added conditions (pooled_text_embeds, "
+                             "add_time_ids), which a re-run of its UNet call needs.")  # fmt: skip
+        added = {"text_embeds": torch.tensor([recorded["pooled_text_embeds"]["cond"]]),  # [1, D2]
+                 "time_ids": torch.tensor([recorded["add_time_ids"]["cond"]])}  # [1, 6]  # fmt: skip
+        return {**super().prompt_conditioning(pipe, metadata, device=device, dtype=dtype),
+                "added_cond_kwargs": {k: v.to(device, dtype) for k, v in added.items()}}
+
     def model_info(self, pipe: Any, device: torch.device) -> dict[str, Any]:
         info = super().model_info(pipe, device)
         info.update(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...tracing.families import family_for
 from .._common import new_figure
 
 if TYPE_CHECKING:
@@ -164,23 +165,6 @@ def encode_prompt(pipe: Any, prompt: str) -> torch.Tensor:
     return pipe.text_encoder(ids.input_ids.to(pipe.text_encoder.device))[0]
 
 
-def _condition(pipe: Any, trace: Trace, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, dict | None]:
-    """The conditional branch's ``encoder_hidden_states`` ``[1, L, D]`` and, for SDXL, ``added_cond_kwargs``."""
-    kind = getattr(pipe.unet.config, "addition_embed_type", None)
-    if kind is None:
-        return encode_prompt(pipe, trace.prompt).to(dtype), None
-    recorded = trace.metadata.get("conditioning", {})
-    if kind != "text_time" or "add_time_ids" not in recorded or "pooled_text_embeds" not in recorded:
-        raise ValueError(f"block_feature_norms supports SD 1.x/2.x and SDXL UNets; this one (addition_embed_type="
-                         f"{kind!r}) needs conditions the trace did not record.")  # fmt: skip
-    texts = {seg["name"]: seg["text"] for seg in trace.metadata.get("token_segments", {}).get("cond", [])}
-    embeds = pipe.encode_prompt(prompt=texts.get("prompt", trace.prompt), prompt_2=texts.get("prompt_2"), device=device,
-                                num_images_per_prompt=1, do_classifier_free_guidance=False)[0]  # fmt: skip
-    added = {"text_embeds": torch.tensor([recorded["pooled_text_embeds"]["cond"]]),  # [1, D2]
-             "time_ids": torch.tensor([recorded["add_time_ids"]["cond"]])}  # [1, 6]  # fmt: skip
-    return embeds.to(dtype), {k: v.to(device, dtype) for k, v in added.items()}
-
-
 @torch.no_grad()
 def block_feature_norms(pipe: Any, trace: Trace, step: int) -> list[dict[str, Any]]:
     """Re-run the UNet's conditional call of one trace step and measure each block's output.
@@ -193,12 +177,13 @@ def block_feature_norms(pipe: Any, trace: Trace, step: int) -> list[dict[str, An
         One dict per block (data order): ``name``, ``shape`` ``[C, h, w]`` of its output, ``rms`` (root
         mean square over the output) and ``map`` ``[h, w]`` (RMS over channels).
     """
-    unet = pipe.unet
+    family = family_for(pipe)
+    unet = family.denoiser(pipe)
     step = trace._check_step(step, "x0")
     p = next(unet.parameters())
+    condition = family.prompt_conditioning(pipe, trace.metadata, device=p.device, dtype=p.dtype)
     x = torch.from_numpy(trace.latent(step, "xt"))[None].to(p.device, p.dtype)  # [1, C, h, w], the UNet's input
     t = torch.tensor([float(trace.timesteps[step])], device=p.device)
-    cond, added = _condition(pipe, trace, p.device, p.dtype)
     names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"]
     names += [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
     modules = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
@@ -210,7 +195,7 @@ def block_feature_norms(pipe: Any, trace: Trace, step: int) -> list[dict[str, An
 
         handles.append(module.register_forward_hook(hook))
     try:
-        unet(x, t, encoder_hidden_states=cond, added_cond_kwargs=added)
+        unet(x, t, **condition)
     finally:
         for handle in handles:
             handle.remove()
