@@ -53,9 +53,9 @@ def test_recording_adds_a_bounded_number_of_kernel_ops_per_unet_call(ddim_pipe):
     extra_default = (default.kernels() - plain.kernels()) / STEPS
     assert 0 < extra_none <= PER_STEP, none.ops - plain.ops
     assert extra_none < extra_default <= PER_STEP + PER_GROUP * groups, default.ops - plain.ops
-    # no op that reads device memory back to the host inside the loop beyond the first call's batch-order check
-    reads = {name: n for name, n in (default.ops - plain.ops).items() if name in ("aten.equal.default", "aten.item")}
-    assert sum(reads.values()) <= 3, reads
+    # the only tensor comparison the recorder adds (torch.equal reads device memory back) is the first call's
+    # batch-order check
+    assert (default.ops - plain.ops)["aten.equal.default"] <= 3, default.ops - plain.ops
 
 
 def test_cuda_checks_are_read_two_steps_late_and_change_nothing(pipe, monkeypatch):

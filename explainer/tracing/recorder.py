@@ -77,7 +77,7 @@ class _Check:
     step: int  # index of the checked step
     peak: torch.Tensor  # 0-d: its largest |value| (pinned host memory on CUDA, filled once ``event`` is done)
     event: Any  # torch.cuda.Event after the copy, or None
-    outputs: list[torch.Tensor]  # the model's raw outputs of the step, and the latent (to say which went wrong)
+    outputs: list[torch.Tensor]  # the model's raw outputs of the step and its latent, kept to say which went wrong
     latents: torch.Tensor
     scalars: tuple[float, ...]  # t, sigma, a, b, input scale
 
@@ -469,7 +469,7 @@ class Recorder:
         """``x[..., keys]``: the recorded key positions of ``branch`` (a slice when they are ``0 .. t-1``)."""
         keys = self.plan.keys.get(branch)
         t = self.plan.tokens[branch]
-        if self._key_prefix(branch):
+        if branch in self._prefix_branches:
             return x[..., :t]
         cache = (branch, x.device)
         if cache not in self._key_index:
@@ -490,7 +490,7 @@ class Recorder:
                 self._pending_attn[branch][0] = grid[0] if acc is None else acc + grid[0]
             return
         averaged = probs if mode == "per_head" else probs.mean(dim=2)  # [L, B, (H,) N, T]
-        prefix = all(self._key_prefix(b) for b in halves)
+        prefix = all(b in self._prefix_branches for b in halves)
         if prefix and len(halves) == 2:  # both branches: one float16 copy of the longer key prefix, a view each
             both = averaged[..., : max(self.plan.tokens[b] for b in halves)].to(torch.float16)
             kept_by = {b: both[:, row, ..., : self.plan.tokens[b]] for b, row in halves.items()}  # [L, (H,) N, t]
@@ -505,10 +505,6 @@ class Recorder:
         """The branches that record the first ``t`` key positions (a slice, not an index): read once per run."""
         return frozenset(b for b, t in self.plan.tokens.items()
                          if (keys := self.plan.keys.get(b)) is None or list(keys) == list(range(t)))  # fmt: skip
-
-    def _key_prefix(self, branch: str) -> bool:
-        """Whether ``branch`` records the first ``t`` key positions (a slice, not an index)."""
-        return branch in self._prefix_branches
 
     def _wrap_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         # functools.wraps keeps step's signature visible: the pipeline inspects it for `eta`/`generator`.
