@@ -107,6 +107,30 @@ def require_chromium() -> str:
     return path
 
 
+def require_browser(*, jupyterlab: bool = False) -> str:
+    """Chromium's path once Playwright (and, with ``jupyterlab``, JupyterLab) imports; else skip (fail under CI)."""
+    require_module("playwright.sync_api", "playwright")
+    if jupyterlab:
+        require_module("jupyterlab", "jupyterlab")
+    return require_chromium()
+
+
+def canvas_js(result: str) -> str:
+    """A ``page.evaluate`` function that draws an ``<img>`` (once decoded) or ``<canvas>`` onto a new canvas.
+
+    Args:
+        result: the JavaScript that returns what the test reads, with ``c`` (the canvas) and ``ctx`` in scope.
+    """
+    return f"""async (el) => {{
+  if (el instanceof HTMLImageElement) await el.decode();
+  const c = document.createElement("canvas");
+  c.width = el.naturalWidth || el.width; c.height = el.naturalHeight || el.height;
+  const ctx = c.getContext("2d");
+  ctx.drawImage(el, 0, 0);
+  {result}
+}}"""
+
+
 # --------------------------------------------------------------------------- Jupyter front ends
 #: Notebook 7.6 (with JupyterLab 4.6) throws from its own bundle while its page starts, before any
 #: cell runs, on an empty /tree page too: "Cannot read properties of undefined (reading 'schema')"

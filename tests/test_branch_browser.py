@@ -22,9 +22,7 @@ PANE = "document.querySelector('.sdx-branch-pane .sdx')"
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    _browser.require_module("playwright.sync_api", "playwright")
-    _browser.require_module("jupyterlab", "jupyterlab")
-    return _browser.require_chromium()
+    return _browser.require_browser(jupyterlab=True)
 
 
 @pytest.fixture(scope="module")

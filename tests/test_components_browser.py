@@ -28,9 +28,7 @@ PARTS = ["text_encoder", "vae", "noising", "unet", "training", "editing"]
 
 @pytest.fixture(scope="module", autouse=True)
 def chromium() -> str:
-    _browser.require_module("playwright.sync_api", "playwright")
-    _browser.require_module("jupyterlab", "jupyterlab")
-    return _browser.require_chromium()
+    return _browser.require_browser(jupyterlab=True)
 
 
 @pytest.fixture(scope="module")

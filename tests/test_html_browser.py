@@ -24,21 +24,13 @@ STEPS = 4
 SIZE = 64
 
 # Pixels of an <img> or <canvas> as decoded by the browser: [width, height, flat RGBA].
-PIXELS_JS = """async (el) => {
-  if (el instanceof HTMLImageElement) await el.decode();
-  const c = document.createElement("canvas");
-  c.width = el.naturalWidth || el.width; c.height = el.naturalHeight || el.height;
-  const ctx = c.getContext("2d");
-  ctx.drawImage(el, 0, 0);
-  return [c.width, c.height, Array.from(ctx.getImageData(0, 0, c.width, c.height).data)];
-}"""
+PIXELS_JS = _browser.canvas_js("return [c.width, c.height, Array.from(ctx.getImageData(0, 0, c.width, c.height).data)];")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def chromium() -> str:
     """Chromium's path; first, so that a missing browser skips (fails under CI) before any trace is made."""
-    _browser.require_module("playwright.sync_api", "playwright")
-    return _browser.require_chromium()
+    return _browser.require_browser()
 
 
 @pytest.fixture(scope="module")

@@ -32,22 +32,13 @@ NB7_CELLS = [
     "print('kernel step', w.step, 'selected', w.selected)\n"
     "print('prompt', w.trace.prompt, 'seed', w.trace.metadata['seed'], 'present', w.presentation)",
 ]
-PIXELS_JS = """async (img) => {
-  await img.decode();
-  const c = document.createElement("canvas");
-  c.width = img.naturalWidth; c.height = img.naturalHeight;
-  const ctx = c.getContext("2d");
-  ctx.drawImage(img, 0, 0);
-  return Array.from(ctx.getImageData(0, 0, c.width, c.height).data);
-}"""
+PIXELS_JS = _browser.canvas_js("return Array.from(ctx.getImageData(0, 0, c.width, c.height).data);")  # an <img>
 
 
 @pytest.fixture(scope="module", autouse=True)
 def chromium() -> str:
     """Chromium's path; first, so that anything missing skips (fails under CI) before JupyterLab starts."""
-    _browser.require_module("playwright.sync_api", "playwright")
-    _browser.require_module("jupyterlab", "jupyterlab")
-    return _browser.require_chromium()
+    return _browser.require_browser(jupyterlab=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,24 +19,16 @@ import pytest
 from explainer.cli import main
 
 # The pixels an <img> or <canvas> shows, hashed in the page: [width, height, sha of RGBA].
-PIXELS_JS = """async (el) => {
-  if (el instanceof HTMLImageElement) await el.decode();
-  const c = document.createElement("canvas");
-  c.width = el.naturalWidth || el.width; c.height = el.naturalHeight || el.height;
-  const ctx = c.getContext("2d");
-  ctx.drawImage(el, 0, 0);
-  const px = ctx.getImageData(0, 0, c.width, c.height).data;
+PIXELS_JS = _browser.canvas_js("""const px = ctx.getImageData(0, 0, c.width, c.height).data;
   let h = 0, nonzero = 0;
   for (let i = 0; i < px.length; i++) { h = (Math.imul(h, 31) + px[i]) | 0; if (px[i] && i % 4 === 3) nonzero++; }
-  return [c.width, c.height, h, nonzero];
-}"""
+  return [c.width, c.height, h, nonzero];""")
 DONE_JS = "(p) => { const r = self.SDXLive.live && self.SDXLive.live.state.run; return !!r && r.settings.prompt === p && self.SDXLive.live.model.get('can_run'); }"
 
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    _browser.require_module("playwright.sync_api", "playwright")
-    return _browser.require_chromium()
+    return _browser.require_browser()
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,7 @@ RUN_JS = """async ([ids, negIds, latent, t]) => {
 
 @pytest.fixture(scope="module", autouse=True)
 def chromium() -> str:
-    _browser.require_module("playwright.sync_api", "playwright")
-    return _browser.require_chromium()
+    return _browser.require_browser()
 
 
 @pytest.fixture(scope="module")
