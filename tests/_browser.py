@@ -86,8 +86,16 @@ def unavailable(reason: str) -> None:
     import pytest
 
     if in_ci():
-        pytest.fail(f"{reason} (CI is set, and a browser test may not skip there)", pytrace=False)
+        pytest.fail(f"{reason} (CI is set, and these tests may not skip there)", pytrace=False)
     pytest.skip(reason)
+
+
+def require_node() -> str:
+    """Node.js's path (the live page's JS runs in it), or skip (fail under CI)."""
+    node = shutil.which("node")
+    if node is None:
+        unavailable("the live page's JS tests need Node.js (`node` on PATH): apt-get install nodejs")
+    return node
 
 
 def require_module(name: str, install: str) -> ModuleType:

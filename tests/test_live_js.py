@@ -16,7 +16,6 @@ skip, and under ``CI=true`` they fail.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 
 from explainer.live.js_data import scheduler_payload, tokenizer_payload
 
-from _browser import in_ci
+from _browser import require_node
 
 REPO = Path(__file__).resolve().parent.parent
 STATIC = REPO / "explainer" / "live" / "static"
@@ -110,16 +109,6 @@ fs.writeFileSync(outPath, JSON.stringify(out));
 """
 
 
-def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        reason = "the live page's JS tests need Node.js (`node` on PATH): apt-get install nodejs"
-        if in_ci():
-            pytest.fail(f"{reason} (CI is set, and these tests may not skip there)", pytrace=False)
-        pytest.skip(reason)
-    return node
-
-
 def _strings() -> list[str]:
     """≥ 200 prompts: the toy's captions and strings aimed at every stage of the tokenizer."""
     from explainer.toy.world import all_captions
@@ -159,7 +148,7 @@ def _strings() -> list[str]:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     """Run every JS case in one Node process; returns the inputs and Node's outputs."""
-    return run_cases(_node(), tmp_path_factory.mktemp("live_js"))
+    return run_cases(require_node(), tmp_path_factory.mktemp("live_js"))
 
 
 def run_cases(node: str, folder: Path) -> dict:

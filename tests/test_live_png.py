@@ -5,7 +5,6 @@ Without ``node`` these tests skip, and under ``CI=true`` they fail."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _browser import in_ci
+from _browser import require_node
 
 STATIC = Path(__file__).resolve().parent.parent / "explainer" / "live" / "static"
 SIZES = ((1, 1), (16, 16), (64, 64), (300, 250))  # the last: more than one 65535-byte stored block
@@ -37,12 +36,7 @@ fs.writeFileSync(path.join(folder, 'errors.json'), JSON.stringify(errors));
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
-    node = shutil.which("node")
-    if node is None:
-        reason = "the live page's JS tests need Node.js (`node` on PATH)"
-        if in_ci():
-            pytest.fail(f"{reason} (CI is set, and these tests may not skip there)", pytrace=False)
-        pytest.skip(reason)
+    node = require_node()
     folder = tmp_path_factory.mktemp("live_png")
     rng = np.random.default_rng(0)
     pixels = [rng.integers(0, 256, (h, w, 4), dtype=np.uint8) for w, h in SIZES]  # [H, W, RGBA]
